@@ -1,0 +1,334 @@
+"""Dream's diffusion sampler, with per-row reveal counts and no-op step elision.
+
+The loop (for one block; without `block_length` the whole sequence is one block):
+  x = prompt + max_new_tokens masks; timesteps = linspace(1, eps, steps + 1) in float32.
+  Each step i: n = masks left in the block (per row), k = floor(n * (1 - s/t)) (n on the last step).
+  Run the model, shift the logits, pick a token and a confidence for each masked position, and
+  reveal the k most confident ones (`origin`: reveal each with probability 1 - s/t instead).
+
+What differs from Dream (see docs/dream-reference.md): k is counted per row, so a row's output does
+not depend on its batch neighbours; the mask token is never chosen as a revealed token; and a step
+whose k is 0 for every row is skipped without calling the model, which cannot change the result
+because k never depends on the logits for the confidence-based algorithms.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+
+import torch
+
+from dreamlab.diffusion.tokens import confidence_scores, draw_tokens, token_probabilities
+
+ALGORITHMS = ("origin", "maskgit_plus", "topk_margin", "entropy")
+
+TokensHook = Callable[[int | None, torch.Tensor, torch.Tensor | None], torch.Tensor]
+LogitsHook = Callable[[int, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+@dataclass
+class SamplerHooks:
+    """Dream's two hooks: `tokens(step, x, logits)` after each step (and once with step None before
+    the first), `logits(step, x, logits)` on the shifted logits before each model-backed step."""
+
+    tokens: TokensHook | None = None
+    logits: LogitsHook | None = None
+
+
+@dataclass(frozen=True)
+class SamplerSettings:
+    """Every sampler setting that can change an answer; recorded with each result."""
+
+    max_new_tokens: int
+    steps: int
+    alg: str = "origin"
+    alg_temp: float | None = None
+    temperature: float = 0.0
+    top_p: float | None = None
+    top_k: int | None = None
+    eps: float = 1e-3
+    block_length: int | None = None
+    threshold: float | None = None
+    elide_noop_steps: bool = True
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.alg not in ALGORITHMS:
+            problems.append(f"alg must be one of {', '.join(ALGORITHMS)}; got {self.alg!r}")
+        if not isinstance(self.steps, int) or self.steps < 1:
+            problems.append(f"steps must be an integer >= 1; got {self.steps!r}")
+        if not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:
+            problems.append(f"max_new_tokens must be an integer >= 1; got {self.max_new_tokens!r}")
+        if self.temperature < 0:
+            problems.append(f"temperature must be >= 0; got {self.temperature}")
+        if self.top_p is not None and not 0 < self.top_p <= 1:
+            problems.append(f"top_p must be in (0, 1]; got {self.top_p}")
+        if self.top_k is not None and self.top_k < 1:
+            problems.append(f"top_k must be >= 1; got {self.top_k}")
+        if self.alg_temp is not None and self.alg_temp < 0:
+            problems.append(f"alg_temp must be >= 0; got {self.alg_temp}")
+        if not 0 <= self.eps < 1:
+            problems.append(f"eps must be in [0, 1); got {self.eps}")
+        if self.threshold is not None:
+            if not 0 < self.threshold <= 1:
+                problems.append(f"threshold must be in (0, 1]; got {self.threshold}")
+            if self.alg == "origin":
+                problems.append("threshold needs a confidence-based alg (maskgit_plus, topk_margin or entropy), not origin")
+        if self.block_length is not None and not problems:
+            if self.block_length < 1 or self.max_new_tokens % self.block_length:
+                problems.append(
+                    f"block_length ({self.block_length}) must be >= 1 and divide max_new_tokens ({self.max_new_tokens})"
+                )
+            elif self.steps % (self.max_new_tokens // self.block_length):
+                blocks = self.max_new_tokens // self.block_length
+                problems.append(f"steps ({self.steps}) must be a multiple of the number of blocks ({blocks})")
+        if problems:
+            raise ValueError("; ".join(problems))
+
+    @property
+    def num_blocks(self) -> int:
+        """How many semi-autoregressive blocks the generated span is split into (1 without blocks)."""
+        return 1 if self.block_length is None else self.max_new_tokens // self.block_length
+
+    def as_record(self) -> dict:
+        """A flat dict for the run store."""
+        return asdict(self)
+
+
+@dataclass
+class GenerateOutput:
+    """The sequences [B, prompt + new], the number of model calls, and the optional history."""
+
+    sequences: torch.Tensor
+    nfe: int
+    settings: SamplerSettings
+    history: list[torch.Tensor] | None = field(default=None, repr=False)
+
+
+def reveal_counts(num_masked: torch.Tensor, t: torch.Tensor, s: torch.Tensor, last: bool) -> torch.Tensor:
+    """k = floor(n * (1 - s/t)) per row in float32, as Dream computes it (all of n on the last step)."""
+    if last:
+        return num_masked.clone()
+    return (num_masked.to(torch.float32) * (1 - s / t)).long()
+
+
+def reveal_schedule(num_masked: int, steps: int, eps: float = 1e-3) -> list[int]:
+    """The k of every step for a row starting with `num_masked` masks (confidence-based algs)."""
+    timesteps = torch.linspace(1, eps, steps + 1)
+    remaining = torch.tensor([num_masked])
+    schedule = []
+    for i in range(steps):
+        k = reveal_counts(remaining, timesteps[i], timesteps[i + 1], last=i == steps - 1)
+        schedule.append(int(k[0]))
+        remaining = remaining - k
+    return schedule
+
+
+def _row_generators(seed: int | Sequence[int] | None, batch: int, device: torch.device) -> list[torch.Generator | None]:
+    if seed is None:
+        return [None] * batch
+    seeds = [seed + row for row in range(batch)] if isinstance(seed, int) else list(seed)
+    if len(seeds) != batch:
+        raise ValueError(f"got {len(seeds)} seeds for a batch of {batch} rows")
+    return [torch.Generator(device=device).manual_seed(int(s)) for s in seeds]
+
+
+def _context_length(model: torch.nn.Module) -> int | None:
+    config = getattr(model, "config", None)
+    return getattr(config, "max_position_embeddings", None)
+
+
+def _prepare_attention(
+    attention_mask: torch.Tensor | None, input_ids: torch.Tensor, total_length: int
+) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """Dream's left-padding handling: a [B, 1, N, N] boolean mask and positions cumsum - 1."""
+    if attention_mask is None:
+        return None, None
+    if attention_mask.shape != input_ids.shape:
+        raise ValueError(
+            f"attention_mask shape {tuple(attention_mask.shape)} differs from input_ids shape {tuple(input_ids.shape)}"
+        )
+    mask = attention_mask.bool()
+    if bool(mask.all()):
+        return None, None
+    if bool((mask[:, :-1] & ~mask[:, 1:]).any()):
+        raise ValueError("prompts must be left-padded: a padded position (attention 0) follows a real token")
+    batch, prompt_length = mask.shape
+    full = torch.cat([mask, mask.new_ones(batch, total_length - prompt_length)], dim=1)
+    position_ids = full.long().cumsum(-1) - 1
+    position_ids.masked_fill_(~full, 1)
+    # Every query (pads included) sees the real keys only: real rows see what Dream's mask shows
+    # them, and no row is fully masked, which would make SDPA return NaN.
+    keys = full[:, None, None, :].expand(batch, 1, total_length, total_length)
+    return keys, position_ids
+
+
+@torch.no_grad()
+def generate(
+    model: torch.nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor | None = None,
+    *,
+    max_new_tokens: int,
+    steps: int,
+    alg: str = "origin",
+    alg_temp: float | None = None,
+    temperature: float = 0.0,
+    top_p: float | None = None,
+    top_k: int | None = None,
+    eps: float = 1e-3,
+    seed: int | Sequence[int] | None = 0,
+    hooks: SamplerHooks | None = None,
+    return_history: bool = False,
+    block_length: int | None = None,
+    threshold: float | None = None,
+    elide_noop_steps: bool = True,
+    mask_token_id: int | None = None,
+) -> GenerateOutput:
+    """Generate `max_new_tokens` after each (left-padded) prompt with Dream's diffusion sampler.
+
+    `seed` is an int (row r uses seed + r), one seed per row (a row's draws then do not depend on its
+    position in the batch), or None (torch's default generator state).
+    """
+    settings = SamplerSettings(
+        max_new_tokens=max_new_tokens, steps=steps, alg=alg, alg_temp=alg_temp, temperature=temperature,
+        top_p=top_p, top_k=top_k, eps=eps, block_length=block_length, threshold=threshold,
+        elide_noop_steps=elide_noop_steps,
+    )
+    if mask_token_id is None:
+        mask_token_id = getattr(getattr(model, "config", None), "mask_token_id", None)
+    if mask_token_id is None:
+        raise ValueError("the model has no mask token: model.config.mask_token_id is unset; pass mask_token_id=")
+    if input_ids.dim() != 2 or input_ids.shape[1] < 1:
+        raise ValueError(f"input_ids must be [batch, prompt_length] with a non-empty prompt; got {tuple(input_ids.shape)}")
+    prompt_lengths = input_ids.shape[1] if attention_mask is None else int(attention_mask.sum(1).max())
+    context = _context_length(model)
+    if context is not None and prompt_lengths + max_new_tokens > context:
+        raise ValueError(
+            f"prompt ({prompt_lengths} tokens) + max_new_tokens ({max_new_tokens}) exceeds the model's "
+            f"context of {context} positions (config.max_position_embeddings)"
+        )
+    return _Sampler(model, settings, mask_token_id, hooks or SamplerHooks(), return_history).run(
+        input_ids, attention_mask, seed
+    )
+
+
+class _Sampler:
+    """One generation call's state; `run` is the loop described in the module docstring."""
+
+    def __init__(self, model, settings: SamplerSettings, mask_token_id: int, hooks: SamplerHooks, keep_history: bool):
+        self.model = model
+        self.settings = settings
+        self.mask_id = mask_token_id
+        self.hooks = hooks
+        self.history: list[torch.Tensor] | None = [] if keep_history else None
+        self.nfe = 0
+
+    def run(self, input_ids, attention_mask, seed) -> GenerateOutput:
+        s = self.settings
+        batch, prompt_length = input_ids.shape
+        total = prompt_length + s.max_new_tokens
+        device = input_ids.device
+        x = torch.cat([input_ids, input_ids.new_full((batch, s.max_new_tokens), self.mask_id)], dim=1)
+        self.attention, self.position_ids = _prepare_attention(attention_mask, input_ids, total)
+        self.generators = _row_generators(seed, batch, device)
+        steps_per_block = s.steps // s.num_blocks
+        # Dream builds the schedule on the model's device; its float32 values decide every k.
+        timesteps = torch.linspace(1, s.eps, steps_per_block + 1, device=device).cpu()
+        if self.hooks.tokens is not None:
+            x = self.hooks.tokens(None, x, None)
+        for block in range(s.num_blocks):
+            if s.block_length is None:
+                region = slice(0, total)  # Dream: every mask in the sequence, prompt included
+            else:
+                start = prompt_length + block * s.block_length
+                region = slice(start, start + s.block_length)
+            for i in range(steps_per_block):
+                step = block * steps_per_block + i
+                x = self.step(x, step, region, timesteps[i], timesteps[i + 1], last=i == steps_per_block - 1)
+                if self.history is not None:
+                    self.history.append(x.clone())
+        return GenerateOutput(sequences=x, nfe=self.nfe, settings=s, history=self.history)
+
+    def step(self, x, step: int, region: slice, t, s_next, last: bool) -> torch.Tensor:
+        cfg = self.settings
+        active = torch.zeros_like(x, dtype=torch.bool)
+        active[:, region] = x[:, region] == self.mask_id
+        remaining = active.sum(1).cpu()
+        k = reveal_counts(remaining, t, s_next, last)
+        needs_model = bool((remaining > 0).any()) if cfg.alg == "origin" or cfg.threshold else bool((k > 0).any())
+        if cfg.elide_noop_steps and not needs_model:
+            return self.hooks.tokens(step, x, None) if self.hooks.tokens is not None else x
+        logits = self.model(input_ids=x, attention_mask=self.attention, position_ids=self.position_ids).logits
+        self.nfe += 1
+        if self.hooks.logits is not None:
+            logits = self.hooks.logits(step, x, torch.cat([logits[:, :1], logits[:, :-1]], dim=1))
+            masked_logits = logits[active]
+        else:
+            # Shift only the rows we need: position p reads the logits of p - 1 (position 0 its own).
+            rows, cols = active.nonzero(as_tuple=True)
+            masked_logits = logits[rows, (cols - 1).clamp_min(0)]
+        # A revealed position must hold a real token: Dream can pick the mask token itself.
+        masked_logits[:, self.mask_id] = -torch.inf
+        probs = token_probabilities(masked_logits, cfg.temperature, cfg.top_p, cfg.top_k)
+        counts = remaining.tolist()
+        if cfg.alg == "origin":
+            x = self._reveal_at_random(x, active, probs, counts, t, s_next, last)
+        else:
+            x = self._reveal_most_confident(x, active, probs, counts, k.tolist())
+        if self.hooks.tokens is not None:
+            x = self.hooks.tokens(step, x, logits)
+        return x
+
+    def _reveal_at_random(self, x, active, probs, counts, t, s_next, last) -> torch.Tensor:
+        """`origin`: each masked position is revealed with probability 1 - s/t (1 on the last step)."""
+        cfg = self.settings
+        p_transfer = 1.0 if last else (1 - s_next / t).to(x.device)
+        chunks = torch.split(probs, counts)
+        values = x[active]
+        offset = 0
+        for row, (chunk, generator) in enumerate(zip(chunks, self.generators)):
+            n = chunk.shape[0]
+            if n:
+                transfer = torch.rand(n, device=x.device, generator=generator) < p_transfer
+                if bool(transfer.any()):
+                    _, tokens = draw_tokens(chunk[transfer], cfg.temperature, [int(transfer.sum())], [generator])
+                    piece = values[offset : offset + n]
+                    piece[transfer] = tokens
+            offset += n
+        x = x.clone()
+        x[active] = values
+        return x
+
+    def _reveal_most_confident(self, x, active, probs, counts, k) -> torch.Tensor:
+        """Confidence algs: reveal the k_r most confident masked positions of each row r."""
+        cfg = self.settings
+        chosen_probability, x0 = draw_tokens(probs, cfg.temperature, counts, self.generators)
+        confidence = confidence_scores(probs, chosen_probability, cfg.alg)
+        full_confidence = torch.full(x.shape, -torch.inf, dtype=confidence.dtype, device=x.device)
+        full_confidence[active] = confidence
+        candidates = torch.full_like(x, self.mask_id)
+        candidates[active] = x0
+        if cfg.threshold is not None:
+            sure = torch.zeros_like(active)
+            sure[active] = chosen_probability >= cfg.threshold
+        x = x.clone()
+        for row, (n, k_row) in enumerate(zip(counts, k)):
+            if n == 0:
+                continue
+            if cfg.threshold is not None:
+                k_row = max(k_row, 1)
+            if k_row == 0:
+                continue
+            scores = full_confidence[row : row + 1]
+            if cfg.alg_temp:
+                weights = torch.softmax(scores / cfg.alg_temp, dim=-1)
+                picked = torch.multinomial(weights, k_row, generator=self.generators[row])[0]
+            else:
+                picked = torch.topk(scores, k_row).indices[0]
+            if cfg.threshold is not None:
+                extra = sure[row].nonzero(as_tuple=True)[0]
+                picked = torch.cat([picked, extra]).unique()
+            x[row, picked] = candidates[row, picked]
+        return x
