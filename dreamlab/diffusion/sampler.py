@@ -233,6 +233,9 @@ class _Sampler:
         x = torch.cat([input_ids, input_ids.new_full((batch, s.max_new_tokens), self.mask_id)], dim=1)
         self.attention, self.position_ids = _prepare_attention(attention_mask, input_ids, total)
         self.generators = _row_generators(seed, batch, device)
+        # Per-row choices look at the row from its first real token on, so a padded row picks
+        # (ties and random draws included) exactly as it would alone.
+        self.row_starts = [0] * batch if attention_mask is None else (attention_mask.shape[1] - attention_mask.sum(1)).tolist()
         steps_per_block = s.steps // s.num_blocks
         # Dream builds the schedule on the model's device; its float32 values decide every k.
         timesteps = torch.linspace(1, s.eps, steps_per_block + 1, device=device).cpu()
@@ -321,12 +324,13 @@ class _Sampler:
                 k_row = max(k_row, 1)
             if k_row == 0:
                 continue
-            scores = full_confidence[row : row + 1]
+            start = self.row_starts[row]
+            scores = full_confidence[row : row + 1, start:]
             if cfg.alg_temp:
                 weights = torch.softmax(scores / cfg.alg_temp, dim=-1)
-                picked = torch.multinomial(weights, k_row, generator=self.generators[row])[0]
+                picked = torch.multinomial(weights, k_row, generator=self.generators[row])[0] + start
             else:
-                picked = torch.topk(scores, k_row).indices[0]
+                picked = torch.topk(scores, k_row).indices[0] + start
             if cfg.threshold is not None:
                 extra = sure[row].nonzero(as_tuple=True)[0]
                 picked = torch.cat([picked, extra]).unique()
