@@ -1,0 +1,26 @@
+"""The `dreamlab` command: the root only registers command groups, each in its own module."""
+
+from __future__ import annotations
+
+import typer
+
+from dreamlab.cli import generate as generate_cmd
+
+app = typer.Typer(
+    name="dreamlab",
+    help="A lab console for masked diffusion language models (Dream and friends).",
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
+    add_completion=False,
+)
+app.command("generate")(generate_cmd.generate)
+
+
+@app.callback()
+def root() -> None:
+    """A lab console for masked diffusion language models (Dream and friends)."""
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()
