@@ -122,3 +122,27 @@ def test_tokenizer_round_trips_through_auto_tokenizer(tmp_path, tokenizer):
     assert loaded.decode(ids) == response
     assert (loaded.mask_token, loaded.mask_token_id) == ("<|mask|>", 1)
     assert loaded.pad_token_id == loaded.eos_token_id == 0
+
+
+def test_a_bfloat16_cast_keeps_rotary_frequencies_in_float32():
+    model = build_tiny_model().to(torch.bfloat16)
+    assert model.dtype == torch.bfloat16
+    inv_freq = model.model.rotary_emb.inv_freq
+    assert inv_freq.dtype == torch.float32
+    torch.testing.assert_close(inv_freq, model.model.rotary_emb.inverse_frequencies(model.config), rtol=0, atol=0)
+
+
+def test_generation_keywords_are_accepted_and_unsupported_outputs_refused(tiny_model):
+    x = torch.randint(0, 100, (1, 6))
+    assert tiny_model(x, use_cache=False, return_dict=True).logits.shape == (1, 6, 103)
+    with pytest.raises(NotImplementedError, match="logits only"):
+        tiny_model(x, output_hidden_states=True)
+
+
+def test_unsupported_dream_config_options_are_refused_and_auto_map_is_not_saved():
+    with pytest.raises(ValueError, match="rope_scaling"):
+        DreamConfig(rope_scaling={"rope_type": "linear", "factor": 4.0})
+    with pytest.raises(ValueError, match="use_sliding_window"):
+        DreamConfig(use_sliding_window=True)
+    config = DreamConfig(auto_map={"AutoModel": "modeling_dream.DreamModel"})
+    assert "auto_map" not in config.to_dict()

@@ -133,6 +133,30 @@ def test_a_rows_tokens_do_not_depend_on_its_batch_neighbours(tiny_model_f64, alg
         assert torch.equal(batched.sequences[i, ids.shape[1] - row.shape[1]:], alone.sequences[0]), f"row {i}"
 
 
+def test_sampling_stays_batch_invariant_when_rows_have_different_schedules(tiny_model_f64):
+    """A prompt holding a mask token has one more position to fill, so its k differs per step."""
+    rows = [prompt(6, seed=1), prompt(6, seed=2).index_fill(1, torch.tensor([2]), MASK), prompt(4, seed=3)]
+    seeds = [5, 6, 7]
+    ids, mask = left_pad(rows)
+    settings = dict(max_new_tokens=12, steps=20, alg="entropy", temperature=0.9)
+    batched = generate(tiny_model_f64, ids, mask, seed=seeds, **settings)
+    for i, row in enumerate(rows):
+        alone = generate(tiny_model_f64, row, seed=[seeds[i]], **settings)
+        assert torch.equal(batched.sequences[i, ids.shape[1] - row.shape[1]:], alone.sequences[0]), f"row {i}"
+
+
+def test_the_tokens_hook_sees_shifted_logits(tiny_model):
+    seen = []
+    ids = prompt(5, 0)
+    generate(tiny_model, ids, max_new_tokens=4, steps=4, alg="maskgit_plus",
+             hooks=SamplerHooks(tokens=lambda step, x, logits: seen.append((x.clone(), logits)) or x))
+    x_before_first_step = torch.cat([ids, torch.full((1, 4), MASK)], dim=1)
+    raw = tiny_model(input_ids=x_before_first_step).logits
+    first_logits = next(logits for _, logits in seen if logits is not None)  # elided steps pass None
+    torch.testing.assert_close(first_logits[:, 1:], raw[:, :-1])
+    torch.testing.assert_close(first_logits[:, 0], raw[:, 0])
+
+
 @pytest.mark.parametrize("max_new,steps", [(16, 16), (16, 32), (24, 64), (16, 9)])
 @pytest.mark.parametrize("alg", ["maskgit_plus", "topk_margin", "entropy"])
 def test_elision_skips_exactly_the_steps_that_reveal_nothing(tiny_model, alg, max_new, steps):

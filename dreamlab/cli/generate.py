@@ -33,7 +33,7 @@ def generate(
     block_length: Annotated[int | None, typer.Option(help="Semi-autoregressive blocks of this many tokens.")] = None,
     threshold: Annotated[float | None, typer.Option(help="Also reveal every position with p >= threshold.")] = None,
     seed: int = 0,
-    elide: Annotated[bool, typer.Option(help="Skip steps that reveal nothing (same output, fewer model calls).")] = True,
+    elide: Annotated[bool, typer.Option(help="Skip steps that reveal nothing: fewer model calls, same tokens at temperature 0, same distribution when sampling.")] = True,
     raw: Annotated[bool, typer.Option(help="Use the prompt as is, without the chat template.")] = False,
     device: str = "auto",
     dtype: str = "auto",

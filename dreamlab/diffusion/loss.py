@@ -76,7 +76,8 @@ def cart_kernel(length: int, p: float, dtype: torch.dtype = torch.float64, devic
 def cart_weights(context: torch.Tensor, p: float) -> torch.Tensor:
     """Context-adaptive weights w_n = 0.5 * sum_{i != n, context i} p (1-p)^(|n-i|-1), for every n.
 
-    `context` [B, L] marks clean (unmasked, attended) positions. Computed as a convolution through
+    `context` [B, L] marks clean positions. Dream counts every unmasked position; dreamlab leaves
+    out left padding that the model cannot see (attention 0). Computed as a convolution through
     the FFT in float64, O(L log L) per row, instead of Dream's L x L Toeplitz matrix product.
     """
     batch, length = context.shape
@@ -115,13 +116,15 @@ def masked_diffusion_loss(
     attention_mask: torch.Tensor | None = None,
 ) -> LossOutput:
     """Weighted cross-entropy on masked positions, divided by their count (0 when there are none)."""
-    if settings.shift_logits:
-        logits = shift_logits(logits)
     num_masked = int(masked.sum())
     if num_masked == 0:
         # Dream divides 0 by 0 here; keep the graph so every rank still runs backward.
         return LossOutput(loss=logits.sum() * 0.0, num_masked=0, t=t, token_ce_mean=0.0)
-    ce = F.cross_entropy(logits[masked].float(), clean_ids[masked], reduction="none")
+    rows, cols = masked.nonzero(as_tuple=True)
+    if settings.shift_logits:
+        # shift_logits() on the gathered rows only: a full [B, L, V] copy costs GBs at Dream's vocab.
+        cols = (cols - 1).clamp_min(0)
+    ce = F.cross_entropy(logits[rows, cols].float(), clean_ids[masked], reduction="none")
     weights = token_weights(settings.time_reweighting, masked, t, cart_p=settings.cart_p, attention_mask=attention_mask)
     per_token = ce
     if settings.focal:

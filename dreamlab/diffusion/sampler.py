@@ -9,7 +9,14 @@ The loop (for one block; without `block_length` the whole sequence is one block)
 What differs from Dream (see docs/dream-reference.md): k is counted per row, so a row's output does
 not depend on its batch neighbours; the mask token is never chosen as a revealed token; and a step
 whose k is 0 for every row is skipped without calling the model, which cannot change the result
-because k never depends on the logits for the confidence-based algorithms.
+because k never depends on the logits for the confidence-based algorithms: identical tokens at
+temperature 0; when sampling, the same distribution but not Dream's random stream (Dream also draws
+tokens on steps that reveal nothing; with elision off, dreamlab draws exactly as Dream does).
+
+`threshold` (Fast-dLLM's parallel decoding) runs inside Dream's schedule: each step reveals the
+max(k, 1) most confident positions plus every position whose chosen token has p >= threshold, so
+`steps` still bounds the model calls; with steps == max_new_tokens (k = 1) it is Fast-dLLM's
+"top-1 plus everything above the threshold" rule.
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
+from dreamlab.diffusion.loss import shift_logits
 from dreamlab.diffusion.tokens import confidence_scores, draw_tokens, token_probabilities
 
 ALGORITHMS = ("origin", "maskgit_plus", "topk_margin", "entropy")
@@ -263,11 +271,21 @@ class _Sampler:
         needs_model = bool((remaining > 0).any()) if cfg.alg == "origin" or cfg.threshold else bool((k > 0).any())
         if cfg.elide_noop_steps and not needs_model:
             return self.hooks.tokens(step, x, None) if self.hooks.tokens is not None else x
+        if cfg.elide_noop_steps and cfg.alg != "origin" and cfg.threshold is None:
+            # Rows that reveal nothing this step draw nothing either, exactly as when they run
+            # alone and the step is skipped: batched sampling then stays batch-invariant.
+            idle = k == 0
+            if bool(idle.any()):
+                active[idle.to(x.device)] = False
+                remaining = torch.where(idle, 0, remaining)
         logits = self.model(input_ids=x, attention_mask=self.attention, position_ids=self.position_ids).logits
         self.nfe += 1
-        if self.hooks.logits is not None:
-            logits = self.hooks.logits(step, x, torch.cat([logits[:, :1], logits[:, :-1]], dim=1))
-            masked_logits = logits[active]
+        shifted = None
+        if self.hooks.logits is not None or self.hooks.tokens is not None:
+            shifted = shift_logits(logits)
+            if self.hooks.logits is not None:
+                shifted = self.hooks.logits(step, x, shifted)
+            masked_logits = shifted[active]
         else:
             # Shift only the rows we need: position p reads the logits of p - 1 (position 0 its own).
             rows, cols = active.nonzero(as_tuple=True)
@@ -281,7 +299,7 @@ class _Sampler:
         else:
             x = self._reveal_most_confident(x, active, probs, counts, k.tolist())
         if self.hooks.tokens is not None:
-            x = self.hooks.tokens(step, x, logits)
+            x = self.hooks.tokens(step, x, shifted)
         return x
 
     def _reveal_at_random(self, x, active, probs, counts, t, s_next, last) -> torch.Tensor:

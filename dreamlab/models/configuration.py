@@ -63,6 +63,20 @@ class DreamConfig(PretrainedConfig):
             **kwargs,
         )
         self._validate_shapes()
+        self._refuse_unsupported()
+
+    def _refuse_unsupported(self) -> None:
+        rope_scaling = getattr(self, "rope_scaling", None)
+        if rope_scaling and rope_scaling.get("rope_type", rope_scaling.get("type", "default")) != "default":
+            raise ValueError(f"rope_scaling {rope_scaling} is not supported by dreamlab's Dream model (plain RoPE only)")
+        if getattr(self, "use_sliding_window", False):
+            raise ValueError("use_sliding_window=true is not supported by dreamlab's Dream model (full attention only)")
+
+    def to_dict(self) -> dict:
+        """Serialise without Dream's `auto_map`: the remote files it names are not saved with us."""
+        data = super().to_dict()
+        data.pop("auto_map", None)
+        return data
 
     def _validate_shapes(self) -> None:
         if self.num_attention_heads % self.num_key_value_heads:

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
-from transformers import AutoModel, AutoTokenizer, PreTrainedTokenizerBase
+from transformers import AutoModel, AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast, Qwen2Tokenizer
 
 import dreamlab.models  # noqa: F401  (registers the Dream classes with the Auto factories)
 from dreamlab.models.tiny import TINY_NAME, build_tiny_model
@@ -53,5 +54,32 @@ def load_model_and_tokenizer(
             raise FileNotFoundError(f"no model at {spec}: expected a folder with config.json and safetensors weights")
         source = str(path) if looks_local else spec
         model = AutoModel.from_pretrained(source, dtype=torch_dtype, trust_remote_code=trust_remote_code)
-        tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
+        tokenizer = load_tokenizer(source, trust_remote_code=trust_remote_code)
     return model.to(device=target, dtype=torch_dtype).eval(), tokenizer
+
+
+def _names_remote_tokenizer(folder: Path) -> bool:
+    config_file = folder / "tokenizer_config.json"
+    if not config_file.is_file():
+        return False
+    return "AutoTokenizer" in json.loads(config_file.read_text()).get("auto_map", {})
+
+
+def load_tokenizer(source: str, *, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
+    """AutoTokenizer, except for a local folder whose tokenizer is remote code that is not trusted.
+
+    Dream-v0 ships `DreamTokenizer` as remote code over a plain Qwen2 byte-level BPE; without
+    trust_remote_code we load that BPE (tokenizer.json, else vocab.json + merges.txt) directly, with
+    the special tokens and chat template from tokenizer_config.json, instead of asking at a prompt.
+    """
+    folder = Path(source)
+    if trust_remote_code or not _names_remote_tokenizer(folder):
+        return AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
+    if (folder / "tokenizer.json").is_file():
+        return PreTrainedTokenizerFast.from_pretrained(source)
+    if (folder / "vocab.json").is_file() and (folder / "merges.txt").is_file():
+        return Qwen2Tokenizer.from_pretrained(source)
+    raise FileNotFoundError(
+        f"{source}: the tokenizer is remote code and there is no tokenizer.json or vocab.json + merges.txt to load "
+        "without it; pass --trust-remote-code to run the folder's own tokenizer code"
+    )

@@ -49,6 +49,13 @@ class DreamRotaryEmbedding(nn.Module):
         dim = config.head_dim
         return 1.0 / (config.rope_theta ** (torch.arange(0, dim, 2, dtype=torch.float32) / dim))
 
+    def _apply(self, fn, recurse=True):
+        # `model.to(torch.bfloat16)` would cast inv_freq too and put RoPE angles off by radians at
+        # long positions; Dream keeps it in float32, so recompute it after every move or cast.
+        super()._apply(fn, recurse)
+        self.inv_freq = self.inverse_frequencies(self.config).to(self.inv_freq.device)
+        return self
+
     @torch.no_grad()
     def forward(self, x: torch.Tensor, position_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         freqs = position_ids[..., None].float() * self.inv_freq.to(x.device)
@@ -258,7 +265,10 @@ class DreamModel(DreamPreTrainedModel):
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
         inputs_embeds: torch.Tensor | None = None,
-        return_dict: bool | None = None,
+        **kwargs,
     ) -> MaskedLMOutput:
+        """Logits for every position; generation-only keywords (use_cache, return_dict) are ignored."""
+        if kwargs.get("output_attentions") or kwargs.get("output_hidden_states"):
+            raise NotImplementedError("DreamModel returns logits only (no attentions or hidden states)")
         hidden_states = self.model(input_ids, attention_mask, position_ids, inputs_embeds)
         return MaskedLMOutput(logits=self.lm_head(hidden_states))
