@@ -14,7 +14,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from dreamlab.data.errors import DataError
 from dreamlab.data.formats import DEFAULT_SYSTEM_PROMPT, FORMATS
 from dreamlab.data.lengths import TRUNCATIONS
-from dreamlab.data.prepare import ORDERS, ConvertOptions, PrepareOptions, prepare
+from dreamlab.data.prepare import ORDERS, ConvertOptions, PrepareOptions, prepare, report_path
 from dreamlab.data.report import report_tables
 
 app = typer.Typer(help="Prepare SFT data: s1K, s1K-1.1, GSM8K or prepared rows -> Dream rows.",
@@ -61,6 +61,7 @@ def prepare_command(
     console = Console()
     for table in report_tables(report):
         console.print(table)
+    console.print(f"wrote {report.rows_written} rows to {out}; report in {report_path(out)}", soft_wrap=True)
 
 
 def _load_tokenizer(name: str | None):

@@ -46,7 +46,7 @@ def write_rows(records: Sequence[dict[str, Any]], path: Path) -> None:
             datasets.Dataset.from_list(list(records)).to_parquet(str(temporary))
         else:
             _write_text(temporary, lambda handle: handle.writelines(
-                json.dumps(record, ensure_ascii=False) + "\n" for record in records))
+                json.dumps(record) + "\n" for record in records))
 
 
 def write_json(data: dict[str, Any], path: Path) -> None:

@@ -149,7 +149,7 @@ def _filter(pairs: list[tuple[DreamRow, SourceRow]], filters: list[RowFilter],
             report: PrepareReport) -> list[tuple[DreamRow, SourceRow]]:
     for row_filter in filters:
         if all(row_filter.lookup(row, record) is None for row, record in pairs):
-            known = sorted({key for row, record in pairs for key in (*row.meta, *record)})
+            known = sorted({key for row, record in pairs for key in (*row.meta, *record.record)})
             raise DataError(f"--where {row_filter.field}: no row has that field (fields: {', '.join(known)})")
     kept = [(row, record) for row, record in pairs if all(f.matches(row, record) for f in filters)]
     if not kept:
@@ -177,7 +177,7 @@ def _fit(rows: list[DreamRow], wheres: list[str], lengths: list[RowLength], coun
     over = [i for i, length in enumerate(lengths) if length.total > limit]
     if over and options.truncation == "error":
         length = lengths[over[0]]
-        more = f" (and {len(over) - 1} more rows)" if len(over) > 1 else ""
+        more = f" (and {len(over) - 1} more row{'s' if len(over) > 2 else ''})" if len(over) > 1 else ""
         raise DataError(
             f"{wheres[over[0]]}: {length.total} tokens (prompt {length.prompt} + response "
             f"{length.response}), over --max-length {limit}{more}; pass --truncation drop, left or right"

@@ -57,7 +57,7 @@ class PrepareReport:
 
 def report_tables(report: PrepareReport) -> tuple[Table, Table]:
     """Two rich tables: row counts, then token-length percentiles."""
-    counts = Table(title=f"data prepare ({report.format})", caption=f"report: {report.output}.report.json")
+    counts = Table(title=f"data prepare ({report.format})")
     counts.add_column("rows")
     counts.add_column("", justify="right")
     counts.add_row("rows read", str(report.rows_read))
