@@ -5,7 +5,7 @@ from __future__ import annotations
 import datasets
 import pytest
 
-from tests.data_helpers import SYSTEM, prepare, read_jsonl, user, write_jsonl
+from tests.data_helpers import prepare, read_jsonl, user, write_jsonl
 
 S1K_SIMPLE = [{
     "question": "What is 2 + 3?", "answer": "<think>\n2 plus 3 is 5.\n</think>\n\n**5**",
