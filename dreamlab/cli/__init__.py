@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import typer
 
+from dreamlab.cli import data as data_cmd
 from dreamlab.cli import generate as generate_cmd
 
 app = typer.Typer(
@@ -14,6 +15,7 @@ app = typer.Typer(
     add_completion=False,
 )
 app.command("generate")(generate_cmd.generate)
+app.add_typer(data_cmd.app, name="data")
 
 
 @app.callback()

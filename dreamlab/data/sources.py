@@ -1,0 +1,121 @@
+"""Reading source rows from local jsonl / json / parquet files, a folder of them, or the hub."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from dreamlab.data.errors import DataError
+
+DATA_SUFFIXES = (".jsonl", ".json", ".parquet")
+# Hub data sets whose loader needs a configuration name; the first one is the default.
+HUB_DEFAULT_SUBSETS = {"openai/gsm8k": "main"}
+_HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
+
+
+@dataclass(frozen=True)
+class SourceRow:
+    """One input record with its position: `index` counts from 0 over the whole source."""
+
+    index: int
+    where: str
+    record: dict[str, Any]
+
+
+def read_source(source: str, *, split: str = "train", subset: str | None = None) -> list[SourceRow]:
+    """Read every record of a local file, a folder of data files, or a hub data set."""
+    path = Path(source)
+    if path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix in DATA_SUFFIXES)
+        if not files:
+            raise DataError(f"empty source: no {', '.join(DATA_SUFFIXES)} files in {source}")
+        records = [rec for file in files for rec in _read_file(file)]
+    elif path.is_file():
+        if path.suffix not in DATA_SUFFIXES:
+            raise DataError(f"{source}: unsupported file type (expected {', '.join(DATA_SUFFIXES)})")
+        records = list(_read_file(path))
+    elif path.suffix in DATA_SUFFIXES or not _HUB_ID.match(source):
+        raise DataError(f"no such file or folder: {source}")
+    else:
+        records = list(_read_hub(source, split=split, subset=subset))
+    rows = [SourceRow(index=i, where=where, record=rec) for i, (where, rec) in enumerate(records)]
+    if not rows:
+        raise DataError(f"empty source: {source} holds no rows")
+    return rows
+
+
+def _read_file(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
+    if path.suffix == ".parquet":
+        yield from _read_parquet(path)
+    elif path.suffix == ".jsonl":
+        yield from _read_json_lines(path)
+    else:
+        yield from _read_json(path)
+
+
+def _read_json_lines(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
+    with path.open(encoding="utf-8") as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            where = f"{path.name} line {number}"
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as error:
+                raise DataError(f"{path} line {number}: malformed JSON ({error.msg} at column {error.colno})") from None
+            yield where, _as_object(record, where)
+
+
+def _read_json(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
+    text = path.read_text(encoding="utf-8")
+    try:
+        document = json.loads(text)
+    except json.JSONDecodeError as error:
+        if error.msg == "Extra data":  # several JSON values: the file is JSON lines under a .json name
+            yield from _read_json_lines(path)
+            return
+        raise DataError(f"{path} line {error.lineno}: malformed JSON ({error.msg} at column {error.colno})") from None
+    if not isinstance(document, list):
+        yield f"{path.name} line 1", _as_object(document, f"{path.name} line 1")
+        return
+    for position, record in enumerate(document):
+        where = f"{path.name} item {position}"
+        yield where, _as_object(record, where)
+
+
+def _as_object(record: Any, where: str) -> dict[str, Any]:
+    if not isinstance(record, dict):
+        raise DataError(f"{where}: expected a JSON object, got {type(record).__name__}")
+    return record
+
+
+def _read_parquet(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
+    import datasets
+
+    try:
+        table = datasets.Dataset.from_parquet(str(path), keep_in_memory=True)
+    except Exception as error:  # pyarrow and datasets raise many types for a corrupt file
+        raise DataError(f"{path}: cannot read parquet ({type(error).__name__}: {_first_line(error)})") from None
+    for position, record in enumerate(table):
+        yield f"{path.name} row {position}", record
+
+
+def _read_hub(source: str, *, split: str, subset: str | None) -> Iterator[tuple[str, dict[str, Any]]]:
+    import datasets
+
+    name = subset if subset is not None else HUB_DEFAULT_SUBSETS.get(source)
+    try:
+        table = datasets.load_dataset(source, name=name, split=split)
+    except Exception as error:  # network, auth, missing split: all reported on one line
+        raise DataError(f"cannot load {source} from the hub ({type(error).__name__}: {_first_line(error)})") from None
+    for position, record in enumerate(table):
+        yield f"{source} {split} row {position}", record
+
+
+def _first_line(error: Exception) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else "no message"
