@@ -216,3 +216,15 @@ def test_real_gsm8k_train_split_end_to_end(tmp_path):
         "response": {"p50": 219, "p90": 422, "p99": 681, "max": 1146},
         "total": {"p50": 502, "p90": 807, "p99": 1124, "max": 1725},
     }
+
+
+def test_the_builtin_arithmetic_task_is_a_source(tmp_path):
+    out = tmp_path / "arith.jsonl"
+    result = prepare("builtin:arithmetic:2", "--split", "validation", "--no-system", "--where", "kind=mul",
+                     "--out", str(out))
+    assert result.exit_code == 0, result.output
+    rows = read_jsonl(out)
+    assert rows and all(r["prompt"][0]["content"].startswith("Solve: ") and " * " in r["prompt"][0]["content"] for r in rows)
+    assert all(r["response"].startswith("<think>\n") and r["meta"]["difficulty"] == 2 for r in rows)
+    bad = prepare("builtin:arithmetic:9", "--out", str(tmp_path / "x.jsonl"))
+    assert bad.exit_code == 2 and "builtin:arithmetic[:LEVEL][:notrace]" in bad.output

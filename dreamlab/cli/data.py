@@ -40,7 +40,7 @@ def prepare_command(
     truncation: Annotated[str, typer.Option(help=f"Rows over --max-length: {', '.join(TRUNCATIONS)} (left/right cut the response).")] = "error",
     on_invalid: Annotated[str, typer.Option(help="Rows with a missing or malformed field: error or drop.")] = "error",
     tokenizer: Annotated[str | None, typer.Option(help="Tokenizer folder or hub id for AutoTokenizer (default: the tiny preset's).")] = None,
-    split: Annotated[str, typer.Option(help="Hub sources: which split.")] = "train",
+    split: Annotated[str, typer.Option(help="Hub sources and builtin:arithmetic: which split.")] = "train",
     subset: Annotated[str | None, typer.Option(help="Hub sources: configuration name (openai/gsm8k: main by default).")] = None,
 ) -> None:
     """Convert SOURCE into Dream SFT rows (prompt messages, <think> response, meta) with a report."""
@@ -69,10 +69,10 @@ def _load_tokenizer(name: str | None):
         from dreamlab.models import build_char_tokenizer
 
         return build_char_tokenizer()
-    from transformers import AutoTokenizer
+    from dreamlab.models.loading import load_tokenizer
 
     try:
-        return AutoTokenizer.from_pretrained(name)
+        return load_tokenizer(name)
     except (OSError, ValueError) as error:
         first_line = (str(error).strip().splitlines() or ["no message"])[0]
         raise DataError(f"cannot load tokenizer {name}: {first_line}") from None

@@ -26,10 +26,18 @@ class SourceRow:
     record: dict[str, Any]
 
 
+BUILTIN_PREFIX = "builtin:arithmetic"
+
+
 def read_source(source: str, *, split: str = "train", subset: str | None = None) -> list[SourceRow]:
-    """Read every record of a local file, a folder of data files, or a hub data set."""
+    """Read every record of a local file, a folder of data files, a hub data set, or the built-in task.
+
+    `builtin:arithmetic[:LEVEL][:notrace]` is the built-in arithmetic task (level 1 by default).
+    """
     path = Path(source)
-    if path.is_dir():
+    if source.startswith(BUILTIN_PREFIX):
+        records = _read_builtin(source, split)
+    elif path.is_dir():
         files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix in DATA_SUFFIXES)
         if not files:
             raise DataError(f"empty source: no {', '.join(DATA_SUFFIXES)} files in {source}")
@@ -114,6 +122,20 @@ def _read_hub(source: str, *, split: str, subset: str | None) -> Iterator[tuple[
         raise DataError(f"cannot load {source} from the hub ({type(error).__name__}: {_first_line(error)})") from None
     for position, record in enumerate(table):
         yield f"{source} {split} row {position}", record
+
+
+def _read_builtin(source: str, split: str) -> list[tuple[str, dict[str, Any]]]:
+    from dreamlab.data.arithmetic import LEVELS, SPLITS, arithmetic_rows
+
+    parts = source.removeprefix(BUILTIN_PREFIX).split(":")[1:]
+    trace = "notrace" not in parts
+    levels = [p for p in parts if p != "notrace"]
+    if len(levels) > 1 or (levels and levels[0] not in {str(level) for level in LEVELS}):
+        raise DataError(f"{source}: expected builtin:arithmetic[:LEVEL][:notrace] with LEVEL in {LEVELS}")
+    if split not in SPLITS:
+        raise DataError(f"{source}: --split must be one of {', '.join(SPLITS)}; got {split!r}")
+    rows = arithmetic_rows(split, level=int(levels[0]) if levels else 1, trace=trace)
+    return [(f"{source} {split} row {position}", row) for position, row in enumerate(rows)]
 
 
 def _first_line(error: Exception) -> str:
