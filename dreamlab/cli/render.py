@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from transformers import PreTrainedTokenizerBase
 
+from dreamlab.evals.exact_match import cut_at_eos  # noqa: F401  (re-exported for the CLI)
+
 MASK_GLYPH = "░"
 
 
@@ -21,9 +23,3 @@ def render_with_masks(tokenizer: PreTrainedTokenizerBase, ids: list[int], mask_t
     if run:
         pieces.append(tokenizer.decode(run))
     return "".join(pieces)
-
-
-def cut_at_eos(tokenizer: PreTrainedTokenizerBase, ids: list[int]) -> list[int]:
-    """The ids before the first EOS (the sampler fills the tail with EOS)."""
-    eos = tokenizer.eos_token_id
-    return ids[: ids.index(eos)] if eos is not None and eos in ids else ids

@@ -14,7 +14,7 @@ from dreamlab.data.errors import DataError
 DATA_SUFFIXES = (".jsonl", ".json", ".parquet")
 # Hub data sets whose loader needs a configuration name; the first one is the default.
 HUB_DEFAULT_SUBSETS = {"openai/gsm8k": "main"}
-_HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
+HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
 
 
 @dataclass(frozen=True)
@@ -46,7 +46,7 @@ def read_source(source: str, *, split: str = "train", subset: str | None = None)
         if path.suffix not in DATA_SUFFIXES:
             raise DataError(f"{source}: unsupported file type (expected {', '.join(DATA_SUFFIXES)})")
         records = list(_read_file(path))
-    elif path.suffix in DATA_SUFFIXES or not _HUB_ID.match(source):
+    elif path.suffix in DATA_SUFFIXES or not HUB_ID.match(source):
         raise DataError(f"no such file or folder: {source}")
     else:
         records = list(_read_hub(source, split=split, subset=subset))

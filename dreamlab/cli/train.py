@@ -1,0 +1,107 @@
+"""`dreamlab train`: validate a recipe, record the run, and start it detached (or attached)."""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from dreamlab.cli.options import DbOption, resolve_db
+from dreamlab.config import RecipeError, load_recipe, recipe_from_dict
+from dreamlab.store import RunStore
+from dreamlab.store.errors import StoreError
+from dreamlab.train.launcher import check_before_launch, environment_meta, start_process, torchrun_command, write_run_spec
+
+STEP_LINE = re.compile(r"^step (\d+) (.*)$")
+
+
+def train(
+    args: Annotated[list[str] | None, typer.Argument(
+        help="[RECIPE] [section.key=value ...]: a recipe name (dreamlab/recipes) or YAML path, then overrides.",
+    )] = None,
+    name: Annotated[str | None, typer.Option(help="Run name (letters, digits, - _ .); generated if absent.")] = None,
+    foreground: Annotated[bool, typer.Option(help="Stay attached: stream the log and a progress bar.")] = False,
+    resume: Annotated[str | None, typer.Option(help="Continue RUN from its newest complete checkpoint.")] = None,
+    db: DbOption = None,
+) -> None:
+    """Train a model with Dream's diffusion SFT (no recipe: the tiny model on the built-in task, CPU)."""
+    console = Console()
+    store_path = resolve_db(db)
+    try:
+        store = RunStore(store_path)
+        if resume:
+            if args:
+                raise RecipeError("--resume takes no recipe or overrides: it continues the run as recorded")
+            run = store.get_run(resume)
+            run_dir = Path(run.run_dir)
+            recipe = recipe_from_dict(json.loads((run_dir / "run.json").read_text())["recipe"])
+        else:
+            words = list(args or [])
+            recipe_name = words.pop(0) if words and "=" not in words[0] else None
+            recipe = load_recipe(recipe_name, words)
+            check_before_launch(recipe)
+            run = store.create_run(name=name, recipe=recipe.to_dict(), meta=environment_meta(),
+                                   run_dir=None)
+            run_dir = Path(run.run_dir)
+            write_run_spec(run_dir, recipe, run.id, store_path.resolve())
+    except (RecipeError, StoreError, OSError) as error:
+        typer.echo(f"error: {error}", err=True)
+        raise typer.Exit(2) from None
+    command = torchrun_command(recipe, run_dir, store_path.resolve(), resume=resume is not None)
+    process = start_process(command, run_dir, capture=foreground)
+    store.mark_started(run.id, pid=process.pid, pgid=process.pid)
+    if not foreground:
+        console.print(f"started run [bold]{run.name}[/bold] (process group {process.pid}), detached")
+        console.print(f"  log:    tail -f {run_dir / 'train.log'}")
+        console.print(f"  status: dreamlab runs show {run.name}")
+        console.print(f"  stop:   dreamlab runs stop {run.name}")
+        return
+    code = _follow(process, run_dir, console)
+    final = store.get_run(run.id)
+    if final.status == "running":  # the workers died before recording an ending
+        store.finish(run.id, "failed", exit_reason=f"torchrun exited with code {code}")
+        final = store.get_run(run.id)
+    console.print(f"run [bold]{run.name}[/bold]: {final.status}" + (f" ({final.exit_reason})" if final.exit_reason else ""))
+    raise typer.Exit(0 if final.status in ("completed", "stopped") else 1)
+
+
+def _follow(process, run_dir: Path, console: Console) -> int:
+    """Tee the run's output into train.log, draw a progress bar from its step lines, pass on Ctrl-C."""
+    def forward_interrupt(signum, frame):
+        import os
+
+        os.killpg(process.pid, signal.SIGTERM)
+
+    previous = signal.signal(signal.SIGINT, forward_interrupt)
+    columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[loss]}"),
+               TimeElapsedColumn(), TimeRemainingColumn()]
+    try:
+        with open(run_dir / "train.log", "ab") as log, Progress(*columns, console=console, transient=False,
+                                                                  disable=not console.is_terminal) as bars:
+            task = bars.add_task("training", total=None, loss="")
+            for raw in process.stdout:
+                log.write(raw)
+                log.flush()
+                line = raw.decode(errors="replace").rstrip()
+                match = STEP_LINE.match(line)
+                if match:
+                    values = dict(item.split("=", 1) for item in match.group(2).split() if "=" in item)
+                    if "trainer/total_steps" in values:
+                        bars.update(task, total=int(float(values["trainer/total_steps"])))
+                    loss = values.get("train/loss")
+                    bars.update(task, completed=int(match.group(1)), loss=f"loss {loss}" if loss else "")
+                    if not console.is_terminal:
+                        print(line, flush=True)
+                elif line:
+                    bars.console.print(line, markup=False, highlight=False)
+            return process.wait()
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        sys.stdout.flush()

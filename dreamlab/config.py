@@ -1,0 +1,294 @@
+"""The typed training recipe (data / model / optim / diffusion / trainer) and Dream's dotted overrides.
+
+A recipe is YAML (`dreamlab/recipes/*.yaml`, found by name, or any path); `section.key=value`
+arguments override it. Unknown keys and bad values stop before anything starts, naming the key and
+the closest valid one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from dreamlab.data.collate import CUTOFF_MODES
+from dreamlab.diffusion.loss import TIME_REWEIGHTINGS
+
+RECIPES_DIR = Path(__file__).parent / "recipes"
+DEFAULT_RECIPE = "tiny-arithmetic"
+
+
+class RecipeError(ValueError):
+    """A recipe or override that cannot run; the message names the key and what to write instead."""
+
+
+@dataclass
+class DataConfig:
+    """Where rows come from and how they become batches."""
+
+    train_files: list[str] = field(default_factory=lambda: ["builtin:arithmetic"])
+    val_files: list[str] = field(default_factory=lambda: ["builtin:arithmetic"])
+    max_length: int = 2048
+    truncation: str = "error"
+    micro_batch_size_per_gpu: int = 4
+    gradient_accumulation_steps: int = 1
+    perbatch_cutoff_type: str = "random_with_input_pad"
+    train_on_padding: bool = True
+    system_prompt: str | None = None
+    val_size: int | None = 256
+
+
+@dataclass
+class ModelConfig:
+    """Which model to start from and how to run it."""
+
+    partial_pretrain: str = "tiny"
+    trust_remote_code: bool = False
+    enable_gradient_checkpointing: bool = True
+    compile: bool = False
+    tiny_hidden_size: int = 256
+    tiny_num_layers: int = 4
+    tiny_num_heads: int = 4
+    tiny_intermediate_size: int = 768
+
+
+@dataclass
+class OptimConfig:
+    """AdamW with linear warmup then cosine decay."""
+
+    lr: float = 2e-6
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
+    weight_decay: float = 0.01
+    warmup_steps_ratio: float = 0.1
+    clip_grad: float = 1.0
+    lr_scheduler: str = "cosine"
+    min_lr_ratio: float = 0.0
+
+
+@dataclass
+class DiffusionConfig:
+    """The masked-diffusion loss settings."""
+
+    time_reweighting: str = "cart"
+    cart_p: float = 0.1
+    eps: float = 1e-3
+    shift_logits: bool = True
+    focal: bool = False
+
+
+@dataclass
+class TrainerConfig:
+    """Length, checkpoints, validation and launch of a run."""
+
+    total_epochs: int = 3
+    total_training_steps: int | None = None
+    save_checkpoint_steps: int | None = None
+    val_check_interval: int | None = None
+    log_every: int = 1
+    seed: int = 0
+    device: str = "auto"
+    nproc_per_node: int = 1
+    nnodes: int = 1
+    rdzv_endpoint: str | None = None
+    max_checkpoints: int = 3
+
+
+@dataclass
+class Recipe:
+    """A whole training recipe."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The nested plain dict (what is stored with a run)."""
+        return dataclasses.asdict(self)
+
+    def flat(self) -> dict[str, Any]:
+        """`section.key -> value` for every setting."""
+        return {f"{section}.{key}": value for section, values in self.to_dict().items() for key, value in values.items()}
+
+
+CHOICES = {
+    "data.truncation": ("error", "drop", "left", "right"),
+    "data.perbatch_cutoff_type": CUTOFF_MODES,
+    "optim.lr_scheduler": ("cosine", "constant"),
+    "diffusion.time_reweighting": TIME_REWEIGHTINGS,
+}
+POSITIVE = {
+    "data.max_length", "data.micro_batch_size_per_gpu", "data.gradient_accumulation_steps", "data.val_size",
+    "trainer.total_epochs", "trainer.total_training_steps", "trainer.save_checkpoint_steps",
+    "trainer.val_check_interval", "trainer.log_every", "trainer.nproc_per_node", "trainer.nnodes",
+    "trainer.max_checkpoints", "model.tiny_hidden_size", "model.tiny_num_layers", "model.tiny_num_heads",
+    "model.tiny_intermediate_size", "optim.lr",
+}
+
+
+def _sections() -> dict[str, type]:
+    return {f.name: f.type if isinstance(f.type, type) else globals()[f.type] for f in dataclasses.fields(Recipe)}
+
+
+def _field_types(section_type: type) -> dict[str, Any]:
+    return typing.get_type_hints(section_type)
+
+
+# Names people write from other trainers' habits, mapped to this recipe's key.
+ALIASES = {"learning_rate": "lr", "batch_size": "micro_batch_size_per_gpu", "epochs": "total_epochs",
+           "num_epochs": "total_epochs", "grad_clip": "clip_grad", "max_grad_norm": "clip_grad",
+           "max_steps": "total_training_steps", "warmup_ratio": "warmup_steps_ratio", "model_name": "partial_pretrain"}
+
+
+def _closest(name: str, options: list[str]) -> str:
+    section, _, key = name.partition(".")
+    if key in ALIASES and f"{section}.{ALIASES[key]}" in options:
+        return f"; did you mean {section}.{ALIASES[key]}?"
+    match = difflib.get_close_matches(name, options, n=1, cutoff=0.5)
+    return f"; did you mean {match[0]}?" if match else f"; valid keys: {', '.join(sorted(options))}"
+
+
+def _coerce(key: str, value: Any, annotation: Any) -> Any:
+    """Convert a YAML or command-line value to the field's type, or raise RecipeError."""
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if origin in (typing.Union, types.UnionType):
+        if value is None or (isinstance(value, str) and value.lower() in ("null", "none", "~")):
+            if type(None) in args:
+                return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(key, value, inner[0])
+    if origin is list:
+        if isinstance(value, str):
+            parsed = yaml.safe_load(value) if value.strip().startswith("[") else [v.strip() for v in value.split(",")]
+            value = parsed
+        if not isinstance(value, list):
+            raise RecipeError(f"{key}: expected a list, got {value!r}")
+        return [_coerce(key, v, args[0]) for v in value]
+    if annotation is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
+            return value.lower() in ("true", "1", "yes")
+        raise RecipeError(f"{key}: expected true or false, got {value!r}")
+    if annotation is int:
+        if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+            raise RecipeError(f"{key}: expected an integer, got {value!r}")
+        try:
+            return int(value)
+        except (TypeError, ValueError):
+            raise RecipeError(f"{key}: expected an integer, got {value!r}") from None
+    if annotation is float:
+        if isinstance(value, bool):
+            raise RecipeError(f"{key}: expected a number, got {value!r}")
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise RecipeError(f"{key}: expected a number, got {value!r}") from None
+    if annotation is str:
+        if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+            raise RecipeError(f"{key}: expected text, got {value!r}")
+        return str(value)
+    raise RecipeError(f"{key}: unsupported type {annotation}")
+
+
+def set_value(recipe: Recipe, dotted: str, value: Any) -> None:
+    """Set `section.key` to value (coerced to its type), refusing unknown keys with a suggestion."""
+    sections = _sections()
+    section, _, key = dotted.partition(".")
+    all_keys = [f"{s}.{k}" for s, t in sections.items() for k in _field_types(t)]
+    if section not in sections or not key:
+        raise RecipeError(f"unknown recipe key {dotted!r}{_closest(dotted, all_keys)}")
+    types_ = _field_types(sections[section])
+    if key not in types_:
+        raise RecipeError(f"unknown recipe key {dotted!r}{_closest(dotted, all_keys)}")
+    setattr(getattr(recipe, section), key, _coerce(dotted, value, types_[key]))
+
+
+def parse_override(text: str) -> tuple[str, str]:
+    """Split `section.key=value`."""
+    key, sep, value = text.partition("=")
+    if not sep or "." not in key:
+        raise RecipeError(f"override {text!r}: expected section.key=value (e.g. optim.lr=2e-6)")
+    return key.strip(), value.strip()
+
+
+def find_recipe(name_or_path: str) -> Path:
+    """A recipe path: an existing file, or a name in dreamlab/recipes (with or without .yaml)."""
+    path = Path(name_or_path)
+    if path.is_file():
+        return path
+    packaged = RECIPES_DIR / (name_or_path if name_or_path.endswith(".yaml") else f"{name_or_path}.yaml")
+    if packaged.is_file():
+        return packaged
+    names = sorted(p.stem for p in RECIPES_DIR.glob("*.yaml"))
+    raise RecipeError(f"no recipe {name_or_path!r}: not a file, and the packaged recipes are {', '.join(names)}")
+
+
+def load_recipe(name_or_path: str | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Recipe:
+    """Read a YAML recipe (default: the tiny CPU recipe), apply overrides, validate."""
+    path = find_recipe(name_or_path or DEFAULT_RECIPE)
+    try:
+        document = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise RecipeError(f"{path}{where}: not valid YAML ({getattr(error, 'problem', error)})") from None
+    if not isinstance(document, dict):
+        raise RecipeError(f"{path}: expected sections data / model / optim / diffusion / trainer")
+    recipe = Recipe()
+    for section, values in document.items():
+        if not isinstance(values, dict):
+            raise RecipeError(f"{path}: section {section!r} must be a mapping of keys to values")
+        for key, value in values.items():
+            try:
+                set_value(recipe, f"{section}.{key}", value)
+            except RecipeError as error:
+                raise RecipeError(f"{path}: {error}") from None
+    for text in overrides:
+        set_value(recipe, *parse_override(text))
+    validate(recipe)
+    return recipe
+
+
+def recipe_from_dict(values: dict[str, Any]) -> Recipe:
+    """Rebuild a recipe from `Recipe.to_dict()` output (e.g. a stored run's recipe)."""
+    recipe = Recipe()
+    for section, items in values.items():
+        for key, value in items.items():
+            set_value(recipe, f"{section}.{key}", value)
+    validate(recipe)
+    return recipe
+
+
+def validate(recipe: Recipe, context_length: int | None = None) -> None:
+    """Refuse values that cannot run: wrong choices, zero or negative sizes, max_length over the context."""
+    flat = recipe.flat()
+    for key, allowed in CHOICES.items():
+        if flat[key] not in allowed:
+            raise RecipeError(f"{key}: {flat[key]!r} is not one of {', '.join(allowed)}")
+    for key in POSITIVE:
+        value = flat[key]
+        if value is not None and value <= 0:
+            raise RecipeError(f"{key}: must be > 0, got {value}")
+    for key in ("optim.warmup_steps_ratio", "optim.min_lr_ratio"):
+        if not 0 <= flat[key] <= 1:
+            raise RecipeError(f"{key}: must be in [0, 1], got {flat[key]}")
+    if not 0 < flat["diffusion.cart_p"] <= 1:
+        raise RecipeError(f"diffusion.cart_p: must be in (0, 1], got {flat['diffusion.cart_p']}")
+    if len(flat["optim.betas"]) != 2 or not all(0 <= b < 1 for b in flat["optim.betas"]):
+        raise RecipeError(f"optim.betas: expected two numbers in [0, 1), got {flat['optim.betas']}")
+    if not flat["data.train_files"]:
+        raise RecipeError("data.train_files: name at least one file (or builtin:arithmetic)")
+    if context_length is not None and flat["data.max_length"] > context_length:
+        raise RecipeError(
+            f"data.max_length: {flat['data.max_length']} is above the model's context of {context_length} "
+            "positions (config.max_position_embeddings)"
+        )

@@ -1,0 +1,1 @@
+"""Evaluation: generate with the diffusion sampler and score answers."""

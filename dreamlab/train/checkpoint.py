@@ -1,0 +1,107 @@
+"""Checkpoints: an HF model folder (safetensors) plus the sharded training state (DCP).
+
+Layout of `runs/<run>/checkpoints/step-000100/`:
+  model/            config.json, safetensors shard(s), tokenizer: loads with `from_pretrained`
+  state/            torch.distributed.checkpoint of model + optimizer (any world size can load it)
+  rank-<r>.pt       that rank's RNG states (collator cutoffs, diffusion masks, torch)
+  trainer.json      step, epoch, world size, scheduler state
+Everything is written into `step-000100.tmp/` and renamed when complete, so a process killed while
+writing leaves only a `.tmp` folder behind, never a half checkpoint that looks whole.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import torch.distributed.checkpoint as dcp
+from huggingface_hub import save_torch_state_dict
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_model_state_dict,
+    get_optimizer_state_dict,
+    set_model_state_dict,
+    set_optimizer_state_dict,
+)
+
+STEP_DIR = re.compile(r"^step-(\d+)$")
+
+
+def checkpoint_dir(run_dir: Path, step: int) -> Path:
+    """The folder of a complete checkpoint."""
+    return run_dir / "checkpoints" / f"step-{step:06d}"
+
+
+def complete_checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
+    """Complete checkpoints (renamed, with trainer.json), oldest first."""
+    root = run_dir / "checkpoints"
+    if not root.is_dir():
+        return []
+    found = []
+    for path in root.iterdir():
+        match = STEP_DIR.match(path.name)
+        if match and (path / "trainer.json").is_file():
+            found.append((int(match.group(1)), path))
+    return sorted(found)
+
+
+def save_checkpoint(
+    *, run_dir: Path, step: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer, tokenizer: Any,
+    trainer_state: dict[str, Any], rank_state: dict[str, Any], keep: int,
+) -> Path:
+    """Write a checkpoint collectively (every rank calls this); returns the final folder."""
+    rank = dist.get_rank()
+    final = checkpoint_dir(run_dir, step)
+    tmp = final.with_name(final.name + ".tmp")
+    if rank == 0:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    dist.barrier()
+    full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    if rank == 0:
+        model_dir = tmp / "model"
+        model_dir.mkdir()
+        save_torch_state_dict({k: v.contiguous() for k, v in full.items()}, model_dir, max_shard_size="5GB")
+        config = model.config
+        config.architectures = ["DreamModel"]
+        config.save_pretrained(model_dir)
+        tokenizer.save_pretrained(model_dir)
+    del full
+    state = {
+        "model": get_model_state_dict(model),
+        "optimizer": get_optimizer_state_dict(model, optimizer),
+    }
+    dcp.save(state, checkpoint_id=str(tmp / "state"))
+    torch.save(rank_state, tmp / f"rank-{rank}.pt")
+    dist.barrier()
+    if rank == 0:
+        (tmp / "trainer.json").write_text(json.dumps(trainer_state, indent=2))
+        shutil.rmtree(final, ignore_errors=True)
+        tmp.rename(final)
+        for _, old in complete_checkpoints(run_dir)[:-keep]:
+            shutil.rmtree(old, ignore_errors=True)
+    dist.barrier()
+    return final
+
+
+def load_checkpoint(
+    path: Path, *, model: torch.nn.Module, optimizer: torch.optim.Optimizer
+) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """Load model + optimizer (resharded as needed); returns (trainer state, this rank's RNG state or None)."""
+    state = {
+        "model": get_model_state_dict(model),
+        "optimizer": get_optimizer_state_dict(model, optimizer),
+    }
+    dcp.load(state, checkpoint_id=str(path / "state"))
+    set_model_state_dict(model, state["model"])
+    set_optimizer_state_dict(model, optimizer, state["optimizer"])
+    trainer_state = json.loads((path / "trainer.json").read_text())
+    rank_file = path / f"rank-{dist.get_rank()}.pt"
+    same_world = trainer_state.get("world_size") == dist.get_world_size()
+    rank_state = torch.load(rank_file, weights_only=False) if same_world and rank_file.is_file() else None
+    return trainer_state, rank_state

@@ -1,0 +1,107 @@
+"""Starting runs: record them, then run torchrun as a detached process group (its own session).
+
+Closing the terminal or losing SSH never stops a run: the torchrun process group belongs to no
+terminal, writes to `runs/<run>/train.log`, and reports to the store. `dreamlab runs stop` signals
+the group (recorded as the run's pgid).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import socket
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from dreamlab import __version__
+from dreamlab.config import Recipe, RecipeError, validate
+from dreamlab.data.sources import BUILTIN_PREFIX, HUB_ID
+from dreamlab.models.tiny import TINY_NAME
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+
+
+def model_context_length(recipe: Recipe) -> int | None:
+    """The starting model's context (max_position_embeddings) without loading its weights."""
+    spec = recipe.model.partial_pretrain
+    if spec == TINY_NAME:
+        from dreamlab.models.tiny import tiny_config
+
+        return tiny_config().max_position_embeddings
+    config_file = Path(spec).expanduser() / "config.json"
+    if config_file.is_file():
+        return json.loads(config_file.read_text()).get("max_position_embeddings")
+    if Path(spec).expanduser().exists() or spec.startswith((".", "/", "~")):
+        raise RecipeError(f"model.partial_pretrain: no model at {spec} (expected a folder with config.json)")
+    return None  # a hub id: checked when the worker loads it
+
+
+def check_before_launch(recipe: Recipe) -> None:
+    """Everything that can be refused before a process starts."""
+    validate(recipe, context_length=model_context_length(recipe))
+    for key, files in (("data.train_files", recipe.data.train_files), ("data.val_files", recipe.data.val_files)):
+        for spec in files:
+            is_hub_id = HUB_ID.match(spec) and not spec.startswith(".")
+            if not spec.startswith(BUILTIN_PREFIX) and not is_hub_id and not Path(spec).exists():
+                raise RecipeError(f"{key}: {spec} does not exist (a prepared .jsonl / .parquet file, a folder, "
+                                  "a hub id, or builtin:arithmetic)")
+
+
+def _git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None
+
+
+def environment_meta() -> dict[str, Any]:
+    """Git commit, host, GPU names and library versions, recorded with every run."""
+    import transformers
+
+    gpus = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else []
+    return {
+        "git_commit": _git_commit(),
+        "host": socket.gethostname(),
+        "gpus": gpus,
+        "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
+                     "dreamlab": __version__, "python": platform.python_version()},
+    }
+
+
+def write_run_spec(run_dir: Path, recipe: Recipe, run_id: int, db: Path) -> None:
+    """`run.json`: what the workers read (recipe, run id, store)."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    spec = {"run_id": run_id, "db": str(db), "recipe": recipe.to_dict()}
+    (run_dir / "run.json").write_text(json.dumps(spec, indent=2))
+
+
+def torchrun_command(recipe: Recipe, run_dir: Path, db: Path, *, resume: bool) -> list[str]:
+    """The torchrun command line for this recipe's launch settings."""
+    t = recipe.trainer
+    command = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={t.nproc_per_node}", f"--nnodes={t.nnodes}"]
+    if t.nnodes == 1 and t.rdzv_endpoint is None:
+        command.append("--standalone")
+    else:
+        if t.rdzv_endpoint is None:
+            raise RecipeError("trainer.rdzv_endpoint: a multi-node run needs host:port of the first node")
+        command += ["--rdzv-backend=c10d", f"--rdzv-endpoint={t.rdzv_endpoint}", f"--rdzv-id={run_dir.name}"]
+    command += ["-m", "dreamlab.train.worker", "--run-dir", str(run_dir), "--db", str(db)]
+    if resume:
+        command.append("--resume")
+    return command
+
+
+def start_process(command: list[str], run_dir: Path, *, capture: bool) -> subprocess.Popen:
+    """Start torchrun in a new session; output to train.log (or to a pipe the caller tees)."""
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    log = open(run_dir / "train.log", "ab")  # noqa: SIM115 - the child keeps it open
+    return subprocess.Popen(
+        command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE if capture else log,
+        stderr=subprocess.STDOUT, start_new_session=True, env=env, cwd=os.getcwd(),
+    )

@@ -1,0 +1,309 @@
+"""The diffusion SFT loop: FSDP2 (`fully_shard` per decoder layer, then the root), one process per device.
+
+Parallelism, stated plainly: data parallel over every process (torchrun), parameters, gradients and
+optimizer state sharded by FSDP2 (FULL_SHARD); NCCL on GPUs with bf16 parameters and fp32 reductions,
+gloo on CPUs in fp32. Each optimizer step consumes world x micro_batch x accumulation rows.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch.distributed.device_mesh import init_device_mesh
+from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+from dreamlab.config import Recipe
+from dreamlab.data.collate import CollateSettings, Example, SFTCollator
+from dreamlab.diffusion.loss import LossSettings, sft_loss
+from dreamlab.models import build_tiny_model
+from dreamlab.models.loading import load_tokenizer
+from dreamlab.models.tiny import TINY_NAME
+from dreamlab.models.tokenizer import build_char_tokenizer
+from dreamlab.train.checkpoint import complete_checkpoints, load_checkpoint, save_checkpoint
+from dreamlab.train.data import epoch_order, load_rows, rank_batches, tokenize_rows
+
+MetricsSink = Callable[[int, dict[str, float]], None]
+
+
+@dataclass
+class Outcome:
+    """How a run ended: status (completed / stopped / diverged) and the last step."""
+
+    status: str
+    step: int
+    reason: str | None = None
+
+
+class StopFlag:
+    """Set by SIGTERM / SIGINT; the loop checkpoints and exits at the next step boundary."""
+
+    def __init__(self) -> None:
+        self.raised = False
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, self._handle)
+
+    def _handle(self, signum, frame) -> None:
+        self.raised = True
+
+
+def build_model(recipe: Recipe, seed: int) -> tuple[torch.nn.Module, Any]:
+    """The starting model in fp32 (FSDP keeps fp32 masters) and its tokenizer."""
+    spec = recipe.model.partial_pretrain
+    if spec == TINY_NAME:
+        m = recipe.model
+        model = build_tiny_model(
+            seed=seed, hidden_size=m.tiny_hidden_size, num_hidden_layers=m.tiny_num_layers,
+            num_attention_heads=m.tiny_num_heads, num_key_value_heads=max(1, m.tiny_num_heads // 2),
+            intermediate_size=m.tiny_intermediate_size,
+        )
+        return model, build_char_tokenizer()
+    from transformers import AutoModel
+
+    model = AutoModel.from_pretrained(spec, dtype=torch.float32, trust_remote_code=recipe.model.trust_remote_code)
+    return model, load_tokenizer(spec, trust_remote_code=recipe.model.trust_remote_code)
+
+
+def lr_lambda(recipe: Recipe, total_steps: int) -> Callable[[int], float]:
+    """Linear warmup over warmup_steps_ratio of the run, then cosine (or constant) to min_lr_ratio."""
+    warmup = int(recipe.optim.warmup_steps_ratio * total_steps)
+    floor = recipe.optim.min_lr_ratio
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        if recipe.optim.lr_scheduler == "constant":
+            return 1.0
+        progress = (step - warmup) / max(1, total_steps - warmup)
+        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+    return factor
+
+
+class Trainer:
+    """One process's share of a run; every rank runs the same loop."""
+
+    def __init__(self, recipe: Recipe, run_dir: Path, metrics: MetricsSink | None = None,
+                 on_checkpoint: Callable[[int, Path], None] | None = None, heartbeat: Callable[[], None] | None = None):
+        self.recipe = recipe
+        self.run_dir = run_dir
+        self.metrics = metrics or (lambda step, values: None)
+        self.on_checkpoint = on_checkpoint or (lambda step, path: None)
+        self.heartbeat = heartbeat or (lambda: None)
+        self.rank = dist.get_rank()
+        self.world = dist.get_world_size()
+        self.device = self._device()
+        self.stop = StopFlag()
+
+    def _device(self) -> torch.device:
+        wanted = self.recipe.trainer.device
+        if wanted == "auto":
+            wanted = "cuda" if torch.cuda.is_available() else "cpu"
+        if wanted == "cuda":
+            local = int(os.environ.get("LOCAL_RANK", 0))
+            torch.cuda.set_device(local)
+            return torch.device("cuda", local)
+        return torch.device(wanted)
+
+    def setup(self) -> None:
+        """Model, FSDP2 sharding, optimizer, schedule, data, collator."""
+        r = self.recipe
+        torch.manual_seed(r.trainer.seed)
+        model, self.tokenizer = build_model(r, r.trainer.seed)
+        if r.model.enable_gradient_checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.to(self.device)
+        mesh = init_device_mesh(self.device.type, (self.world,))
+        policy = (MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+                  if self.device.type == "cuda" else MixedPrecisionPolicy())
+        for layer in model.model.layers:
+            fully_shard(layer, mesh=mesh, mp_policy=policy)
+        fully_shard(model, mesh=mesh, mp_policy=policy)
+        self.model = torch.compile(model) if r.model.compile else model
+        self.raw_model = model
+        self.optimizer = torch.optim.AdamW(
+            model.parameters(), lr=r.optim.lr, betas=tuple(r.optim.betas), weight_decay=r.optim.weight_decay,
+        )
+        system = r.data.system_prompt
+        train_rows = load_rows(r.data.train_files, split="train", system_prompt=system)
+        self.train, self.data_counts = tokenize_rows(
+            train_rows, self.tokenizer, max_length=r.data.max_length, truncation=r.data.truncation
+        )
+        val_rows = load_rows(r.data.val_files, split="validation", system_prompt=system) if r.data.val_files else []
+        if r.data.val_size is not None:
+            val_rows = val_rows[: r.data.val_size]
+        self.val = tokenize_rows(val_rows, self.tokenizer, max_length=r.data.max_length,
+                                 truncation="drop")[0] if val_rows else []
+        per_epoch = len(self.train) // (self.world * r.data.micro_batch_size_per_gpu * r.data.gradient_accumulation_steps)
+        if per_epoch == 0:
+            raise ValueError(
+                f"{len(self.train)} training rows cannot fill one step of {self.world} x "
+                f"{r.data.micro_batch_size_per_gpu} x {r.data.gradient_accumulation_steps} rows"
+            )
+        self.steps_per_epoch = per_epoch
+        self.total_steps = r.trainer.total_training_steps or per_epoch * r.trainer.total_epochs
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(r, self.total_steps))
+        self.collator = SFTCollator(CollateSettings(
+            max_length=r.data.max_length, pad_token_id=self.tokenizer.pad_token_id,
+            perbatch_cutoff_type=r.data.perbatch_cutoff_type, train_on_padding=r.data.train_on_padding,
+        ), seed=r.trainer.seed * 1000 + self.rank)
+        self.mask_generator = torch.Generator(device=self.device).manual_seed(r.trainer.seed * 1000 + self.rank + 1)
+        self.loss_settings = LossSettings(
+            time_reweighting=r.diffusion.time_reweighting, cart_p=r.diffusion.cart_p, eps=r.diffusion.eps,
+            shift_logits=r.diffusion.shift_logits, focal=r.diffusion.focal,
+        )
+        self.mask_token_id = model.config.mask_token_id
+        if self.mask_token_id is None:
+            raise ValueError(f"{r.model.partial_pretrain}: the model config has no mask_token_id")
+        self.step = 0
+        self._epoch_batches: tuple[int, list[list[int]]] = (-1, [])
+
+    def resume(self) -> int | None:
+        """Continue from the newest complete checkpoint, if there is one; returns its step."""
+        found = complete_checkpoints(self.run_dir)
+        if not found:
+            return None
+        step, path = found[-1]
+        trainer_state, rank_state = load_checkpoint(path, model=self.raw_model, optimizer=self.optimizer)
+        self.scheduler.load_state_dict(trainer_state["scheduler"])
+        self.step = trainer_state["step"]
+        if rank_state is not None:
+            self.collator.load_state_dict(rank_state["collator"])
+            self.mask_generator.set_state(rank_state["mask_generator"])
+            torch.set_rng_state(rank_state["torch"])
+        return step
+
+    def _rank_state(self) -> dict[str, Any]:
+        return {"collator": self.collator.state_dict(), "mask_generator": self.mask_generator.get_state(),
+                "torch": torch.get_rng_state()}
+
+    def checkpoint(self) -> Path:
+        """Save model + state collectively and report the folder."""
+        path = save_checkpoint(
+            run_dir=self.run_dir, step=self.step, model=self.raw_model, optimizer=self.optimizer,
+            tokenizer=self.tokenizer, keep=self.recipe.trainer.max_checkpoints,
+            trainer_state={"step": self.step, "epoch": self.step // self.steps_per_epoch, "world_size": self.world,
+                           "scheduler": self.scheduler.state_dict(), "total_steps": self.total_steps},
+            rank_state=self._rank_state(),
+        )
+        if self.rank == 0:
+            self.on_checkpoint(self.step, path)
+        return path
+
+    def _micro_batches(self, step: int) -> list[list[Example]]:
+        """The micro-batches of optimizer step `step` for this rank (deterministic from the step)."""
+        r = self.recipe.data
+        accumulation = r.gradient_accumulation_steps
+        batches: list[list[Example]] = []
+        for micro in range(step * accumulation, (step + 1) * accumulation):
+            epoch, within = divmod(micro, self.steps_per_epoch * accumulation)
+            if self._epoch_batches[0] != epoch:
+                order = epoch_order(len(self.train), epoch=epoch, seed=self.recipe.trainer.seed)
+                self._epoch_batches = (epoch, rank_batches(order, rank=self.rank, world=self.world,
+                                                           micro_batch=r.micro_batch_size_per_gpu))
+            batches.append([self.train[i] for i in self._epoch_batches[1][within]])
+        return batches
+
+    def _batch_loss(self, examples: list[Example], generator: torch.Generator) -> tuple[torch.Tensor, int, int]:
+        batch = {k: v.to(self.device) for k, v in self.collator(examples).items()}
+        out = sft_loss(
+            self.model, batch["input_ids"], batch["loss_mask"].bool(), mask_token_id=self.mask_token_id,
+            settings=self.loss_settings, attention_mask=batch["attention_mask"], position_ids=batch["position_ids"],
+            generator=generator,
+        )
+        return out.loss, out.num_masked, int(batch["attention_mask"].sum())
+
+    def _all_reduce(self, values: list[float], op=dist.ReduceOp.SUM) -> list[float]:
+        tensor = torch.tensor(values, dtype=torch.float64, device=self.device)
+        dist.all_reduce(tensor, op=op)
+        return tensor.tolist()
+
+    @torch.no_grad()
+    def validate(self) -> float | None:
+        """Mean validation loss with fixed masks (the same draws at every evaluation)."""
+        if not self.val:
+            return None
+        self.model.eval()
+        generator = torch.Generator(device=self.device).manual_seed(12345 + self.rank)
+        size = self.recipe.data.micro_batch_size_per_gpu
+        shard = self.val[self.rank::self.world]
+        total, count = 0.0, 0
+        saved = self.collator.state_dict()
+        for start in range(0, len(shard), size):
+            loss, _, _ = self._batch_loss(shard[start:start + size], generator)
+            total += float(loss) * len(shard[start:start + size])
+            count += len(shard[start:start + size])
+        self.collator.load_state_dict(saved)  # validation must not move the training draws
+        self.model.train()
+        total, count = self._all_reduce([total, count])
+        return total / max(count, 1)
+
+    def _memory(self) -> dict[str, float]:
+        if self.device.type == "cuda":
+            return {"memory/allocated_gb": torch.cuda.memory_allocated(self.device) / 2**30,
+                    "memory/reserved_gb": torch.cuda.memory_reserved(self.device) / 2**30,
+                    "memory/peak_gb": torch.cuda.max_memory_allocated(self.device) / 2**30}
+        import psutil
+
+        return {"memory/rss_gb": psutil.Process().memory_info().rss / 2**30}
+
+    def fit(self) -> Outcome:
+        """Train until total_steps, a stop request, or a non-finite loss."""
+        r = self.recipe
+        self.model.train()
+        if self.rank == 0:
+            self.metrics(self.step, {"trainer/total_steps": float(self.total_steps),
+                                     "data/train_rows": float(len(self.train)),
+                                     "data/truncated": float(self.data_counts["truncated"]),
+                                     "data/dropped": float(self.data_counts["dropped"])})
+        while self.step < self.total_steps:
+            started = time.perf_counter()
+            loss_sum, masked, tokens = 0.0, 0, 0
+            for examples in self._micro_batches(self.step):
+                loss, n_masked, n_tokens = self._batch_loss(examples, self.mask_generator)
+                (loss / r.data.gradient_accumulation_steps).backward()
+                loss_sum += float(loss.detach())
+                masked += n_masked
+                tokens += n_tokens
+            grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), r.optim.clip_grad)
+            grad_norm = float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm)
+            loss_total, masked_total, tokens_total, stop = self._all_reduce(
+                [loss_sum / r.data.gradient_accumulation_steps, masked, tokens, float(self.stop.raised)]
+            )
+            mean_loss = loss_total / self.world
+            if not math.isfinite(mean_loss) or not math.isfinite(grad_norm):
+                self.optimizer.zero_grad(set_to_none=True)
+                return Outcome("diverged", self.step, f"non-finite loss ({mean_loss}) or grad norm at step {self.step + 1}")
+            lr = self.scheduler.get_last_lr()[0]
+            self.optimizer.step()
+            self.scheduler.step()
+            self.optimizer.zero_grad(set_to_none=True)
+            self.step += 1
+            seconds = time.perf_counter() - started
+            values = {"train/loss": mean_loss, "train/lr": lr, "train/grad_norm": grad_norm,
+                      "train/masked_tokens": masked_total, "train/tokens_per_s": tokens_total / seconds,
+                      "train/step_seconds": seconds, "train/epoch": self.step / self.steps_per_epoch}
+            interval = r.trainer.val_check_interval
+            if interval and (self.step % interval == 0 or self.step == self.total_steps):
+                values["val/loss"] = self.validate()
+            if self.rank == 0 and (self.step % r.trainer.log_every == 0 or self.step == self.total_steps or "val/loss" in values):
+                values.update(self._memory())
+                self.metrics(self.step, {k: v for k, v in values.items() if v is not None})
+            elif self.rank == 0:
+                self.heartbeat()
+            every = r.trainer.save_checkpoint_steps
+            if stop:
+                self.checkpoint()
+                return Outcome("stopped", self.step, "stop requested (SIGTERM/SIGINT)")
+            if every and self.step % every == 0 and self.step < self.total_steps:
+                self.checkpoint()
+        self.checkpoint()
+        return Outcome("completed", self.step)

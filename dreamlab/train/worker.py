@@ -1,0 +1,103 @@
+"""The process torchrun starts on every rank: `python -m dreamlab.train.worker --run-dir DIR [--db DB]`.
+
+Rank 0 records metrics, checkpoints, heartbeats and the final status in the run store.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+import traceback
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from dreamlab.config import recipe_from_dict
+from dreamlab.train.trainer import Trainer
+
+HEARTBEAT_SECONDS = 5.0
+
+
+class StoreReporter:
+    """Rank 0's link to the run store (a no-op without a database)."""
+
+    def __init__(self, db: str | None, run_id: int | None) -> None:
+        self.store = None
+        self.run_id = run_id
+        self.last_beat = 0.0
+        if db and run_id is not None:
+            from dreamlab.store import RunStore
+
+            self.store = RunStore(db)
+
+    def started(self) -> None:
+        if self.store:
+            self.store.mark_started(self.run_id, pid=os.getpid(), pgid=os.getpgid(0))
+
+    def metrics(self, step: int, values: dict[str, float]) -> None:
+        print(f"step {step} " + " ".join(f"{k}={v:.5g}" for k, v in values.items()), flush=True)
+        if self.store:
+            self.store.record_metrics(self.run_id, step, values)
+            self.last_beat = time.monotonic()
+
+    def heartbeat(self) -> None:
+        if self.store and time.monotonic() - self.last_beat > HEARTBEAT_SECONDS:
+            self.store.heartbeat(self.run_id)
+            self.last_beat = time.monotonic()
+
+    def checkpoint(self, step: int, path: Path) -> None:
+        print(f"checkpoint step {step}: {path}", flush=True)
+        if self.store:
+            self.store.record_checkpoint(self.run_id, step, str(path / "model"), kind="model+state", complete=True)
+
+    def finish(self, status: str, reason: str | None) -> None:
+        print(f"run {status}" + (f": {reason}" if reason else ""), flush=True)
+        if self.store:
+            self.store.finish(self.run_id, status, exit_reason=reason)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one rank of a training run described by DIR/run.json."""
+    parser = argparse.ArgumentParser(prog="dreamlab.train.worker")
+    parser.add_argument("--run-dir", required=True, type=Path)
+    parser.add_argument("--db", default=None)
+    parser.add_argument("--resume", action="store_true")
+    args = parser.parse_args(argv)
+    spec = json.loads((args.run_dir / "run.json").read_text())
+    recipe = recipe_from_dict(spec["recipe"])
+    use_cuda = recipe.trainer.device == "cuda" or (recipe.trainer.device == "auto" and torch.cuda.is_available())
+    if not use_cuda:
+        # torchrun pins OMP_NUM_THREADS=1; give each CPU process its share of the cores instead.
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", 1))))
+    dist.init_process_group("nccl" if use_cuda else "gloo")
+    rank = dist.get_rank()
+    reporter = StoreReporter(args.db, spec.get("run_id")) if rank == 0 else StoreReporter(None, None)
+    status, reason = "failed", None
+    try:
+        if rank == 0:
+            reporter.started()
+        trainer = Trainer(recipe, args.run_dir, metrics=reporter.metrics, on_checkpoint=reporter.checkpoint,
+                          heartbeat=reporter.heartbeat)
+        trainer.setup()
+        if args.resume:
+            resumed = trainer.resume()
+            if rank == 0:
+                print(f"resumed from step {resumed}" if resumed is not None else "no checkpoint: starting fresh", flush=True)
+        outcome = trainer.fit()
+        status, reason = outcome.status, outcome.reason
+    except Exception as error:  # noqa: BLE001 - any failure must be recorded before the process dies
+        reason = f"{type(error).__name__}: {error}"
+        traceback.print_exc()
+    finally:
+        if rank == 0:
+            reporter.finish(status, reason)
+        dist.destroy_process_group()
+    return 0 if status in ("completed", "stopped") else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,67 @@
+"""Recipes: YAML, Dream's dotted overrides, and refusal of bad values before anything starts."""
+
+from __future__ import annotations
+
+import pytest
+
+from dreamlab.config import RecipeError, load_recipe, recipe_from_dict, validate
+
+
+def test_the_default_recipe_is_the_tiny_cpu_run():
+    recipe = load_recipe()
+    assert recipe.model.partial_pretrain == "tiny"
+    assert recipe.data.train_files == ["builtin:arithmetic"]
+
+
+def test_overrides_take_dreams_dotted_keys_with_typed_values():
+    recipe = load_recipe("s1k-dream7b", [
+        "optim.lr=2e-6", "data.micro_batch_size_per_gpu=4", "data.max_length=2048", "trainer.total_epochs=3",
+        "data.gradient_accumulation_steps=2", "model.enable_gradient_checkpointing=true",
+        "data.perbatch_cutoff_type=random_with_input_pad", "diffusion.time_reweighting=cart",
+        "trainer.total_training_steps=null", "optim.betas=[0.9,0.99]",
+    ])
+    assert recipe.optim.lr == 2e-6 and isinstance(recipe.optim.lr, float)
+    assert recipe.data.micro_batch_size_per_gpu == 4 and recipe.data.gradient_accumulation_steps == 2
+    assert recipe.model.enable_gradient_checkpointing is True
+    assert recipe.trainer.total_training_steps is None
+    assert recipe.optim.betas == [0.9, 0.99]
+    assert recipe_from_dict(recipe.to_dict()) == recipe
+
+
+@pytest.mark.parametrize("override,message", [
+    ("optim.learning_rate=1e-5", "unknown recipe key 'optim.learning_rate'; did you mean optim.lr"),
+    ("data.micro_batch_size=4", "did you mean data.micro_batch_size_per_gpu"),
+    ("trainr.total_epochs=3", "unknown recipe key 'trainr.total_epochs'"),
+    ("optim.lr=fast", "optim.lr: expected a number, got 'fast'"),
+    ("data.max_length=2.5", "data.max_length: expected an integer"),
+    ("model.enable_gradient_checkpointing=maybe", "expected true or false"),
+    ("optim.lr=0", "optim.lr: must be > 0"),
+    ("data.micro_batch_size_per_gpu=-2", "must be > 0"),
+    ("trainer.total_epochs=0", "trainer.total_epochs: must be > 0"),
+    ("diffusion.time_reweighting=cosine", "diffusion.time_reweighting: 'cosine' is not one of"),
+    ("data.perbatch_cutoff_type=dynamic", "data.perbatch_cutoff_type"),
+    ("optim.betas=[0.9]", "optim.betas: expected two numbers"),
+    ("optim", "expected section.key=value"),
+])
+def test_bad_overrides_are_refused_naming_the_key(override, message):
+    with pytest.raises(RecipeError, match=message.replace("(", r"\(").replace("[", r"\[")):
+        load_recipe(None, [override])
+
+
+def test_max_length_above_the_model_context_is_refused():
+    recipe = load_recipe(None, ["data.max_length=4096"])
+    with pytest.raises(RecipeError, match="above the model's context of 1024"):
+        validate(recipe, context_length=1024)
+
+
+def test_bad_recipe_files_name_the_file_and_line(tmp_path):
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("optim:\n  lr: [1\n")
+    with pytest.raises(RecipeError, match="broken.yaml line"):
+        load_recipe(str(broken))
+    unknown = tmp_path / "unknown.yaml"
+    unknown.write_text("optim:\n  lrr: 1.0e-3\n")
+    with pytest.raises(RecipeError, match="unknown.yaml: unknown recipe key 'optim.lrr'"):
+        load_recipe(str(unknown))
+    with pytest.raises(RecipeError, match="no recipe 'nope'"):
+        load_recipe("nope")
