@@ -45,7 +45,7 @@ def query_readonly(path: str | os.PathLike[str], sql: str, *, max_rows: int | No
             message = " ".join(str(error).split()) or type(error).__name__
             if "interrupted" in message and time.monotonic() > deadline:
                 message = f"query stopped after {timeout_s:g} s"
-            raise StoreError(f"query refused: {message}") from None
+            raise StoreError(f"query refused (read-only store): {message}") from None
         columns = [column[0] for column in cursor.description or ()]
         return columns, rows
     finally:
