@@ -231,7 +231,7 @@ def test_two_processes_write_concurrently_without_losing_rows(tmp_path):
             store.mark_started(run_id, pid=1000 + run_id, pgid=1000 + run_id)
     context = multiprocessing.get_context("fork")
     errors = context.Queue()
-    steps = 300
+    steps = 1500
     start_at = time.time() + 0.5
     workers = [context.Process(target=_writer, args=(str(path), run_id, steps, start_at, errors)) for run_id in ids]
     for worker in workers:

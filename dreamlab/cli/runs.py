@@ -78,7 +78,7 @@ def list_command(
     table = Table(title=f"runs in {store.path}", title_justify="left")
     for column, justify in (("name", "left"), ("status", "left"), ("steps", "right"), (LOSS_KEY, "right"),
                             ("started", "left"), ("duration", "right"), ("model", "left"), ("lr", "right")):
-        table.add_column(column, justify=justify)  # type: ignore[arg-type]
+        table.add_column(column, justify=justify, no_wrap=column in ("name", "status"))  # type: ignore[arg-type]
     for row in rows:
         table.add_row(row["name"], _status(row["status"]), _text(row["steps"]), _number(row["train_loss"]),
                       _when(row["started"]), _duration(row["duration_s"]), _text(row["model"]), _number(row["lr"]))
