@@ -209,3 +209,12 @@ def test_stop_refuses_groups_it_must_never_signal(tmp_path):
         assert result.exit_code == 2 and message in result.output, (name, result.output)
         assert result.output.count("\n") == 1
     assert {run.status for run in RunStore(path).list_runs()} == {"running"}
+
+
+def test_list_shows_the_newest_runs_and_says_how_many_are_left_out(db):
+    result = runs("list", "--limit", "2", "--db", str(db))
+    assert result.exit_code == 0
+    assert "gamma" in result.output and "beta" in result.output and "alpha" not in result.output
+    assert "the newest 2 of 3 runs (--limit N or --all for more)" in result.output
+    assert len(json.loads(runs("list", "--limit", "1", "--all", "--json", "--db", str(db)).output)) == 3
+    assert RunStore(db).count_runs(sweep_id="sw") == 2

@@ -52,7 +52,8 @@ def list_command(
     db: DbOption = None,
     status: Annotated[str | None, typer.Option(help="Only runs with this status.")] = None,
     sweep: Annotated[str | None, typer.Option(help="Only runs of this sweep id.")] = None,
-    limit: Annotated[int | None, typer.Option(min=1, help="At most this many runs (newest first).")] = None,
+    limit: Annotated[int, typer.Option(min=1, help="Show the newest this many runs.")] = 50,
+    all_runs: Annotated[bool, typer.Option("--all", help="Show every run (overrides --limit).")] = False,
     lost_after: Annotated[float, typer.Option(min=0, help="Mark running runs lost after this many seconds without a heartbeat.")] = 60.0,
     as_json: JsonOption = False,
 ) -> None:
@@ -60,7 +61,8 @@ def list_command(
     with _errors():
         store = _open(db)
         store.mark_lost(heartbeat_timeout_s=lost_after)
-        runs = store.list_runs(status=status, sweep_id=sweep, limit=limit)
+        runs = store.list_runs(status=status, sweep_id=sweep, limit=None if all_runs else limit)
+        total = len(runs) if all_runs or len(runs) < limit else store.count_runs(status=status, sweep_id=sweep)
         ids = [run.id for run in runs]
         steps = store.max_steps(ids)
         losses = store.latest_metrics_for(ids, keys=[LOSS_KEY])
@@ -82,6 +84,8 @@ def list_command(
     for row in rows:
         table.add_row(row["name"], _status(row["status"]), _text(row["steps"]), _number(row["train_loss"]),
                       _when(row["started"]), _duration(row["duration_s"]), _text(row["model"]), _number(row["lr"]))
+    if len(rows) < total:
+        table.caption = f"the newest {len(rows)} of {total} runs (--limit N or --all for more)"
     _console().print(table if rows else "no runs", soft_wrap=not rows)
 
 

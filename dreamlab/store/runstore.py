@@ -219,7 +219,25 @@ class RunStore:
 
     def list_runs(self, status: str | None = None, sweep_id: str | None = None, limit: int | None = None) -> list[Run]:
         """Runs, newest first, optionally of one status and / or one sweep."""
-        where, args = [], []
+        where, args = self._run_filter(status, sweep_id)
+        sql = "SELECT * FROM runs" + (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY created DESC, id DESC"
+        if limit is not None:
+            sql += " LIMIT ?"
+            args.append(int(limit))
+        with self._read():
+            return [_run_from_row(row) for row in self.db.query(sql, args)]
+
+    def count_runs(self, status: str | None = None, sweep_id: str | None = None) -> int:
+        """How many runs list_runs would return without a limit."""
+        where, args = self._run_filter(status, sweep_id)
+        with self._read() as conn:
+            return conn.execute("SELECT COUNT(*) FROM runs" + (" WHERE " + " AND ".join(where) if where else ""),
+                                args).fetchone()[0]
+
+    @staticmethod
+    def _run_filter(status: str | None, sweep_id: str | None) -> tuple[list[str], list[Any]]:
+        where: list[str] = []
+        args: list[Any] = []
         if status is not None:
             if status not in STATUSES:
                 raise StoreError(f"unknown status {status!r}: use one of {', '.join(STATUSES)}")
@@ -228,12 +246,7 @@ class RunStore:
         if sweep_id is not None:
             where.append("sweep_id = ?")
             args.append(sweep_id)
-        sql = "SELECT * FROM runs" + (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY created DESC, id DESC"
-        if limit is not None:
-            sql += " LIMIT ?"
-            args.append(int(limit))
-        with self._read():
-            return [_run_from_row(row) for row in self.db.query(sql, args)]
+        return where, args
 
     # -- metrics, params, checkpoints ---------------------------------------------------------------
 
