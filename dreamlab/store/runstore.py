@@ -101,6 +101,9 @@ class RunStore:
     def _read(self) -> Iterator[sqlite3.Connection]:
         """A read transaction: one consistent snapshot across several queries; never blocks writers."""
         with self._lock:
+            if self._conn.in_transaction:  # already inside a read or write of this store
+                yield self._conn
+                return
             self._conn.execute("BEGIN")
             try:
                 yield self._conn
