@@ -1,0 +1,332 @@
+"""`dreamlab runs ...`: list, show, compare, stop and remove runs; read-only SQL on the run store."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from dreamlab.cli.options import DbOption, JsonOption, resolve_db
+from dreamlab.store import Run, RunStore, StoreError
+from dreamlab.store.control import stop_run
+
+app = typer.Typer(help="Runs in the run store: list, show, compare, stop, remove, query.", no_args_is_help=True)
+
+STATUS_STYLES = {"queued": "dim", "running": "bold cyan", "completed": "green", "failed": "bold red",
+                 "diverged": "magenta", "stopped": "yellow", "lost": "red"}
+# Recipe highlights for the list: the first dotted key present wins.
+MODEL_KEYS = ("model.name_or_path", "model.name", "model.path", "model.preset", "model")
+LR_KEYS = ("optim.lr", "optimizer.lr", "train.lr", "lr", "learning_rate")
+LOSS_KEY = "train/loss"
+
+
+@contextmanager
+def _errors() -> Iterator[None]:
+    """Store errors become one `error:` line and exit code 2."""
+    try:
+        yield
+    except StoreError as error:
+        typer.echo(f"error: {error}", err=True)
+        raise typer.Exit(2) from None
+
+
+def _open(db: Path | None) -> RunStore:
+    path = resolve_db(db)
+    if not path.is_file():
+        raise StoreError(f"no run store at {path} (no runs yet? pass --db or set DREAMLAB_DB)")
+    return RunStore(path)
+
+
+@app.command("list")
+def list_command(
+    db: DbOption = None,
+    status: Annotated[str | None, typer.Option(help="Only runs with this status.")] = None,
+    sweep: Annotated[str | None, typer.Option(help="Only runs of this sweep id.")] = None,
+    limit: Annotated[int, typer.Option(min=1, help="Show the newest this many runs.")] = 50,
+    all_runs: Annotated[bool, typer.Option("--all", help="Show every run (overrides --limit).")] = False,
+    lost_after: Annotated[float, typer.Option(min=0, help="Mark running runs lost after this many seconds without a heartbeat.")] = 60.0,
+    as_json: JsonOption = False,
+) -> None:
+    """Runs, newest first: status, steps, latest train/loss, start, duration, model and lr."""
+    with _errors():
+        store = _open(db)
+        store.mark_lost(heartbeat_timeout_s=lost_after)
+        runs = store.list_runs(status=status, sweep_id=sweep, limit=None if all_runs else limit)
+        total = len(runs) if all_runs or len(runs) < limit else store.count_runs(status=status, sweep_id=sweep)
+        ids = [run.id for run in runs]
+        steps = store.max_steps(ids)
+        losses = store.latest_metrics_for(ids, keys=[LOSS_KEY])
+    rows = []
+    for run in runs:
+        flat = _flatten(run.recipe)
+        loss = losses.get(run.id, {}).get(LOSS_KEY)
+        rows.append({"name": run.name, "status": run.status, "steps": steps.get(run.id),
+                     "train_loss": None if loss is None else _json_number(loss[1]), "started": run.started,
+                     "duration_s": run.duration(), "model": _first(flat, MODEL_KEYS), "lr": _first(flat, LR_KEYS),
+                     "sweep_id": run.sweep_id, "id": run.id})
+    if as_json:
+        typer.echo(json.dumps(rows, indent=2, default=str))
+        return
+    table = Table(title=f"runs in {store.path}", title_justify="left")
+    for column, justify in (("name", "left"), ("status", "left"), ("steps", "right"), (LOSS_KEY, "right"),
+                            ("started", "left"), ("duration", "right"), ("model", "left"), ("lr", "right")):
+        table.add_column(column, justify=justify, no_wrap=column in ("name", "status"))  # type: ignore[arg-type]
+    for row in rows:
+        table.add_row(row["name"], _status(row["status"]), _text(row["steps"]), _number(row["train_loss"]),
+                      _when(row["started"]), _duration(row["duration_s"]), _text(row["model"]), _number(row["lr"]))
+    if len(rows) < total:
+        table.caption = f"the newest {len(rows)} of {total} runs (--limit N or --all for more)"
+    _console().print(table if rows else "no runs", soft_wrap=not rows)
+
+
+@app.command("show")
+def show_command(
+    run: Annotated[str, typer.Argument(help="Run name, unique name prefix or id.")],
+    db: DbOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """One run: its record, params, latest metrics and checkpoints."""
+    with _errors():
+        store = _open(db)
+        found = store.get_run(run)
+        params = store.params(found.id)
+        latest = store.latest_metrics(found.id)
+        checkpoints = store.checkpoints(found.id)
+    if as_json:
+        payload = {"run": found.to_dict(), "params": params,
+                   "latest_metrics": {key: {"step": step, "value": _json_number(value)} for key, (step, value) in latest.items()},
+                   "checkpoints": [vars(checkpoint) for checkpoint in checkpoints]}
+        typer.echo(json.dumps(payload, indent=2, default=str))
+        return
+    console = _console()
+    console.print(_run_table(found))
+    params_table = Table("param", "value", title="params", title_justify="left")
+    for key, value in params.items():
+        params_table.add_row(key, _text(value))
+    console.print(params_table)
+    metrics_table = Table("metric", "step", "value", title="latest metrics", title_justify="left")
+    for key, (step, value) in latest.items():
+        metrics_table.add_row(key, str(step), _number(value))
+    console.print(metrics_table)
+    checkpoints_table = Table("step", "kind", "complete", "path", title="checkpoints", title_justify="left")
+    for checkpoint in checkpoints:
+        checkpoints_table.add_row(str(checkpoint.step), checkpoint.kind, "yes" if checkpoint.complete else "no",
+                                  checkpoint.path)
+    console.print(checkpoints_table)
+
+
+@app.command("compare")
+def compare_command(
+    runs: Annotated[list[str] | None, typer.Argument(help="Runs to compare (names, unique prefixes or ids).")] = None,
+    sweep: Annotated[str | None, typer.Option(help="Add every run of this sweep.")] = None,
+    db: DbOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """The params that differ and the final metrics of two or more runs, side by side."""
+    with _errors():
+        store = _open(db)
+        refs: list[int | str] = list(runs or [])
+        if sweep is not None:
+            members = store.list_runs(sweep_id=sweep)
+            if not members:
+                raise StoreError(f"no runs in sweep {sweep}")
+            refs.extend(run.id for run in reversed(members))  # oldest first
+        comparison = store.compare(refs)
+        if len(comparison.runs) < 2:
+            raise StoreError("compare needs two or more runs (names, or --sweep ID)")
+    if as_json:
+        payload = comparison.to_dict()
+        for metrics in payload["final_metrics"].values():
+            for entry in metrics.values():
+                entry["value"] = _json_number(entry["value"])
+        typer.echo(json.dumps(payload, indent=2, default=str))
+        return
+    table = Table(title=f"{len(comparison.runs)} runs: {len(comparison.params)} params differ, "
+                        f"{len(comparison.same_params)} the same", title_justify="left")
+    table.add_column("")
+    for run in comparison.runs:
+        table.add_column(run.name, justify="right")
+    table.add_row("status", *[_status(run.status) for run in comparison.runs])
+    for key, values in comparison.params.items():
+        table.add_row(key, *[_text(value) for value in values])
+    keys = comparison.metric_keys()
+    if keys:
+        table.add_section()
+        for key in keys:
+            cells = []
+            for metrics in comparison.final_metrics:
+                entry = metrics.get(key)
+                cells.append("—" if entry is None else f"{_number(entry[1])} @{entry[0]}")
+            table.add_row(key, *cells)
+    _console().print(table)
+
+
+@app.command("stop")
+def stop_command(
+    run: Annotated[str, typer.Argument(help="Run name, unique name prefix or id.")],
+    grace: Annotated[float, typer.Option(min=0, help="Seconds to wait after SIGTERM before SIGKILL.")] = 60.0,
+    db: DbOption = None,
+) -> None:
+    """SIGTERM the run's process group, SIGKILL after the grace period, then mark it stopped."""
+    with _errors():
+        store = _open(db)
+        result = stop_run(store, run, grace_s=grace, say=typer.echo)
+    if result.marked_stopped:
+        typer.echo(f"marked {result.run.name} stopped")
+    else:
+        typer.echo(f"{result.run.name} ended on its own: {store.get_run(result.run.id).status}")
+
+
+@app.command("rm")
+def rm_command(
+    run: Annotated[str, typer.Argument(help="Run name, unique name prefix or id.")],
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
+    keep_folder: Annotated[bool, typer.Option(help="Delete the rows only, leaving the run folder.")] = False,
+    db: DbOption = None,
+) -> None:
+    """Delete a run's rows and its folder (only a folder inside the store's runs directory)."""
+    with _errors():
+        store = _open(db)
+        found = store.get_run(run)
+        if found.status == "running":
+            raise StoreError(f"run {found.name} is running: stop it first (dreamlab runs stop {found.name})")
+        folder = None if keep_folder else _removable_folder(found, store.runs_dir)
+        if not yes:
+            what = f"run {found.name}" + (f" and its folder {folder}" if folder else "")
+            typer.confirm(f"delete {what}?", abort=True)
+        store.delete_run(found.id)
+    if folder is not None:
+        shutil.rmtree(folder)
+        typer.echo(f"deleted run {found.name} and {folder}")
+    else:
+        typer.echo(f"deleted run {found.name}" + ("" if keep_folder else " (it had no folder)"))
+
+
+@app.command("query")
+def query_command(
+    sql: Annotated[str, typer.Argument(help="One SELECT statement (the store is opened read-only).")],
+    db: DbOption = None,
+    max_rows: Annotated[int, typer.Option(min=1, help="Show at most this many rows.")] = 1000,
+    as_json: JsonOption = False,
+) -> None:
+    """Run one read-only SQL statement on the run store (writes, ATTACH and PRAGMA assignments fail)."""
+    with _errors():
+        columns, rows = RunStore.query_readonly(resolve_db(db), sql, max_rows=max_rows + 1)
+    more = len(rows) > max_rows
+    rows = rows[:max_rows]
+    if as_json:
+        typer.echo(json.dumps([dict(zip(columns, row)) for row in rows], indent=2, default=str))
+        return
+    table = Table(*columns, caption=f"first {max_rows} rows" if more else None)
+    for row in rows:
+        table.add_row(*[_text(value) for value in row])
+    _console().print(table)
+
+
+# -- helpers ----------------------------------------------------------------------------------------
+
+
+def _removable_folder(run: Run, runs_dir: Path) -> Path | None:
+    """The run folder if it exists and lies strictly inside the runs directory; refuse otherwise."""
+    if not run.run_dir:
+        return None
+    folder = Path(run.run_dir)
+    if not folder.exists() and not folder.is_symlink():
+        return None
+    resolved = folder.resolve()
+    inside = resolved != runs_dir and resolved.is_relative_to(runs_dir)
+    if folder.is_symlink() or not folder.is_dir() or not inside:
+        raise StoreError(f"run folder {folder} is not a folder inside {runs_dir}: refusing to delete it "
+                         "(--keep-folder deletes the rows only)")
+    return resolved
+
+
+def _console() -> Console:
+    return Console(highlight=False)
+
+
+def _run_table(run: Run) -> Table:
+    table = Table("field", "value", title=f"run {run.name}", title_justify="left", show_header=False)
+    table.add_row("id", str(run.id))
+    table.add_row("status", _status(run.status))
+    for label, value in (("exit reason", run.exit_reason), ("sweep", run.sweep_id), ("created", _when(run.created)),
+                         ("started", _when(run.started)), ("ended", _when(run.ended)),
+                         ("duration", _duration(run.duration())), ("heartbeat", _when(run.heartbeat)),
+                         ("host", run.host), ("gpus", ", ".join(run.gpus) or None), ("pid / pgid", _pids(run)),
+                         ("git commit", run.git_commit), ("folder", run.run_dir)):
+        table.add_row(label, _text(value))
+    versions = ", ".join(f"{key} {value}" for key, value in run.versions.items() if value)
+    table.add_row("versions", versions or "—")
+    return table
+
+
+def _pids(run: Run) -> str | None:
+    return None if run.pid is None and run.pgid is None else f"{run.pid} / {run.pgid}"
+
+
+def _flatten(recipe: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in recipe.items():
+        if isinstance(value, dict) and value:
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def _first(flat: dict[str, Any], keys: tuple[str, ...]) -> Any:
+    return next((flat[key] for key in keys if flat.get(key) is not None), None)
+
+
+def _status(status: str) -> Text:
+    return Text(status, style=STATUS_STYLES.get(status, ""))
+
+
+def _text(value: Any) -> str:
+    if value is None:
+        return "—"
+    if isinstance(value, float):
+        return _number(value)
+    if isinstance(value, (list, dict)):
+        return json.dumps(value)
+    return str(value)
+
+
+def _number(value: Any) -> str:
+    if value is None:
+        return "—"
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return str(value)
+    if isinstance(value, int) or math.isnan(value) or math.isinf(value):
+        return str(value)
+    return f"{value:.4g}"
+
+
+def _json_number(value: float) -> float | str:
+    return value if math.isfinite(value) else str(value)  # JSON has no NaN / Infinity
+
+
+def _when(stamp: float | None) -> str:
+    return "—" if stamp is None else datetime.fromtimestamp(stamp).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "—"
+    seconds = int(seconds)
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours:
+        return f"{hours}h{minutes:02d}m"
+    return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
+

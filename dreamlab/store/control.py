@@ -1,0 +1,158 @@
+"""Stopping a run's processes: SIGTERM to its process group, a grace period, then SIGKILL (no shell)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from dreamlab.store.errors import StoreError
+from dreamlab.store.records import Run
+from dreamlab.store.runstore import RunStore
+
+STOPPABLE = ("running", "lost")  # lost: silent for a while, but its processes may still be alive
+_PROC = Path("/proc")
+
+
+@dataclass
+class StopResult:
+    """What `stop_run` did: the signals sent, whether the group exited, whether the store was updated."""
+
+    run: Run
+    signals: list[str] = field(default_factory=list)
+    exited: bool = False
+    waited_s: float = 0.0
+    marked_stopped: bool = False
+
+
+def stop_run(store: RunStore, ref: int | str, grace_s: float = 60.0, *, poll_s: float = 0.1,
+             kill_wait_s: float = 5.0, say: Callable[[str], None] = lambda message: None) -> StopResult:
+    """SIGTERM the run's process group, wait up to `grace_s`, SIGKILL if needed; then mark it stopped if still running."""
+    run = store.get_run(ref)
+    if run.status not in STOPPABLE:
+        raise StoreError(f"run {run.name} is not running (status {run.status})")
+    pgid = _checked_group(run)
+    result = StopResult(run=run)
+    if not group_alive(pgid):
+        say(f"no process of group {pgid} is left")
+        result.exited = True
+        result.marked_stopped = store.stop_if_running(run.id, "stopped by user (its processes were already gone)")
+        return result
+    _signal(pgid, signal.SIGTERM, run)
+    result.signals.append("SIGTERM")
+    say(f"sent SIGTERM to process group {pgid} of run {run.name}; waiting up to {grace_s:g} s")
+    start = time.monotonic()
+    result.exited = _wait_gone(pgid, grace_s, poll_s)
+    if not result.exited:
+        _signal(pgid, signal.SIGKILL, run)
+        result.signals.append("SIGKILL")
+        say(f"still running after {grace_s:g} s: sent SIGKILL")
+        result.exited = _wait_gone(pgid, kill_wait_s, poll_s)
+    result.waited_s = time.monotonic() - start
+    if result.exited:
+        say(f"process group {pgid} exited after {result.waited_s:.1f} s")
+    else:
+        say(f"process group {pgid} still has live processes after SIGKILL")
+    how = "SIGTERM" if result.signals == ["SIGTERM"] else f"SIGKILL after {grace_s:g} s grace"
+    result.marked_stopped = store.stop_if_running(run.id, f"stopped by user ({how})")
+    return result
+
+
+def _checked_group(run: Run) -> int:
+    pgid = run.pgid
+    if pgid is None:
+        raise StoreError(f"run {run.name} has no process group recorded: nothing to signal")
+    if pgid <= 1:
+        raise StoreError(f"run {run.name} records process group {pgid}: refusing to signal it")
+    if pgid == os.getpgrp():
+        raise StoreError(f"run {run.name} records process group {pgid}, which is this command's own: refusing")
+    here = socket.gethostname()
+    if run.host and run.host != here:
+        raise StoreError(f"run {run.name} runs on {run.host}, not on this machine ({here}): stop it there")
+    if run.pid is not None and _pid_alive(run.pid):
+        try:
+            pid_group = os.getpgid(run.pid)
+        except ProcessLookupError:
+            pid_group = None
+        started = process_start_time(run.pid)
+        reused = (pid_group is not None and pid_group != pgid) or (
+            started is not None and run.started is not None and started > run.started + 2.0)
+        if reused:
+            raise StoreError(f"pid {run.pid} of run {run.name} now belongs to another process: refusing to signal")
+    return pgid
+
+
+def _signal(pgid: int, signum: signal.Signals, run: Run) -> None:
+    try:
+        os.killpg(pgid, signum)
+    except ProcessLookupError:
+        pass  # exited in the meantime
+    except PermissionError:
+        raise StoreError(f"not permitted to signal process group {pgid} of run {run.name}") from None
+
+
+def _wait_gone(pgid: int, timeout_s: float, poll_s: float) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while group_alive(pgid):
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(poll_s)
+    return True
+
+
+def group_alive(pgid: int) -> bool:
+    """Whether any live (not zombie) process is in the group; reads /proc where it exists."""
+    if _PROC.is_dir():
+        for entry in os.scandir(_PROC):
+            if not entry.name.isdigit():
+                continue
+            fields = _stat_fields(int(entry.name))
+            if fields is not None and int(fields[2]) == pgid and fields[0] not in ("Z", "X"):
+                return True
+        return False
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _pid_alive(pid: int) -> bool:
+    fields = _stat_fields(pid) if _PROC.is_dir() else None
+    if fields is not None:
+        return fields[0] not in ("Z", "X")
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def process_start_time(pid: int) -> float | None:
+    """Unix time a process started (Linux /proc), or None where unknown."""
+    fields = _stat_fields(pid)
+    if fields is None:
+        return None
+    try:
+        boot = next(float(line.split()[1]) for line in (_PROC / "stat").read_text().splitlines()
+                    if line.startswith("btime "))
+        return boot + int(fields[19]) / os.sysconf("SC_CLK_TCK")
+    except (OSError, StopIteration, ValueError, IndexError):
+        return None
+
+
+def _stat_fields(pid: int) -> list[str] | None:
+    """Fields of /proc/PID/stat after the command name: [state, ppid, pgrp, ...]."""
+    try:
+        text = (_PROC / str(pid) / "stat").read_text()
+    except OSError:
+        return None
+    return text[text.rfind(")") + 2:].split()

@@ -1,0 +1,93 @@
+"""The plain records the store hands out: runs, metric points, checkpoints, comparisons."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, NamedTuple
+
+TERMINAL_STATUSES = ("completed", "failed", "diverged", "stopped")
+
+
+@dataclass(frozen=True)
+class Run:
+    """One row of `runs`; times are unix seconds (None until they happen)."""
+
+    id: int
+    name: str
+    status: str
+    recipe: dict[str, Any] = field(default_factory=dict)
+    git_commit: str | None = None
+    host: str | None = None
+    gpus: list[str] = field(default_factory=list)
+    versions: dict[str, str | None] = field(default_factory=dict)
+    pid: int | None = None
+    pgid: int | None = None
+    run_dir: str | None = None
+    sweep_id: str | None = None
+    created: float = 0.0
+    started: float | None = None
+    ended: float | None = None
+    heartbeat: float | None = None
+    exit_reason: str | None = None
+
+    @property
+    def finished(self) -> bool:
+        """True once the run reached a final status (completed, failed, diverged, stopped)."""
+        return self.status in TERMINAL_STATUSES
+
+    def duration(self, now: float | None = None) -> float | None:
+        """Seconds from start to end (to `now` while it runs); None before it starts."""
+        if self.started is None:
+            return None
+        end = self.ended if self.ended is not None else (time.time() if now is None else now)
+        return max(0.0, end - self.started)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict of every field."""
+        return asdict(self)
+
+
+class MetricPoint(NamedTuple):
+    """One logged value: (step, key, value, time); a NaN logged by the trainer reads back as NaN."""
+
+    step: int
+    key: str
+    value: float
+    time: float
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """One checkpoint of a run; `complete` is False while it is being written."""
+
+    run_id: int
+    step: int
+    path: str
+    kind: str
+    created: float
+    complete: bool
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """Runs side by side: the params that differ and the final (latest) metrics, aligned with `runs`."""
+
+    runs: list[Run]
+    params: dict[str, list[Any]]
+    same_params: dict[str, Any]
+    final_metrics: list[dict[str, tuple[int, float]]]
+
+    def metric_keys(self) -> list[str]:
+        """Every metric key any of the runs logged, sorted."""
+        return sorted({key for metrics in self.final_metrics for key in metrics})
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict: run names, differing params per run, final metrics per run."""
+        return {
+            "runs": [run.name for run in self.runs],
+            "params": self.params,
+            "same_params": self.same_params,
+            "final_metrics": {run.name: {key: {"step": step, "value": value} for key, (step, value) in metrics.items()}
+                              for run, metrics in zip(self.runs, self.final_metrics)},
+        }

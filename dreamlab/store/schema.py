@@ -1,0 +1,132 @@
+"""The run store's schema as ordered migrations; `migrate` brings any known version up to date."""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+
+from dreamlab.store.errors import StoreError
+
+STATUSES = ("queued", "running", "completed", "failed", "diverged", "stopped", "lost")
+_STATUS_CHECK = ", ".join(f"'{status}'" for status in STATUSES)
+
+
+# Version 1: runs, flattened params, metric points and checkpoints.
+_V1_INITIAL = f"""
+        CREATE TABLE runs (
+            id INTEGER PRIMARY KEY,
+            name TEXT NOT NULL UNIQUE,
+            status TEXT NOT NULL CHECK (status IN ({_STATUS_CHECK})),
+            recipe TEXT NOT NULL DEFAULT '{{}}',
+            git_commit TEXT,
+            host TEXT,
+            gpus TEXT NOT NULL DEFAULT '[]',
+            torch_version TEXT,
+            transformers_version TEXT,
+            dreamlab_version TEXT,
+            pid INTEGER,
+            pgid INTEGER,
+            run_dir TEXT,
+            sweep_id TEXT,
+            created REAL NOT NULL,
+            started REAL,
+            ended REAL,
+            heartbeat REAL,
+            exit_reason TEXT
+        );
+        CREATE INDEX runs_by_created ON runs (created);
+        CREATE INDEX runs_by_status ON runs (status);
+        CREATE INDEX runs_by_sweep ON runs (sweep_id);
+        CREATE TABLE params (
+            run_id INTEGER NOT NULL REFERENCES runs (id) ON DELETE CASCADE,
+            key TEXT NOT NULL,
+            value TEXT,
+            type TEXT NOT NULL,
+            PRIMARY KEY (run_id, key)
+        ) WITHOUT ROWID;
+        CREATE TABLE metrics (
+            run_id INTEGER NOT NULL REFERENCES runs (id) ON DELETE CASCADE,
+            step INTEGER NOT NULL,
+            key TEXT NOT NULL,
+            value REAL,
+            time REAL NOT NULL,
+            PRIMARY KEY (run_id, key, step)
+        ) WITHOUT ROWID;
+        CREATE TABLE checkpoints (
+            id INTEGER PRIMARY KEY,
+            run_id INTEGER NOT NULL REFERENCES runs (id) ON DELETE CASCADE,
+            step INTEGER NOT NULL,
+            path TEXT NOT NULL,
+            kind TEXT NOT NULL,
+            created REAL NOT NULL,
+            complete INTEGER NOT NULL DEFAULT 0,
+            UNIQUE (run_id, path)
+        );
+        CREATE INDEX checkpoints_by_run_step ON checkpoints (run_id, step);
+"""
+
+
+# Version 2: the latest value of every metric of every run (highest step, backfilled), so tables never
+# scan metrics; an index for finding stale running runs.
+_V2_LATEST_METRICS = """
+        CREATE TABLE latest_metrics (
+            run_id INTEGER NOT NULL REFERENCES runs (id) ON DELETE CASCADE,
+            key TEXT NOT NULL,
+            step INTEGER NOT NULL,
+            value REAL,
+            PRIMARY KEY (run_id, key)
+        ) WITHOUT ROWID;
+        INSERT INTO latest_metrics (run_id, key, step, value)
+            SELECT run_id, key, MAX(step), value FROM metrics GROUP BY run_id, key;
+        CREATE INDEX runs_by_status_heartbeat ON runs (status, heartbeat);
+"""
+
+
+# Ordered: MIGRATIONS[i] takes a database from version i to version i + 1. Never edit a released
+# migration; append a new one.
+MIGRATIONS: tuple[str, ...] = (_V1_INITIAL, _V2_LATEST_METRICS)
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+def schema_version(conn: sqlite3.Connection) -> int:
+    """The version recorded in the database (0 for an empty file)."""
+    exists = conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'schema_version'").fetchone()
+    if not exists:
+        return 0
+    row = conn.execute("SELECT MAX(version) FROM schema_version").fetchone()
+    return int(row[0] or 0)
+
+
+def migrate(conn: sqlite3.Connection, target: int = SCHEMA_VERSION) -> int:
+    """Apply the missing migrations up to `target` in one immediate transaction; return the new version.
+
+    The connection must be in autocommit mode (isolation_level None) so this function owns the transaction.
+    """
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER PRIMARY KEY, applied REAL NOT NULL)")
+        current = schema_version(conn)
+        if current > SCHEMA_VERSION:
+            raise StoreError(f"the run store has schema version {current}, newer than this dreamlab "
+                             f"understands ({SCHEMA_VERSION}): upgrade dreamlab")
+        for version in range(current, target):
+            _run_script(conn, MIGRATIONS[version])
+            conn.execute("INSERT INTO schema_version (version, applied) VALUES (?, ?)", (version + 1, time.time()))
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+    return max(current, target)
+
+
+def _run_script(conn: sqlite3.Connection, script: str) -> None:
+    # executescript() would COMMIT the open transaction first: run the statements one by one instead.
+    buffer = ""
+    for line in script.splitlines(keepends=True):
+        buffer += line
+        if sqlite3.complete_statement(buffer):
+            conn.execute(buffer)
+            buffer = ""
+    if buffer.strip():
+        raise StoreError(f"incomplete SQL statement in a migration: {buffer.strip()[:60]}")
