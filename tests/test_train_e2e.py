@@ -52,6 +52,9 @@ def test_two_process_fsdp_run_trains_records_and_checkpoints(tmp_path):
 
     model, tokenizer = load_model_and_tokenizer(str(Path(run.run_dir) / "checkpoints" / "step-000012" / "model"), device="cpu")
     assert model.config.hidden_size == 64 and tokenizer.mask_token_id == 1
+    sampled = runner.invoke(app, ["generate", "--run", "two-ranks", "--steps", "8", "--max-new-tokens", "8",
+                                  "--db", str(tmp_path / "runs" / "dreamlab.db")])
+    assert sampled.exit_code == 0 and "step-000012" in sampled.output, sampled.output
 
 
 def test_one_and_two_processes_give_the_same_curve_for_the_same_global_batch(tmp_path):
@@ -107,3 +110,35 @@ def test_a_data_file_in_the_wrong_format_fails_the_run_with_a_clear_reason(tmp_p
     assert result.exit_code == 1
     run = store.get_run("badfmt")
     assert run.status == "failed" and "unknown format" in run.exit_reason
+
+
+def wait_for(predicate, timeout: float = 120.0, interval: float = 0.5):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError("condition not reached in time")
+
+
+def test_a_detached_run_survives_its_launcher_stops_cleanly_and_a_killed_one_reads_as_lost(tmp_path):
+    db = tmp_path / "runs" / "dreamlab.db"
+    common = [*SMALL, "trainer.total_training_steps=100000", "trainer.val_check_interval=null", "--db", str(db)]
+    result = runner.invoke(app, ["train", *common, "--name", "detached"])
+    assert result.exit_code == 0 and "started run" in result.output, result.output
+    store = RunStore(db)
+    wait_for(lambda: store.latest_metrics(store.get_run("detached").id).get("train/loss"))
+    stop = runner.invoke(app, ["runs", "stop", "detached", "--grace", "60", "--db", str(db)])
+    assert stop.exit_code == 0, stop.output
+    run = store.get_run("detached")
+    assert run.status == "stopped"
+    assert complete_checkpoints(Path(run.run_dir)), "a stop request writes a checkpoint first"
+
+    result = runner.invoke(app, ["train", *common, "--name", "killed"])
+    assert result.exit_code == 0, result.output
+    wait_for(lambda: store.latest_metrics(store.get_run("killed").id).get("train/loss"))
+    os.killpg(store.get_run("killed").pgid, signal.SIGKILL)
+    lost = store.mark_lost(heartbeat_timeout_s=0.0, now=time.time() + 1)
+    assert [r.name for r in lost] == ["killed"] and store.get_run("killed").status == "lost"
+    assert RunStore.query_readonly(db, "SELECT count(*) FROM runs")[1][0][0] == 2

@@ -4,28 +4,40 @@ from __future__ import annotations
 
 import sys
 import time
+from pathlib import Path
 from typing import Annotated
 
-import torch
 import typer
 from rich.console import Console
 from rich.live import Live
 from rich.panel import Panel
 from rich.table import Table
 
-from dreamlab.cli.render import cut_at_eos, render_with_masks
-from dreamlab.diffusion import ALGORITHMS, SamplerHooks, generate as diffusion_generate
-from dreamlab.models.loading import load_model_and_tokenizer
+from dreamlab.cli.options import DbOption, resolve_db
+from dreamlab.store import RunStore
+from dreamlab.store.errors import StoreError
 
 DEFAULT_PROMPT = "Solve: 27 + 45"
+
+
+def newest_checkpoint_model(ref: str, db: Path) -> str:
+    """The HF model folder of a run's newest complete checkpoint."""
+    store = RunStore(db)
+    run = store.get_run(ref)
+    checkpoint = store.latest_complete_checkpoint(run.id)
+    if checkpoint is None:
+        raise FileNotFoundError(f"run {run.name} has no complete checkpoint yet")
+    return checkpoint.path
 
 
 def generate(
     prompt: Annotated[str, typer.Argument(help="The user message (wrapped in the chat template unless --raw).")] = DEFAULT_PROMPT,
     model: Annotated[str, typer.Option(help="`tiny` (built-in preset), a checkpoint folder, or a hub id.")] = "tiny",
+    run: Annotated[str | None, typer.Option(help="A recorded run: its newest complete checkpoint (overrides --model).")] = None,
+    db: DbOption = None,
     max_new_tokens: Annotated[int, typer.Option(min=1)] = 64,
     steps: Annotated[int, typer.Option(min=1)] = 64,
-    alg: Annotated[str, typer.Option(help=f"Remasking algorithm: {', '.join(ALGORITHMS)}.")] = "entropy",
+    alg: Annotated[str, typer.Option(help="Remasking algorithm: origin, maskgit_plus, topk_margin, entropy.")] = "entropy",
     temperature: float = 0.0,
     top_p: Annotated[float | None, typer.Option()] = None,
     top_k: Annotated[int | None, typer.Option()] = None,
@@ -40,7 +52,20 @@ def generate(
     trust_remote_code: Annotated[bool, typer.Option(help="Allow a checkpoint's own Python code to run.")] = False,
 ) -> None:
     """Generate a completion and show the masks filling in step by step."""
+    import torch  # heavy imports stay out of the CLI's start-up
+
+    from dreamlab.cli.render import cut_at_eos, render_with_masks
+    from dreamlab.diffusion import SamplerHooks, generate as diffusion_generate
+    from dreamlab.models.loading import load_model_and_tokenizer
+
     console = Console()
+    if run is not None:
+        try:
+            model = newest_checkpoint_model(run, resolve_db(db))
+        except (StoreError, FileNotFoundError) as error:
+            console.print(f"[red]error:[/red] {error}")
+            raise typer.Exit(2) from None
+        console.print(f"[dim]run {run}: {model}[/dim]")
     try:
         net, tokenizer = load_model_and_tokenizer(model, device=device, dtype=dtype, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as error:
@@ -84,4 +109,5 @@ def generate(
                     "tokens/s", f"{max_new_tokens / seconds:.1f}")
     console.print(summary)
     if model == "tiny":
-        print("note: `tiny` here is the untrained preset (random weights): expect noise.", file=sys.stderr)
+        print("note: `tiny` is the untrained preset (random weights): expect noise. Train it with "
+              "`dreamlab train --foreground --name demo`, then `dreamlab generate --run demo`.", file=sys.stderr)

@@ -14,10 +14,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from dreamlab.cli.options import DbOption, resolve_db
-from dreamlab.config import RecipeError, load_recipe, recipe_from_dict
 from dreamlab.store import RunStore
 from dreamlab.store.errors import StoreError
-from dreamlab.train.launcher import check_before_launch, environment_meta, start_process, torchrun_command, write_run_spec
 
 STEP_LINE = re.compile(r"^step (\d+) (.*)$")
 
@@ -32,6 +30,11 @@ def train(
     db: DbOption = None,
 ) -> None:
     """Train a model with Dream's diffusion SFT (no recipe: the tiny model on the built-in task, CPU)."""
+    from dreamlab.config import RecipeError, load_recipe, recipe_from_dict  # torch: keep it out of start-up
+    from dreamlab.train.launcher import (
+        check_before_launch, environment_meta, start_process, torchrun_command, write_run_spec,
+    )
+
     console = Console()
     store_path = resolve_db(db)
     try:

@@ -8,7 +8,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from transformers import PreTrainedTokenizerBase
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 from dreamlab.data.errors import DataError, InvalidRow
 from dreamlab.data.formats import CONVERTERS, TRAJECTORIES, ConvertOptions, DreamRow, resolve_format

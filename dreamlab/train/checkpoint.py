@@ -52,9 +52,12 @@ def complete_checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
 
 def save_checkpoint(
     *, run_dir: Path, step: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer, tokenizer: Any,
-    trainer_state: dict[str, Any], rank_state: dict[str, Any], keep: int,
+    trainer_state: dict[str, Any], rank_state: dict[str, Any], keep: int, save_bf16: bool = False,
 ) -> Path:
-    """Write a checkpoint collectively (every rank calls this); returns the final folder."""
+    """Write a checkpoint collectively (every rank calls this); returns the final folder.
+
+    The HF model folder holds bf16 weights when `save_bf16` (GPU runs, as Dream publishes), else fp32.
+    """
     rank = dist.get_rank()
     final = checkpoint_dir(run_dir, step)
     tmp = final.with_name(final.name + ".tmp")
@@ -66,8 +69,11 @@ def save_checkpoint(
     if rank == 0:
         model_dir = tmp / "model"
         model_dir.mkdir()
-        save_torch_state_dict({k: v.contiguous() for k, v in full.items()}, model_dir, max_shard_size="5GB")
         config = model.config
+        # A fresh copy per tensor: gathered shards can share storage, which safetensors refuses.
+        save_dtype = torch.bfloat16 if save_bf16 else torch.float32
+        save_torch_state_dict({k: v.to(save_dtype, copy=True) for k, v in full.items()}, model_dir, max_shard_size="5GB")
+        config.dtype = save_dtype
         config.architectures = ["DreamModel"]
         config.save_pretrained(model_dir)
         tokenizer.save_pretrained(model_dir)

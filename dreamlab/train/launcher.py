@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import socket
 import subprocess
 import sys
@@ -70,7 +69,7 @@ def environment_meta() -> dict[str, Any]:
         "host": socket.gethostname(),
         "gpus": gpus,
         "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
-                     "dreamlab": __version__, "python": platform.python_version()},
+                     "dreamlab": __version__},
     }
 
 

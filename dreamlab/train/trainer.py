@@ -189,7 +189,7 @@ class Trainer:
         """Save model + state collectively and report the folder."""
         path = save_checkpoint(
             run_dir=self.run_dir, step=self.step, model=self.raw_model, optimizer=self.optimizer,
-            tokenizer=self.tokenizer, keep=self.recipe.trainer.max_checkpoints,
+            tokenizer=self.tokenizer, keep=self.recipe.trainer.max_checkpoints, save_bf16=self.device.type == "cuda",
             trainer_state={"step": self.step, "epoch": self.step // self.steps_per_epoch, "world_size": self.world,
                            "scheduler": self.scheduler.state_dict(), "total_steps": self.total_steps},
             rank_state=self._rank_state(),

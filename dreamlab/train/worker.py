@@ -1,6 +1,7 @@
 """The process torchrun starts on every rank: `python -m dreamlab.train.worker --run-dir DIR [--db DB]`.
 
-Rank 0 records metrics, checkpoints, heartbeats and the final status in the run store.
+Rank 0 records metrics, checkpoints, heartbeats and the final status in the run store (the launcher
+already marked the run started with torchrun's process group).
 """
 
 from __future__ import annotations
@@ -33,10 +34,6 @@ class StoreReporter:
             from dreamlab.store import RunStore
 
             self.store = RunStore(db)
-
-    def started(self) -> None:
-        if self.store:
-            self.store.mark_started(self.run_id, pid=os.getpid(), pgid=os.getpgid(0))
 
     def metrics(self, step: int, values: dict[str, float]) -> None:
         print(f"step {step} " + " ".join(f"{k}={v:.5g}" for k, v in values.items()), flush=True)
@@ -78,8 +75,6 @@ def main(argv: list[str] | None = None) -> int:
     reporter = StoreReporter(args.db, spec.get("run_id")) if rank == 0 else StoreReporter(None, None)
     status, reason = "failed", None
     try:
-        if rank == 0:
-            reporter.started()
         trainer = Trainer(recipe, args.run_dir, metrics=reporter.metrics, on_checkpoint=reporter.checkpoint,
                           heartbeat=reporter.heartbeat)
         trainer.setup()
