@@ -29,6 +29,7 @@ def main() -> None:
     parser.add_argument("--eval-rows", type=int, default=None)
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--notrace", action="store_true")
+    parser.add_argument("--block-length", type=int, default=None, help="also score with semi-autoregressive blocks")
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args()
     source = f"builtin:arithmetic:{args.level}" + (":notrace" if args.notrace else "")
@@ -57,6 +58,11 @@ def main() -> None:
                          max_new_tokens=args.max_new_tokens, steps=args.max_new_tokens,
                          system_prompt=recipe.data.system_prompt)
     eval_seconds = time.perf_counter() - started
+    if args.block_length:
+        blocked = exact_match(model, trainer.tokenizer, [r["question"] for r in rows], [r["gold"] for r in rows],
+                              max_new_tokens=args.max_new_tokens, steps=args.max_new_tokens,
+                              block_length=args.block_length, system_prompt=recipe.data.system_prompt)
+        print(f"  with block_length {args.block_length}: {blocked.correct}/{blocked.total} = {100 * blocked.accuracy:.1f}%")
     curve = " ".join(f"{s}:{l:.3f}" for s, l in losses[1::max(1, len(losses) // 12)])
     print(f"level {args.level}{' notrace' if args.notrace else ''} overrides {args.overrides}")
     print(f"  {outcome.status} at step {outcome.step}, train {train_seconds:.0f} s; exact match "

@@ -112,6 +112,22 @@ def test_a_data_file_in_the_wrong_format_fails_the_run_with_a_clear_reason(tmp_p
     assert run.status == "failed" and "unknown format" in run.exit_reason
 
 
+def processes_mentioning(text: str) -> list[int]:
+    """Live processes whose command line contains `text` (zombies excluded)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if text in cmdline and state != "Z":
+            found.append(int(entry.name))
+    return found
+
+
 def wait_for(predicate, timeout: float = 120.0, interval: float = 0.5):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -139,6 +155,7 @@ def test_a_detached_run_survives_its_launcher_stops_cleanly_and_a_killed_one_rea
     assert result.exit_code == 0, result.output
     wait_for(lambda: store.latest_metrics(store.get_run("killed").id).get("train/loss"))
     os.killpg(store.get_run("killed").pgid, signal.SIGKILL)
+    wait_for(lambda: not processes_mentioning(str(tmp_path / "runs" / "killed")), timeout=30)  # no orphan rank
     lost = store.mark_lost(heartbeat_timeout_s=0.0, now=time.time() + 1)
     assert [r.name for r in lost] == ["killed"] and store.get_run("killed").status == "lost"
     assert RunStore.query_readonly(db, "SELECT count(*) FROM runs")[1][0][0] == 2

@@ -11,6 +11,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.table import Table
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from dreamlab.cli.options import DbOption, resolve_db
@@ -27,15 +28,35 @@ def train(
     name: Annotated[str | None, typer.Option(help="Run name (letters, digits, - _ .); generated if absent.")] = None,
     foreground: Annotated[bool, typer.Option(help="Stay attached: stream the log and a progress bar.")] = False,
     resume: Annotated[str | None, typer.Option(help="Continue RUN from its newest complete checkpoint.")] = None,
+    estimate: Annotated[bool, typer.Option("--estimate", help="Print the per-GPU memory estimate and exit.")] = False,
     db: DbOption = None,
 ) -> None:
     """Train a model with Dream's diffusion SFT (no recipe: the tiny model on the built-in task, CPU)."""
     from dreamlab.config import RecipeError, load_recipe, recipe_from_dict  # torch: keep it out of start-up
     from dreamlab.train.launcher import (
-        check_before_launch, environment_meta, start_process, torchrun_command, write_run_spec,
+        check_before_launch, environment_meta, memory_estimate, start_process, torchrun_command, write_run_spec,
     )
 
     console = Console()
+    if estimate:
+        try:
+            words = list(args or [])
+            recipe = load_recipe(words.pop(0) if words and "=" not in words[0] else None, words)
+            parts = memory_estimate(recipe)
+        except (RecipeError, OSError) as error:
+            typer.echo(f"error: {error}", err=True)
+            raise typer.Exit(2) from None
+        table = Table(title=f"estimated memory per GPU: {recipe.model.partial_pretrain}, micro batch "
+                            f"{recipe.data.micro_batch_size_per_gpu}, length {recipe.data.max_length}, "
+                            f"{recipe.trainer.nproc_per_node * recipe.trainer.nnodes} processes, checkpointing "
+                            f"{'on' if recipe.model.enable_gradient_checkpointing else 'off'}")
+        table.add_column("part")
+        table.add_column("GiB", justify="right")
+        for part, gib in parts.parts.items():
+            table.add_row(part, f"{gib:.2f}")
+        table.add_row("[bold]total[/bold]", f"[bold]{parts.total_gb:.2f}[/bold]")
+        console.print(table)
+        return
     store_path = resolve_db(db)
     try:
         store = RunStore(store_path)

@@ -48,6 +48,7 @@ def exact_match(
     alg: str = "entropy",
     batch_size: int = 128,
     system_prompt: str | None = None,
+    block_length: int | None = None,
 ) -> ExactMatchResult:
     """Greedy generation for each question (chat template), answers compared as strings."""
     device = next(model.parameters()).device
@@ -63,7 +64,7 @@ def exact_match(
         ]
         encoded = tokenizer(texts, add_special_tokens=False, padding=True, padding_side="left", return_tensors="pt")
         out = generate(model, encoded.input_ids.to(device), encoded.attention_mask.to(device),
-                       max_new_tokens=max_new_tokens, steps=steps, alg=alg, temperature=0.0,
+                       max_new_tokens=max_new_tokens, steps=steps, alg=alg, temperature=0.0, block_length=block_length,
                        seed=list(range(start, start + len(chunk))))
         nfe += out.nfe
         width = encoded.input_ids.shape[1]

@@ -40,9 +40,54 @@ def model_context_length(recipe: Recipe) -> int | None:
     return None  # a hub id: checked when the worker loads it
 
 
+def model_config(recipe: Recipe):
+    """The starting model's config (tiny preset with the recipe's sizes, or the folder's config.json)."""
+    from dreamlab.models import DreamConfig
+    from dreamlab.models.tiny import tiny_config
+
+    m = recipe.model
+    if m.partial_pretrain == TINY_NAME:
+        return tiny_config(hidden_size=m.tiny_hidden_size, num_hidden_layers=m.tiny_num_layers,
+                           num_attention_heads=m.tiny_num_heads, num_key_value_heads=max(1, m.tiny_num_heads // 2),
+                           intermediate_size=m.tiny_intermediate_size)
+    return DreamConfig.from_pretrained(m.partial_pretrain)
+
+
+def memory_estimate(recipe: Recipe):
+    """The per-GPU estimate for this recipe (see dreamlab/train/memory.py)."""
+    from dreamlab.train.memory import estimate
+
+    return estimate(model_config(recipe), micro_batch=recipe.data.micro_batch_size_per_gpu,
+                    max_length=recipe.data.max_length,
+                    world=recipe.trainer.nproc_per_node * recipe.trainer.nnodes,
+                    checkpointing=recipe.model.enable_gradient_checkpointing)
+
+
+def check_memory(recipe: Recipe, budget_gb: float | None) -> None:
+    """Refuse a GPU run whose estimate exceeds the GPU, with the estimate and what to lower."""
+    from dreamlab.train.memory import suggestion
+
+    if budget_gb is None or recipe.trainer.device == "cpu":
+        return
+    try:
+        config = model_config(recipe)
+    except OSError:
+        return  # a hub id without a network: the worker reports it
+    needed = memory_estimate(recipe).total_gb
+    if needed > 0.95 * budget_gb:
+        fix = suggestion(config, micro_batch=recipe.data.micro_batch_size_per_gpu, max_length=recipe.data.max_length,
+                         world=recipe.trainer.nproc_per_node * recipe.trainer.nnodes,
+                         checkpointing=recipe.model.enable_gradient_checkpointing, budget_gb=0.95 * budget_gb)
+        raise RecipeError(f"estimated {needed:.1f} GiB per GPU, the GPU has {budget_gb:.1f} GiB: try {fix} "
+                          "(`dreamlab train --estimate` shows the parts)")
+
+
 def check_before_launch(recipe: Recipe) -> None:
     """Everything that can be refused before a process starts."""
+    from dreamlab.train.memory import gpu_memory_gb
+
     validate(recipe, context_length=model_context_length(recipe))
+    check_memory(recipe, gpu_memory_gb())
     for key, files in (("data.train_files", recipe.data.train_files), ("data.val_files", recipe.data.val_files)):
         for spec in files:
             is_hub_id = HUB_ID.match(spec) and not spec.startswith(".")

@@ -57,8 +57,26 @@ class StoreReporter:
             self.store.finish(self.run_id, status, exit_reason=reason)
 
 
+def die_with_torchrun() -> None:
+    """Ask Linux to SIGKILL this rank when torchrun dies.
+
+    torchrun starts each rank in a session of its own, so a signal to torchrun's process group (a
+    `kill -9`, or `runs stop` after its grace period) would otherwise leave orphan ranks training.
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+    import signal
+
+    pr_set_pdeathsig = 1
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
+    if os.getppid() == 1:  # torchrun already died before the request was in place
+        os._exit(1)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run one rank of a training run described by DIR/run.json."""
+    die_with_torchrun()
     parser = argparse.ArgumentParser(prog="dreamlab.train.worker")
     parser.add_argument("--run-dir", required=True, type=Path)
     parser.add_argument("--db", default=None)
