@@ -159,3 +159,16 @@ def test_a_detached_run_survives_its_launcher_stops_cleanly_and_a_killed_one_rea
     lost = store.mark_lost(heartbeat_timeout_s=0.0, now=time.time() + 1)
     assert [r.name for r in lost] == ["killed"] and store.get_run("killed").status == "lost"
     assert RunStore.query_readonly(db, "SELECT count(*) FROM runs")[1][0][0] == 2
+
+
+def test_a_non_finite_loss_ends_the_run_as_diverged_keeping_the_last_good_checkpoint(tmp_path):
+    result, store = train(tmp_path, *SMALL, "optim.lr=1e30", "optim.warmup_steps_ratio=0", "optim.lr_scheduler=constant",
+                          "trainer.total_training_steps=50", "trainer.save_checkpoint_steps=1",
+                          "trainer.val_check_interval=null", "--name", "boom")
+    assert result.exit_code == 1, result.output
+    run = store.get_run("boom")
+    assert run.status == "diverged" and "non-finite" in run.exit_reason
+    kept = complete_checkpoints(Path(run.run_dir))
+    assert kept, "the last good checkpoint stays"
+    last_logged = max(p.step for p in store.metrics(run.id, key="train/loss"))
+    assert kept[-1][0] == last_logged  # nothing was saved after the bad step

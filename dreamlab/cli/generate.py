@@ -21,19 +21,20 @@ DEFAULT_PROMPT = "Solve: 27 + 45"
 
 
 def newest_checkpoint_model(ref: str, db: Path) -> str:
-    """The HF model folder of a run's newest complete checkpoint."""
+    """The HF model folder of a run's newest complete checkpoint (`latest`: the newest run that has one)."""
     store = RunStore(db)
-    run = store.get_run(ref)
-    checkpoint = store.latest_complete_checkpoint(run.id)
-    if checkpoint is None:
-        raise FileNotFoundError(f"run {run.name} has no complete checkpoint yet")
-    return checkpoint.path
+    runs = store.list_runs() if ref == "latest" else [store.get_run(ref)]
+    for run in runs:
+        checkpoint = store.latest_complete_checkpoint(run.id)
+        if checkpoint is not None and Path(checkpoint.path).is_dir():
+            return checkpoint.path
+    raise FileNotFoundError(f"no complete checkpoint for {ref!r} in {db} yet: train first (`dreamlab train --foreground`)")
 
 
 def generate(
     prompt: Annotated[str, typer.Argument(help="The user message (wrapped in the chat template unless --raw).")] = DEFAULT_PROMPT,
     model: Annotated[str, typer.Option(help="`tiny` (built-in preset), a checkpoint folder, or a hub id.")] = "tiny",
-    run: Annotated[str | None, typer.Option(help="A recorded run: its newest complete checkpoint (overrides --model).")] = None,
+    run: Annotated[str | None, typer.Option(help="A recorded run (name, id, or `latest`): its newest complete checkpoint (overrides --model).")] = None,
     db: DbOption = None,
     max_new_tokens: Annotated[int, typer.Option(min=1)] = 64,
     steps: Annotated[int, typer.Option(min=1)] = 64,
