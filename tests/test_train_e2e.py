@@ -47,6 +47,7 @@ def test_two_process_fsdp_run_trains_records_and_checkpoints(tmp_path):
     assert sum(curve[-3:]) / 3 < sum(curve[:3]) / 3
     steps = [step for step, _ in complete_checkpoints(Path(run.run_dir))]
     assert steps == [6, 12]
+    assert [(c.step, c.complete) for c in store.checkpoints(run.id)] == [(6, True), (12, True)]
     assert store.latest_metrics(run.id)["val/loss"][0] == 12
     from dreamlab.models.loading import load_model_and_tokenizer
 
@@ -172,3 +173,26 @@ def test_a_non_finite_loss_ends_the_run_as_diverged_keeping_the_last_good_checkp
     assert kept, "the last good checkpoint stays"
     last_logged = max(p.step for p in store.metrics(run.id, key="train/loss"))
     assert kept[-1][0] == last_logged  # nothing was saved after the bad step
+    recorded = {c.step for c in store.checkpoints(run.id) if c.complete}
+    assert recorded == {step for step, _ in kept}  # rotated-out checkpoints are no longer complete
+
+
+def test_a_sweep_queues_the_grid_under_one_id_and_runs_it(tmp_path):
+    db = tmp_path / "runs" / "dreamlab.db"
+    grid = [*SMALL, "trainer.total_training_steps=3", "trainer.val_check_interval=null", "optim.lr=1e-3,3e-3"]
+    result = runner.invoke(app, ["sweep", *grid, "--name", "grid", "--foreground", "--db", str(db)])
+    assert result.exit_code == 0, result.output
+    store = RunStore(db)
+    runs = sorted(store.list_runs(), key=lambda r: r.name)
+    assert [(r.name, r.status) for r in runs] == [("grid-1", "completed"), ("grid-2", "completed")]
+    assert runs[0].sweep_id == runs[1].sweep_id is not None
+    assert [store.params(r.id)["optim.lr"] for r in runs] == [1e-3, 3e-3]
+    compared = runner.invoke(app, ["runs", "compare", "--sweep", runs[0].sweep_id, "--db", str(db)])
+    assert compared.exit_code == 0 and "optim.lr" in compared.output, compared.output
+
+
+def test_a_sweep_with_one_bad_point_starts_nothing(tmp_path):
+    db = tmp_path / "runs" / "dreamlab.db"
+    result = runner.invoke(app, ["sweep", "optim.lr=1e-3,0", "--db", str(db)])
+    assert result.exit_code == 2 and "grid point optim.lr=0" in result.output
+    assert not db.exists() or RunStore(db).list_runs() == []

@@ -7,6 +7,7 @@ import typer
 from dreamlab.cli import data as data_cmd
 from dreamlab.cli import generate as generate_cmd
 from dreamlab.cli import runs as runs_cmd
+from dreamlab.cli import sweep as sweep_cmd
 from dreamlab.cli import train as train_cmd
 
 app = typer.Typer(
@@ -18,6 +19,7 @@ app = typer.Typer(
 )
 app.command("generate")(generate_cmd.generate)
 app.command("train")(train_cmd.train)
+app.command("sweep")(sweep_cmd.sweep)
 app.add_typer(data_cmd.app, name="data")
 app.add_typer(runs_cmd.app, name="runs")
 

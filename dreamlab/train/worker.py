@@ -50,6 +50,9 @@ class StoreReporter:
         print(f"checkpoint step {step}: {path}", flush=True)
         if self.store:
             self.store.record_checkpoint(self.run_id, step, str(path / "model"), kind="model+state", complete=True)
+            for old in self.store.checkpoints(self.run_id):  # rotated out by trainer.max_checkpoints
+                if old.complete and not Path(old.path).exists():
+                    self.store.record_checkpoint(self.run_id, old.step, old.path, kind=old.kind, complete=False)
 
     def finish(self, status: str, reason: str | None) -> None:
         print(f"run {status}" + (f": {reason}" if reason else ""), flush=True)

@@ -1,0 +1,61 @@
+"""`dreamlab sweep`: queue a grid of runs under one sweep id and run them one after another, detached."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from dreamlab.cli.options import DbOption, resolve_db
+from dreamlab.store import RunStore
+from dreamlab.store.errors import StoreError
+
+
+def sweep(
+    args: Annotated[list[str], typer.Argument(
+        help="[RECIPE] key=v1,v2 ...: every combination of the comma lists becomes a run.")],
+    name: Annotated[str | None, typer.Option(help="Run-name prefix (runs are PREFIX-1, PREFIX-2, ...).")] = None,
+    foreground: Annotated[bool, typer.Option(help="Run the queue attached instead of detached.")] = False,
+    db: DbOption = None,
+) -> None:
+    """Queue a grid (e.g. optim.lr=1e-6,2e-6,5e-6 trainer.total_epochs=2,3) as runs sharing a sweep id."""
+    from dreamlab.config import RecipeError
+    from dreamlab.train.launcher import check_before_launch, environment_meta, write_run_spec
+    from dreamlab.train.sweep import drive, plan
+
+    console = Console()
+    store_path = resolve_db(db)
+    words = list(args)
+    recipe_name = words.pop(0) if words and "=" not in words[0] else None
+    sweep_id = f"sweep-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:4]}"
+    try:
+        points = plan(recipe_name, words)
+        for _, recipe in points:
+            check_before_launch(recipe)
+        store = RunStore(store_path)
+        meta = environment_meta()
+        for index, (combo, recipe) in enumerate(points, start=1):
+            run = store.create_run(name=f"{name}-{index}" if name else None, recipe=recipe.to_dict(), meta=meta,
+                                   sweep_id=sweep_id)
+            write_run_spec(Path(run.run_dir), recipe, run.id, store_path.resolve())
+            console.print(f"queued [bold]{run.name}[/bold]: {' '.join(combo) or '(recipe as is)'}")
+    except (RecipeError, StoreError, OSError) as error:
+        typer.echo(f"error: {error}", err=True)
+        raise typer.Exit(2) from None
+    if foreground:
+        raise typer.Exit(drive(store_path.resolve(), sweep_id))
+    log = open(store.runs_dir / f"{sweep_id}.log", "ab")  # noqa: SIM115 - the driver keeps it
+    driver = subprocess.Popen(
+        [sys.executable, "-m", "dreamlab.train.sweep", "--db", str(store_path.resolve()), "--sweep-id", sweep_id],
+        stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        env=dict(os.environ, PYTHONUNBUFFERED="1"),
+    )
+    console.print(f"sweep [bold]{sweep_id}[/bold]: {len(points)} runs, driver pid {driver.pid} (detached)")
+    console.print(f"  compare: dreamlab runs compare --sweep {sweep_id}")
