@@ -43,7 +43,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as run_dir:
         def record(step: int, values: dict[str, float]) -> None:
             losses.append((step, values.get("train/loss", float("nan"))))
-            print(f"step {step} loss {values.get('train/loss', float('nan')):.4f} "
+            val = f" val {values['val/loss']:.4f}" if "val/loss" in values else ""
+            print(f"step {step} loss {values.get('train/loss', float('nan')):.4f}{val} "
                   f"{values.get('train/step_seconds', 0):.2f} s/step", file=sys.stderr, flush=True)
 
         trainer = Trainer(recipe, Path(run_dir), metrics=record)

@@ -27,11 +27,11 @@ def db(tmp_path):
     """A store with three runs: `alpha` (running, metrics, a checkpoint), `beta` (completed), `gamma` (queued)."""
     path = tmp_path / "runs" / "dreamlab.db"
     with RunStore(path) as store:
-        alpha = store.create_run(name="alpha", recipe={"model": {"name": "tiny"}, "optim": {"lr": 3e-4}, "seed": 1},
+        alpha = store.create_run(name="alpha", recipe={"model": {"partial_pretrain": "tiny"}, "optim": {"lr": 3e-4}, "seed": 1},
                                  meta={"host": socket.gethostname()}, sweep_id="sw")
-        beta = store.create_run(name="beta", recipe={"model": {"name": "tiny"}, "optim": {"lr": 1e-3}, "seed": 1},
+        beta = store.create_run(name="beta", recipe={"model": {"partial_pretrain": "tiny"}, "optim": {"lr": 1e-3}, "seed": 1},
                                 sweep_id="sw")
-        store.create_run(name="gamma", recipe={"model": {"name": "dream-7b"}})
+        store.create_run(name="gamma", recipe={"model": {"partial_pretrain": "dream-7b"}})
         store.mark_started(alpha.id, pid=2_000_000, pgid=2_000_000)
         store.record_metrics(alpha.id, 10, {"train/loss": 2.5, "lr": 3e-4})
         store.record_metrics(alpha.id, 20, {"train/loss": 1.75})
@@ -86,7 +86,7 @@ def test_show(db):
     assert result.exit_code == 0, result.output
     shown = json.loads(result.output)
     assert (shown["run"]["name"], shown["run"]["status"], shown["run"]["pid"]) == ("alpha", "running", 2_000_000)
-    assert shown["params"] == {"model.name": "tiny", "optim.lr": 3e-4, "seed": 1}
+    assert shown["params"] == {"model.partial_pretrain": "tiny", "optim.lr": 3e-4, "seed": 1}
     assert shown["latest_metrics"] == {"lr": {"step": 10, "value": 3e-4}, "train/loss": {"step": 20, "value": 1.75}}
     assert [(c["step"], c["complete"]) for c in shown["checkpoints"]] == [(20, True)]
     table = runs("show", "alpha", "--db", str(db))
@@ -103,14 +103,14 @@ def test_compare(db):
     assert json.loads(result.output) == {
         "runs": ["alpha", "beta"],
         "params": {"optim.lr": [3e-4, 1e-3]},
-        "same_params": {"model.name": "tiny", "seed": 1},
+        "same_params": {"model.partial_pretrain": "tiny", "seed": 1},
         "final_metrics": {"alpha": {"lr": {"step": 10, "value": 3e-4}, "train/loss": {"step": 20, "value": 1.75}},
                           "beta": {"train/loss": {"step": 20, "value": 1.5}}},
     }
     by_sweep = json.loads(runs("compare", "--sweep", "sw", "--db", str(db), "--json").output)
     assert by_sweep["runs"] == ["alpha", "beta"]
     table = runs("compare", "alpha", "beta", "gamma", "--db", str(db))
-    assert table.exit_code == 0 and "model.name" in table.output and "dream-7b" in table.output
+    assert table.exit_code == 0 and "model.partial_pretrain" in table.output and "dream-7b" in table.output
     alone = runs("compare", "alpha", "--db", str(db))
     assert alone.exit_code == 2 and alone.output.startswith("error: compare needs two or more runs")
 

@@ -25,8 +25,8 @@ app = typer.Typer(help="Runs in the run store: list, show, compare, stop, remove
 STATUS_STYLES = {"queued": "dim", "running": "bold cyan", "completed": "green", "failed": "bold red",
                  "diverged": "magenta", "stopped": "yellow", "lost": "red"}
 # Recipe highlights for the list: the first dotted key present wins.
-MODEL_KEYS = ("model.name_or_path", "model.name", "model.path", "model.preset", "model")
-LR_KEYS = ("optim.lr", "optimizer.lr", "train.lr", "lr", "learning_rate")
+MODEL_KEYS = ("model.partial_pretrain",)
+LR_KEYS = ("optim.lr",)
 LOSS_KEY = "train/loss"
 
 
