@@ -35,3 +35,14 @@ def test_ci_runs_the_readme_test_command_exactly():
     ci_lines = [line.strip() for line in (ROOT / ".ci" / "run").read_text().splitlines()]
     assert test_command in ci_lines
     assert "dreamlab" in main_job
+
+
+def test_generate_from_an_unknown_run_or_one_without_checkpoints_says_so(tmp_path):
+    from dreamlab.store import RunStore
+
+    db = tmp_path / "runs" / "dreamlab.db"
+    RunStore(db).create_run(name="fresh")
+    result = runner.invoke(app, ["generate", "--run", "nope", "--db", str(db)])
+    assert result.exit_code == 2 and "error" in result.output
+    result = runner.invoke(app, ["generate", "--run", "latest", "--db", str(db)])
+    assert result.exit_code == 2 and "no complete checkpoint" in result.output
