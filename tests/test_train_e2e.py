@@ -196,3 +196,15 @@ def test_a_sweep_with_one_bad_point_starts_nothing(tmp_path):
     result = runner.invoke(app, ["sweep", "optim.lr=1e-3,0", "--db", str(db)])
     assert result.exit_code == 2 and "grid point optim.lr=0" in result.output
     assert not db.exists() or RunStore(db).list_runs() == []
+
+
+def test_a_detached_sweep_runs_its_queue_after_the_command_returns(tmp_path):
+    db = tmp_path / "runs" / "dreamlab.db"
+    grid = [*SMALL, "trainer.total_training_steps=2", "trainer.val_check_interval=null", "optim.lr=1e-3,2e-3"]
+    result = runner.invoke(app, ["sweep", *grid, "--name", "bg", "--db", str(db)])
+    assert result.exit_code == 0 and "detached" in result.output, result.output
+    store = RunStore(db)
+    wait_for(lambda: [r.status for r in store.list_runs()] == ["completed", "completed"], timeout=180)
+    log = next((tmp_path / "runs").glob("sweep-*.log"))
+    wait_for(lambda: "bg-2: completed" in log.read_text(), timeout=30)  # the driver reports after the store
+    assert "bg-1: completed" in log.read_text()

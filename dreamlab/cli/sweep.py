@@ -51,11 +51,11 @@ def sweep(
         raise typer.Exit(2) from None
     if foreground:
         raise typer.Exit(drive(store_path.resolve(), sweep_id))
-    log = open(store.runs_dir / f"{sweep_id}.log", "ab")  # noqa: SIM115 - the driver keeps it
-    driver = subprocess.Popen(
-        [sys.executable, "-m", "dreamlab.train.sweep", "--db", str(store_path.resolve()), "--sweep-id", sweep_id],
-        stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-        env=dict(os.environ, PYTHONUNBUFFERED="1"),
-    )
+    with open(store.runs_dir / f"{sweep_id}.log", "ab") as log:  # the driver keeps its own descriptor
+        driver = subprocess.Popen(
+            [sys.executable, "-m", "dreamlab.train.sweep", "--db", str(store_path.resolve()), "--sweep-id", sweep_id],
+            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            env=dict(os.environ, PYTHONUNBUFFERED="1"),
+        )
     console.print(f"sweep [bold]{sweep_id}[/bold]: {len(points)} runs, driver pid {driver.pid} (detached)")
     console.print(f"  compare: dreamlab runs compare --sweep {sweep_id}")

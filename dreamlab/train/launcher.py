@@ -144,8 +144,8 @@ def torchrun_command(recipe: Recipe, run_dir: Path, db: Path, *, resume: bool) -
 def start_process(command: list[str], run_dir: Path, *, capture: bool) -> subprocess.Popen:
     """Start torchrun in a new session; output to train.log (or to a pipe the caller tees)."""
     env = dict(os.environ, PYTHONUNBUFFERED="1")
-    log = open(run_dir / "train.log", "ab")  # noqa: SIM115 - the child keeps it open
-    return subprocess.Popen(
-        command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE if capture else log,
-        stderr=subprocess.STDOUT, start_new_session=True, env=env, cwd=os.getcwd(),
-    )
+    with open(run_dir / "train.log", "ab") as log:  # the child keeps its own copy of the descriptor
+        return subprocess.Popen(
+            command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE if capture else log,
+            stderr=subprocess.STDOUT, start_new_session=True, env=env, cwd=os.getcwd(),
+        )
