@@ -57,6 +57,12 @@ class ModelConfig:
     tiny_num_heads: int = 4
     tiny_intermediate_size: int = 768
 
+    def tiny_sizes(self) -> dict[str, int]:
+        """The tiny preset's size overrides (keyword arguments of `tiny_config`); KV heads are half."""
+        return {"hidden_size": self.tiny_hidden_size, "num_hidden_layers": self.tiny_num_layers,
+                "num_attention_heads": self.tiny_num_heads, "num_key_value_heads": max(1, self.tiny_num_heads // 2),
+                "intermediate_size": self.tiny_intermediate_size}
+
 
 @dataclass
 class OptimConfig:
@@ -218,6 +224,13 @@ def parse_override(text: str) -> tuple[str, str]:
     if not sep or "." not in key:
         raise RecipeError(f"override {text!r}: expected section.key=value (e.g. optim.lr=2e-6)")
     return key.strip(), value.strip()
+
+
+def split_recipe_args(words: list[str] | None) -> tuple[str | None, list[str]]:
+    """`[RECIPE] key=value ...` -> (recipe name or None, overrides)."""
+    words = list(words or [])
+    name = words.pop(0) if words and "=" not in words[0] else None
+    return name, words
 
 
 def find_recipe(name_or_path: str) -> Path:

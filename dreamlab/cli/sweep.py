@@ -26,14 +26,13 @@ def sweep(
     db: DbOption = None,
 ) -> None:
     """Queue a grid (e.g. optim.lr=1e-6,2e-6,5e-6 trainer.total_epochs=2,3) as runs sharing a sweep id."""
-    from dreamlab.config import RecipeError
+    from dreamlab.config import RecipeError, split_recipe_args
     from dreamlab.train.launcher import check_before_launch, environment_meta, write_run_spec
     from dreamlab.train.sweep import drive, plan
 
     console = Console()
     store_path = resolve_db(db)
-    words = list(args)
-    recipe_name = words.pop(0) if words and "=" not in words[0] else None
+    recipe_name, words = split_recipe_args(args)
     sweep_id = f"sweep-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:4]}"
     try:
         points = plan(recipe_name, words)

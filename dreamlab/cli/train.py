@@ -32,7 +32,7 @@ def train(
     db: DbOption = None,
 ) -> None:
     """Train a model with Dream's diffusion SFT (no recipe: the tiny model on the built-in task, CPU)."""
-    from dreamlab.config import RecipeError, load_recipe, recipe_from_dict  # torch: keep it out of start-up
+    from dreamlab.config import RecipeError, load_recipe, recipe_from_dict, split_recipe_args  # torch: keep it out of start-up
     from dreamlab.train.launcher import (
         check_before_launch, environment_meta, memory_estimate, start_process, torchrun_command, write_run_spec,
     )
@@ -40,8 +40,7 @@ def train(
     console = Console()
     if estimate:
         try:
-            words = list(args or [])
-            recipe = load_recipe(words.pop(0) if words and "=" not in words[0] else None, words)
+            recipe = load_recipe(*split_recipe_args(args))
             parts = memory_estimate(recipe)
         except (RecipeError, OSError) as error:
             typer.echo(f"error: {error}", err=True)
@@ -67,9 +66,7 @@ def train(
             run_dir = Path(run.run_dir)
             recipe = recipe_from_dict(json.loads((run_dir / "run.json").read_text())["recipe"])
         else:
-            words = list(args or [])
-            recipe_name = words.pop(0) if words and "=" not in words[0] else None
-            recipe = load_recipe(recipe_name, words)
+            recipe = load_recipe(*split_recipe_args(args))
             check_before_launch(recipe)
             run = store.create_run(name=name, recipe=recipe.to_dict(), meta=environment_meta(),
                                    run_dir=None)

@@ -29,9 +29,7 @@ def model_context_length(recipe: Recipe) -> int | None:
     """The starting model's context (max_position_embeddings) without loading its weights."""
     spec = recipe.model.partial_pretrain
     if spec == TINY_NAME:
-        from dreamlab.models.tiny import tiny_config
-
-        return tiny_config().max_position_embeddings
+        return model_config(recipe).max_position_embeddings
     config_file = Path(spec).expanduser() / "config.json"
     if config_file.is_file():
         return json.loads(config_file.read_text()).get("max_position_embeddings")
@@ -45,12 +43,9 @@ def model_config(recipe: Recipe):
     from dreamlab.models import DreamConfig
     from dreamlab.models.tiny import tiny_config
 
-    m = recipe.model
-    if m.partial_pretrain == TINY_NAME:
-        return tiny_config(hidden_size=m.tiny_hidden_size, num_hidden_layers=m.tiny_num_layers,
-                           num_attention_heads=m.tiny_num_heads, num_key_value_heads=max(1, m.tiny_num_heads // 2),
-                           intermediate_size=m.tiny_intermediate_size)
-    return DreamConfig.from_pretrained(m.partial_pretrain)
+    if recipe.model.partial_pretrain == TINY_NAME:
+        return tiny_config(**recipe.model.tiny_sizes())
+    return DreamConfig.from_pretrained(recipe.model.partial_pretrain)
 
 
 def memory_estimate(recipe: Recipe):

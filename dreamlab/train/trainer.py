@@ -59,12 +59,7 @@ def build_model(recipe: Recipe, seed: int) -> tuple[torch.nn.Module, Any]:
     """The starting model in fp32 (FSDP keeps fp32 masters) and its tokenizer."""
     spec = recipe.model.partial_pretrain
     if spec == TINY_NAME:
-        m = recipe.model
-        model = build_tiny_model(
-            seed=seed, hidden_size=m.tiny_hidden_size, num_hidden_layers=m.tiny_num_layers,
-            num_attention_heads=m.tiny_num_heads, num_key_value_heads=max(1, m.tiny_num_heads // 2),
-            intermediate_size=m.tiny_intermediate_size,
-        )
+        model = build_tiny_model(seed=seed, **recipe.model.tiny_sizes())
         return model, build_char_tokenizer()
     from transformers import AutoModel
 
