@@ -52,6 +52,14 @@ def test_simplified_s1k_keeps_the_think_block_and_its_metadata(tmp_path):
     }]
 
 
+def test_simplified_s1k_accepts_an_empty_think_block_but_not_a_missing_answer(tmp_path):
+    rows = [{"question": "Solve: 1 + 2", "answer": "<think>\n</think>\n3"}]
+    assert convert(tmp_path, rows, "--format", "s1k-simple")[0]["response"] == "<think>\n</think>\n3"
+    source = write_jsonl(tmp_path / "bad.jsonl", [{"question": "Q?", "answer": "<think>\nt\n</think>\n  "}])
+    result = prepare(str(source), "--out", str(tmp_path / "bad-out.jsonl"), "--format", "s1k-simple")
+    assert result.exit_code != 0 and "no final answer after </think>" in result.output
+
+
 def test_s1k_joins_the_trajectories_and_answers_with_the_attempt(tmp_path):
     rows = convert(tmp_path, S1K)
     assert rows == [{

@@ -42,8 +42,9 @@ class ConvertOptions:
 
 
 def think_response(thinking: str, answer: str) -> str:
-    """Dream's response text: the trace inside think tags, then the final answer."""
-    return f"<think>\n{thinking.strip()}\n</think>\n{answer.strip()}"
+    """Dream's response text: the trace inside think tags (an empty block without one), then the final answer."""
+    body = f"{thinking.strip()}\n" if thinking.strip() else ""
+    return f"<think>\n{body}</think>\n{answer.strip()}"
 
 
 def chat_prompt(question: str, system: str | None) -> Messages:
@@ -79,11 +80,13 @@ _THINK = re.compile(r"^\s*<think>(?P<thinking>.*?)</think>(?P<answer>.*)$", re.S
 
 
 def convert_s1k_simple(row: SourceRow, options: ConvertOptions) -> DreamRow:
-    """Simplified S1K: `answer` already holds `<think>...</think>` followed by the final answer."""
+    """Simplified S1K: `answer` already holds `<think>...</think>` (possibly empty) and the final answer."""
     answer = _text(row, "answer")
     match = _THINK.match(answer)
-    if match is None or not match["thinking"].strip():
-        raise InvalidRow(row.where, "answer", "does not start with a non-empty <think>...</think> block")
+    if match is None:
+        raise InvalidRow(row.where, "answer", "does not start with a <think>...</think> block")
+    if not match["answer"].strip():
+        raise InvalidRow(row.where, "answer", "has no final answer after </think>")
     meta = _kept(row, ("source", "difficulty", "thinking_tokens", "answer_tokens"), "s1k-simple")
     return DreamRow(chat_prompt(_text(row, "question"), options.system),
                     think_response(match["thinking"], match["answer"]), meta)
