@@ -17,7 +17,8 @@ def wilson_interval(correct: int, total: int, z: float = Z95) -> tuple[float, fl
     denominator = 1 + z * z / total
     centre = (p + z * z / (2 * total)) / denominator
     half = z * math.sqrt(p * (1 - p) / total + z * z / (4 * total * total)) / denominator
-    return max(0.0, centre - half), min(1.0, centre + half)
+    # The bounds are exactly 0 and 1 at the extremes (float rounding would leave 0.9999999999999999).
+    return (0.0 if correct == 0 else centre - half), (1.0 if correct == total else centre + half)
 
 
 def binomial_two_sided(k: int, n: int) -> float:
