@@ -168,7 +168,8 @@ def compare_command(
         best = store.best_eval_accuracy([run.id for run in comparison.runs])
     if as_json:
         payload = comparison.to_dict()
-        payload["evals"] = [record.to_dict() for record in evals]
+        if evals:  # the key appears only when there is something in it
+            payload["evals"] = [record.to_dict() for record in evals]
         for metrics in payload["final_metrics"].values():
             for entry in metrics.values():
                 entry["value"] = _json_number(entry["value"])
