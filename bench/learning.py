@@ -1,7 +1,7 @@
 """Learning: does the embedded default really learn the built-in task on this CPU, and how fast?
 
-Trains the recipe in-process (one gloo process, both cores), then scores exact match on the test
-split of the arithmetic task (greedy, entropy, steps = max_new_tokens).
+Trains the recipe in-process (one gloo process, both cores), then scores the test split of the arithmetic task
+with the eval harness (evals/arithmetic.yaml: Math-Verify on the answer after </think>) (greedy, entropy, steps = max_new_tokens).
 Run: python -m bench.learning [--level 1] [--steps N] [--eval-rows N] [override ...]
 """
 
@@ -20,7 +20,8 @@ import torch.distributed as dist
 
 from dreamlab.config import load_recipe
 from dreamlab.data.arithmetic import arithmetic_rows
-from dreamlab.evals.exact_match import exact_match
+from dreamlab.evals.harness import Cell, evaluate_in_memory
+from dreamlab.evals.tasks import Sample, load_task
 from dreamlab.train.trainer import Trainer
 
 
@@ -57,36 +58,39 @@ def main() -> None:
         outcome = trainer.fit()
         train_seconds = time.perf_counter() - started
     rows = arithmetic_rows("test", level=args.level, size=args.eval_rows, trace=not args.notrace)
+    samples = [Sample(i, r["question"], r["gold"]) for i, r in enumerate(rows)]
+    task = load_task("arithmetic")
+    task.system = recipe.data.system_prompt
     model = trainer.raw_model.eval()
+    cell = Cell(alg="entropy", steps=args.max_new_tokens, max_new_tokens=args.max_new_tokens)
     started = time.perf_counter()
-    result = exact_match(model, trainer.tokenizer, [r["question"] for r in rows], [r["gold"] for r in rows],
-                         max_new_tokens=args.max_new_tokens, steps=args.max_new_tokens,
-                         system_prompt=recipe.data.system_prompt)
+    result, scored = evaluate_in_memory(model, trainer.tokenizer, task, samples, cell, batch_size=128)
     eval_seconds = time.perf_counter() - started
     if args.block_length:
-        blocked = exact_match(model, trainer.tokenizer, [r["question"] for r in rows], [r["gold"] for r in rows],
-                              max_new_tokens=args.max_new_tokens, steps=args.max_new_tokens,
-                              block_length=args.block_length, system_prompt=recipe.data.system_prompt)
-        print(f"  with block_length {args.block_length}: {blocked.correct}/{blocked.total} = {100 * blocked.accuracy:.1f}%")
+        blocked, _ = evaluate_in_memory(model, trainer.tokenizer, task, samples,
+                                        Cell(**{**cell.sampler_kwargs(), "block_length": args.block_length}), batch_size=128)
+        print(f"  with block_length {args.block_length}: {blocked['n_correct']}/{blocked['n_done']} = "
+              f"{100 * blocked['accuracy']:.1f}%")
     by_kind: dict[str, list[bool]] = {}
-    for answer, row in zip(result.answers, rows):
-        by_kind.setdefault(row["kind"], []).append(answer == row["gold"])
+    for row, source in zip(scored, rows):
+        by_kind.setdefault(source["kind"], []).append(bool(row["correct"]))
     kinds = {kind: sum(hits) / len(hits) for kind, hits in by_kind.items()}
     print("  by kind: " + ", ".join(f"{k} {100 * v:.1f}% ({len(by_kind[k])})" for k, v in kinds.items()))
     if args.json:
         with args.json.open("a") as out:
             out.write(json.dumps({"label": args.label, "level": args.level, "notrace": args.notrace,
                                   "overrides": args.overrides, "status": outcome.status, "steps": outcome.step,
-                                  "train_seconds": train_seconds, "accuracy": result.accuracy, "rows": result.total,
-                                  "by_kind": kinds, "device": str(trainer.device),
+                                  "train_seconds": train_seconds, "accuracy": result["accuracy"],
+                                  "rows": result["n_done"], "by_kind": kinds, "device": str(trainer.device),
                                   "loss_curve": losses[1:]}) + "\n")
     curve = " ".join(f"{s}:{l:.3f}" for s, l in losses[1::max(1, len(losses) // 12)])
     print(f"level {args.level}{' notrace' if args.notrace else ''} overrides {args.overrides}")
-    print(f"  {outcome.status} at step {outcome.step}, train {train_seconds:.0f} s; exact match "
-          f"{result.correct}/{result.total} = {100 * result.accuracy:.1f}% (eval {eval_seconds:.0f} s, NFE {result.nfe})")
+    print(f"  {outcome.status} at step {outcome.step}, train {train_seconds:.0f} s; accuracy "
+          f"{result['n_correct']}/{result['n_done']} = {100 * result['accuracy']:.1f}% (eval {eval_seconds:.0f} s, "
+          f"mean NFE {result['nfe_mean']:.0f})")
     print(f"  loss curve {curve}")
-    for g, r in list(zip(result.generations, rows))[:3]:
-        print(f"  {r['question']!r} -> {g!r} (gold {r['gold']})")
+    for row in scored[:3]:
+        print(f"  {row['question']!r} -> {row['generation']!r} (gold {row['gold']})")
     dist.destroy_process_group()
 
 

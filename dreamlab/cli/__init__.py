@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 
 from dreamlab.cli import data as data_cmd
+from dreamlab.cli import eval as eval_cmd
 from dreamlab.cli import generate as generate_cmd
 from dreamlab.cli import runs as runs_cmd
 from dreamlab.cli import sweep as sweep_cmd
@@ -22,6 +23,7 @@ app.command("train")(train_cmd.train)
 app.command("sweep")(sweep_cmd.sweep)
 app.add_typer(data_cmd.app, name="data")
 app.add_typer(runs_cmd.app, name="runs")
+app.add_typer(eval_cmd.app, name="eval")
 
 
 @app.callback()

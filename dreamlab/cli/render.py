@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from transformers import PreTrainedTokenizerBase
 
-from dreamlab.evals.exact_match import cut_at_eos  # noqa: F401  (re-exported for the CLI)
+from dreamlab.evals.harness import cut_at_eos  # noqa: F401  (re-exported for the CLI)
 
 MASK_GLYPH = "░"
 

@@ -102,8 +102,9 @@ def show_command(
         params = store.params(found.id)
         latest = store.latest_metrics(found.id)
         checkpoints = store.checkpoints(found.id)
+        evals = store.list_evals(run_ref=found.id)
     if as_json:
-        payload = {"run": found.to_dict(), "params": params,
+        payload = {"run": found.to_dict(), "params": params, "evals": [record.to_dict() for record in evals],
                    "latest_metrics": {key: {"step": step, "value": _json_number(value)} for key, (step, value) in latest.items()},
                    "checkpoints": [vars(checkpoint) for checkpoint in checkpoints]}
         typer.echo(json.dumps(payload, indent=2, default=str))
@@ -123,6 +124,25 @@ def show_command(
         checkpoints_table.add_row(str(checkpoint.step), checkpoint.kind, "yes" if checkpoint.complete else "no",
                                   checkpoint.path)
     console.print(checkpoints_table)
+    if evals:
+        console.print(_evals_table(evals))
+
+
+def _evals_table(evals: list[Any], names: dict[int, str] | None = None) -> Table:
+    """One line per eval: task, sampler cell, accuracy with its 95% CI, NFE, tokens/s, status."""
+    table = Table(title="evals", title_justify="left")
+    columns = (["run"] if names else []) + ["id", "task", "shots", "alg", "steps", "tokens", "accuracy", "95% CI",
+                                            "NFE", "tok/s", "done", "status"]
+    for column in columns:
+        table.add_column(column, justify="left" if column in ("run", "task", "alg", "status") else "right")
+    for record in evals:
+        accuracy = "—" if record.accuracy is None else f"{100 * record.accuracy:.1f}%"
+        interval = "—" if record.ci_low is None else f"{100 * record.ci_low:.1f}–{100 * record.ci_high:.1f}"
+        cells = [str(record.id), record.task, _text(record.shots), _text(record.alg), _text(record.steps),
+                 _text(record.max_new_tokens), accuracy, interval, _number(record.nfe_mean), _number(record.tokens_per_s),
+                 f"{record.n_done}/{_text(record.n_samples)}", record.status]
+        table.add_row(*(([names.get(record.run_id, "—")] if names else []) + cells))
+    return table
 
 
 @app.command("compare")
@@ -144,8 +164,12 @@ def compare_command(
         comparison = store.compare(refs)
         if len(comparison.runs) < 2:
             raise StoreError("compare needs two or more runs (names, or --sweep ID)")
+        evals = [record for run in comparison.runs for record in store.list_evals(run_ref=run.id)]
+        best = store.best_eval_accuracy([run.id for run in comparison.runs])
     if as_json:
         payload = comparison.to_dict()
+        if evals:  # the key appears only when there is something in it
+            payload["evals"] = [record.to_dict() for record in evals]
         for metrics in payload["final_metrics"].values():
             for entry in metrics.values():
                 entry["value"] = _json_number(entry["value"])
@@ -168,7 +192,13 @@ def compare_command(
                 entry = metrics.get(key)
                 cells.append("—" if entry is None else f"{_number(entry[1])} @{entry[0]}")
             table.add_row(key, *cells)
-    _console().print(table)
+    if best:
+        table.add_section()
+        table.add_row("best eval accuracy", *[_number(best.get(run.id)) for run in comparison.runs])
+    console = _console()
+    console.print(table)
+    if evals:
+        console.print(_evals_table(evals, names={run.id: run.name for run in comparison.runs}))
 
 
 @app.command("stop")

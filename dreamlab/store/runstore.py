@@ -16,6 +16,7 @@ from typing import Any
 import sqlite_utils
 
 from dreamlab.store.errors import StoreError
+from dreamlab.store.evals import EvalStoreMixin
 from dreamlab.store.names import generate_run_name, validate_run_name
 from dreamlab.store.params import decode_value, flatten_recipe, same_value
 from dreamlab.store.readonly import query_readonly
@@ -42,7 +43,7 @@ def default_db_path() -> Path:
     return Path(os.environ.get(DB_ENV) or DEFAULT_DB)
 
 
-class RunStore:
+class RunStore(EvalStoreMixin):
     """A SQLite run store in WAL mode; safe to share between the trainer, evaluators and readers."""
 
     def __init__(self, path: str | os.PathLike[str], *, busy_timeout_s: float = 10.0) -> None:
@@ -207,7 +208,7 @@ class RunStore:
         return [self._run_by_id(run_id) for run_id in ids]
 
     def delete_run(self, ref: int | str, *, force: bool = False) -> Run:
-        """Delete a run's rows (metrics, params, checkpoints too); refused while it runs unless force."""
+        """Delete a run's rows (metrics, params, checkpoints, evals too); refused while it runs unless force."""
         with self._write() as conn:
             run = self._resolve(ref, conn)
             if run.status == "running" and not force:

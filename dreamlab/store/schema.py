@@ -8,6 +8,7 @@ import time
 from dreamlab.store.errors import StoreError
 
 STATUSES = ("queued", "running", "completed", "failed", "diverged", "stopped", "lost")
+EVAL_STATUSES = ("running", "completed", "interrupted", "failed")
 _STATUS_CHECK = ", ".join(f"'{status}'" for status in STATUSES)
 
 
@@ -82,9 +83,73 @@ _V2_LATEST_METRICS = """
 """
 
 
+# Version 3: evaluations (one row per grid cell, keyed by a hash of every answer-changing setting so
+# an interrupted eval resumes into the same row) and their per-sample results.
+_EVAL_STATUSES = ", ".join(f"'{status}'" for status in EVAL_STATUSES)
+_V3_EVALS = f"""
+        CREATE TABLE evals (
+            id INTEGER PRIMARY KEY,
+            run_id INTEGER REFERENCES runs (id) ON DELETE CASCADE,
+            checkpoint TEXT,
+            model TEXT,
+            task TEXT NOT NULL,
+            shots INTEGER,
+            template_hash TEXT,
+            alg TEXT,
+            steps INTEGER,
+            max_new_tokens INTEGER,
+            temperature REAL,
+            top_p REAL,
+            top_k INTEGER,
+            alg_temp REAL,
+            block_length INTEGER,
+            threshold REAL,
+            batch_size INTEGER,
+            seed INTEGER,
+            limit_n INTEGER,
+            settings_key TEXT NOT NULL UNIQUE,
+            versions TEXT NOT NULL DEFAULT '{{}}',
+            device TEXT,
+            status TEXT NOT NULL CHECK (status IN ({_EVAL_STATUSES})),
+            n_samples INTEGER,
+            n_done INTEGER NOT NULL DEFAULT 0,
+            n_correct INTEGER NOT NULL DEFAULT 0,
+            accuracy REAL,
+            ci_low REAL,
+            ci_high REAL,
+            nfe_mean REAL,
+            tokens_per_s REAL,
+            grid_id TEXT,
+            started REAL,
+            ended REAL
+        );
+        CREATE INDEX evals_by_run ON evals (run_id);
+        CREATE INDEX evals_by_grid ON evals (grid_id);
+        CREATE INDEX evals_by_checkpoint ON evals (checkpoint);
+        CREATE TABLE eval_samples (
+            eval_id INTEGER NOT NULL REFERENCES evals (id) ON DELETE CASCADE,
+            idx INTEGER NOT NULL,
+            question TEXT,
+            gold TEXT,
+            generation TEXT,
+            extracted TEXT,
+            correct INTEGER,
+            flexible_correct INTEGER,
+            flexible_extracted TEXT,
+            nfe INTEGER,
+            seconds REAL,
+            leftover_masks INTEGER,
+            unclosed_boxed INTEGER,
+            n_boxed INTEGER,
+            history TEXT,
+            PRIMARY KEY (eval_id, idx)
+        ) WITHOUT ROWID;
+"""
+
+
 # Ordered: MIGRATIONS[i] takes a database from version i to version i + 1. Never edit a released
 # migration; append a new one.
-MIGRATIONS: tuple[str, ...] = (_V1_INITIAL, _V2_LATEST_METRICS)
+MIGRATIONS: tuple[str, ...] = (_V1_INITIAL, _V2_LATEST_METRICS, _V3_EVALS)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

@@ -1,0 +1,218 @@
+"""The eval harness: prompts tokenized once, a grid of sampler settings, batched generation, scoring, the store.
+
+Each grid cell is one `evals` row keyed by every answer-changing setting; each sample is written
+as soon as its batch is scored, so an interrupted eval resumes with the samples it has not done.
+Row r of a batch samples with seed + idx and the sampler's reveal counts are per row, so a
+sample's tokens do not depend on its batch neighbours: batches are formed by prompt length (less
+padding) and batch size is a speed setting.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any, Protocol
+
+import torch
+
+from dreamlab.evals.scoring import score_generation
+from dreamlab.evals.stats import wilson_interval
+from dreamlab.evals.tasks import Sample, Task
+
+HISTORY_SAMPLES = 4  # --history keeps the per-step sequences of this many samples (the first by idx)
+
+
+@dataclass(frozen=True)
+class Cell:
+    """The sampler settings of one grid cell."""
+
+    alg: str
+    steps: int
+    max_new_tokens: int
+    temperature: float = 0.0
+    top_p: float | None = None
+    top_k: int | None = None
+    alg_temp: float | None = None
+    block_length: int | None = None
+    threshold: float | None = None
+
+    def sampler_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments for dreamlab.diffusion.generate."""
+        return asdict(self)
+
+
+@dataclass
+class EvalPlan:
+    """Everything one `dreamlab eval` invocation evaluates: one task and template, many cells."""
+
+    task: Task
+    samples: list[Sample]
+    template: str
+    shots: int
+    cells: list[Cell]
+    model: str
+    batch_size: int = 16
+    seed: int = 0
+    limit: int | None = None
+    checkpoint: str | None = None
+    run_id: int | None = None
+    history: bool = False
+    grid_id: str | None = None
+    task_label: str | None = None
+    versions: dict[str, str] = field(default_factory=dict)
+
+    def settings(self, cell: Cell, device: str) -> dict[str, Any]:
+        """The store's eval settings for one cell."""
+        return {"run_id": self.run_id, "checkpoint": self.checkpoint, "model": self.model,
+                "task": self.task_label or self.task.name, "shots": self.shots,
+                "template_hash": self.task.template_hash(self.template, self.shots), **asdict(cell),
+                "batch_size": self.batch_size, "seed": self.seed, "limit_n": self.limit, "versions": self.versions,
+                "device": device, "n_samples": len(self.samples), "grid_id": self.grid_id}
+
+
+class Progress(Protocol):
+    """What the harness reports while it runs (the CLI draws a rich progress bar from it)."""
+
+    def start_cell(self, label: str, total: int, done: int) -> None: ...
+    def advance(self, count: int) -> None: ...
+    def end_cell(self, record: Any) -> None: ...
+
+
+def versions() -> dict[str, str]:
+    """torch, transformers and dreamlab versions (recorded with every eval)."""
+    import transformers
+
+    import dreamlab
+
+    return {"torch": torch.__version__, "transformers": transformers.__version__,
+            "dreamlab": getattr(dreamlab, "__version__", "unknown")}
+
+
+def device_label(model: torch.nn.Module) -> str:
+    """`cpu`, or `cuda:0 (GPU name)`."""
+    device = next(model.parameters()).device
+    if device.type == "cuda":
+        return f"{device} ({torch.cuda.get_device_name(device)})"
+    return str(device)
+
+
+def cut_at_eos(tokenizer: Any, ids: list[int]) -> list[int]:
+    """The ids before the first EOS (the sampler fills the tail with EOS)."""
+    eos = tokenizer.eos_token_id
+    return ids[: ids.index(eos)] if eos is not None and eos in ids else ids
+
+
+def tokenize_prompts(task: Task, tokenizer: Any, samples: Sequence[Sample], template: str, shots: int) -> dict[int, list[int]]:
+    """Each sample's prompt ids (by idx), rendered once for the whole grid."""
+    return {s.idx: tokenizer(task.render(s.question, tokenizer, template, shots), add_special_tokens=False).input_ids
+            for s in samples}
+
+
+def check_context(model: torch.nn.Module, prompts: dict[int, list[int]], cells: Sequence[Cell]) -> None:
+    """Refuse before anything runs when the longest prompt plus max_new_tokens does not fit the model."""
+    context = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+    if context is None or not prompts:
+        return
+    longest = max(len(ids) for ids in prompts.values())
+    widest = max(cell.max_new_tokens for cell in cells)
+    if longest + widest > context:
+        raise ValueError(f"the longest prompt ({longest} tokens) + max_new_tokens ({widest}) exceeds the model's "
+                         f"context of {context}: use fewer --shots, a smaller --max-new-tokens or a bigger model")
+
+
+@torch.no_grad()
+def generate_and_score(model: torch.nn.Module, tokenizer: Any, task: Task, batch: Sequence[Sample],
+                       prompts: dict[int, list[int]], cell: Cell, seed: int, history_for: set[int] = frozenset()) -> list[dict[str, Any]]:
+    """Generate one left-padded batch, then score each sample in this (main) thread; rows for the store."""
+    from dreamlab.diffusion import generate
+
+    device = next(model.parameters()).device
+    width = max(len(prompts[s.idx]) for s in batch)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    input_ids = torch.tensor([[pad] * (width - len(prompts[s.idx])) + prompts[s.idx] for s in batch], device=device)
+    attention = torch.tensor([[0] * (width - len(prompts[s.idx])) + [1] * len(prompts[s.idx]) for s in batch], device=device)
+    keep_history = any(s.idx in history_for for s in batch)
+    started = time.perf_counter()
+    out = generate(model, input_ids, attention, **cell.sampler_kwargs(), seed=[seed + s.idx for s in batch],
+                   return_history=keep_history)
+    seconds = (time.perf_counter() - started) / len(batch)
+    mask_id = getattr(model.config, "mask_token_id", None)
+    rows = []
+    for row, sample in enumerate(batch):
+        ids = cut_at_eos(tokenizer, out.sequences[row, width:].tolist())
+        generation = tokenizer.decode(ids)
+        score = score_generation(generation, sample.gold, extractor=task.extractor, scorer=task.scorer,
+                                 numeric=task.numeric, mask_token=tokenizer.mask_token)
+        record = {"idx": sample.idx, "question": sample.question, "gold": sample.gold, "generation": generation,
+                  **score.as_row(), "nfe": out.nfe, "seconds": seconds, "history": None}
+        record["leftover_masks"] = max(record["leftover_masks"], ids.count(mask_id) if mask_id is not None else 0)
+        if keep_history and sample.idx in history_for:
+            record["history"] = [step[row, width:].tolist() for step in out.history or []]
+        rows.append(record)
+    return rows
+
+
+def summarize(samples: Sequence[dict[str, Any]], max_new_tokens: int, total: int) -> dict[str, Any]:
+    """Accuracy with a Wilson 95% interval, mean NFE and generated tokens per second over recorded samples."""
+    done = len(samples)
+    correct = sum(1 for s in samples if s["correct"])
+    low, high = wilson_interval(correct, done)
+    seconds = sum(s["seconds"] or 0.0 for s in samples)
+    return {"n_done": done, "n_correct": correct, "n_samples": total, "accuracy": correct / done if done else None,
+            "ci_low": low if done else None, "ci_high": high if done else None,
+            "nfe_mean": sum(s["nfe"] or 0 for s in samples) / done if done else None,
+            "tokens_per_s": done * max_new_tokens / seconds if seconds > 0 else None}
+
+
+def run_cell(store: Any, model: torch.nn.Module, tokenizer: Any, plan: EvalPlan, cell: Cell,
+             prompts: dict[int, list[int]], progress: Progress, device: str) -> Any:
+    """Evaluate one cell into its store row, skipping samples already recorded; returns the finished EvalRecord."""
+    record = store.create_or_resume_eval(plan.settings(cell, device))
+    label = f"{cell.alg} × {cell.steps} steps"
+    if record.status == "completed":
+        progress.start_cell(label, len(plan.samples), len(plan.samples))
+        progress.end_cell(record)
+        return record
+    done = store.done_sample_indices(record.id)
+    todo = sorted((s for s in plan.samples if s.idx not in done), key=lambda s: (len(prompts[s.idx]), s.idx))
+    history_for = {s.idx for s in sorted(plan.samples, key=lambda s: s.idx)[:HISTORY_SAMPLES]} if plan.history else set()
+    progress.start_cell(label, len(plan.samples), len(plan.samples) - len(todo))
+    try:
+        for start in range(0, len(todo), plan.batch_size):
+            batch = todo[start:start + plan.batch_size]
+            store.record_eval_samples(record.id, generate_and_score(model, tokenizer, plan.task, batch, prompts, cell,
+                                                                    plan.seed, history_for))
+            progress.advance(len(batch))
+    except BaseException as error:
+        status = "interrupted" if isinstance(error, KeyboardInterrupt) else "failed"
+        store.finish_eval(record.id, status, summarize(store.eval_samples(record.id), cell.max_new_tokens, len(plan.samples)))
+        raise
+    finished = store.finish_eval(record.id, "completed",
+                                 summarize(store.eval_samples(record.id), cell.max_new_tokens, len(plan.samples)))
+    progress.end_cell(finished)
+    return finished
+
+
+def run_plan(store: Any, model: torch.nn.Module, tokenizer: Any, plan: EvalPlan, progress: Progress) -> list[Any]:
+    """Every cell of the plan with the model loaded once; returns the EvalRecords in grid order."""
+    prompts = tokenize_prompts(plan.task, tokenizer, plan.samples, plan.template, plan.shots)
+    check_context(model, prompts, plan.cells)
+    device = device_label(model)
+    return [run_cell(store, model, tokenizer, plan, cell, prompts, progress, device) for cell in plan.cells]
+
+
+def evaluate_in_memory(model: torch.nn.Module, tokenizer: Any, task: Task, samples: Sequence[Sample], cell: Cell, *,
+                       template: str | None = None, shots: int | None = None, batch_size: int = 64,
+                       seed: int = 0) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Score a model without a store (benchmarks, notebooks): the summary and the per-sample rows."""
+    template = template or task.template
+    shots = task.shots if shots is None else shots
+    prompts = tokenize_prompts(task, tokenizer, samples, template, shots)
+    check_context(model, prompts, [cell])
+    ordered = sorted(samples, key=lambda s: (len(prompts[s.idx]), s.idx))
+    rows: list[dict[str, Any]] = []
+    for start in range(0, len(ordered), batch_size):
+        rows += generate_and_score(model, tokenizer, task, ordered[start:start + batch_size], prompts, cell, seed)
+    rows.sort(key=lambda row: row["idx"])
+    return summarize(rows, cell.max_new_tokens, len(samples)), rows

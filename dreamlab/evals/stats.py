@@ -1,0 +1,45 @@
+"""Small exact statistics: Wilson score intervals and McNemar's paired test (no scipy needed)."""
+
+from __future__ import annotations
+
+import math
+
+Z95 = 1.959963984540054  # the 97.5% quantile of the standard normal
+
+
+def wilson_interval(correct: int, total: int, z: float = Z95) -> tuple[float, float]:
+    """The Wilson score interval for correct / total (95% by default); (0, 1) when total is 0."""
+    if total <= 0:
+        return 0.0, 1.0
+    if not 0 <= correct <= total:
+        raise ValueError(f"correct must be in [0, total]; got {correct} of {total}")
+    p = correct / total
+    denominator = 1 + z * z / total
+    centre = (p + z * z / (2 * total)) / denominator
+    half = z * math.sqrt(p * (1 - p) / total + z * z / (4 * total * total)) / denominator
+    # The bounds are exactly 0 and 1 at the extremes (float rounding would leave 0.9999999999999999).
+    return (0.0 if correct == 0 else centre - half), (1.0 if correct == total else centre + half)
+
+
+def binomial_two_sided(k: int, n: int) -> float:
+    """Exact two-sided p-value of k successes in n fair coin flips: 2 * P(X <= min(k, n - k)), capped at 1."""
+    if n == 0:
+        return 1.0
+    low = min(k, n - k)
+    tail = sum(math.comb(n, i) for i in range(low + 1)) / 2**n
+    return min(1.0, 2 * tail)
+
+
+def mcnemar(only_a: int, only_b: int, exact_below: int = 25) -> tuple[float, str]:
+    """McNemar's p-value from the discordant counts (A right B wrong, A wrong B right) and the method used.
+
+    Exact binomial when there are fewer than `exact_below` discordant pairs, else the chi-square
+    statistic with continuity correction, (|b - c| - 1)^2 / (b + c), on one degree of freedom.
+    """
+    if only_a < 0 or only_b < 0:
+        raise ValueError("discordant counts must be >= 0")
+    n = only_a + only_b
+    if n < exact_below:
+        return binomial_two_sided(only_a, n), "exact"
+    statistic = (abs(only_a - only_b) - 1) ** 2 / n
+    return math.erfc(math.sqrt(statistic / 2)), "chi2"

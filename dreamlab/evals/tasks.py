@@ -1,0 +1,307 @@
+"""Evaluation tasks as data: YAML files in `evals/` (dataset, prompt templates, few-shot, extractor, scorer, sampler defaults).
+
+A task is found by path, or by name in ./evals/, the source tree's evals/ (editable installs) and
+<prefix>/share/dreamlab/evals/ (wheels). Problems in a file are reported as `FILE:LINE: field: why`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from dreamlab.evals.extract import EXTRACTORS
+from dreamlab.evals.scoring import SCORERS
+
+TEMPLATES = ("base", "chat")
+SAMPLER_KEYS = {"max_new_tokens": int, "steps": int, "alg": str, "temperature": float, "top_p": float,
+                "top_k": int, "alg_temp": float, "block_length": int, "threshold": float}
+_TOP_KEYS = {"name", "description", "source", "fields", "answer", "prompt", "fewshot", "sampler", "chat_sampler"}
+
+
+class TaskError(ValueError):
+    """A task that cannot be found, read or loaded; the message is one line naming the file, line and field."""
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One problem: its index in the data set, the question and the gold answer."""
+
+    idx: int
+    question: str
+    gold: str
+
+
+@dataclass
+class Task:
+    """A parsed task file."""
+
+    name: str
+    path: Path
+    description: str = ""
+    source: dict[str, Any] = field(default_factory=dict)
+    question_field: str = "question"
+    gold_field: str = "answer"
+    gold_regex: str | None = None
+    extractor: str = "boxed"
+    scorer: str = "math_verify"
+    numeric: bool = False
+    template: str = "base"
+    shots: int = 0
+    base_example: str = "Question: {question}\nAnswer: {solution}"
+    base_query: str = "Question: {question}\nAnswer:"
+    separator: str = "\n\n"
+    chat_user: str = "{question}"
+    system: str | None = None
+    fewshot: list[dict[str, str]] = field(default_factory=list)
+    sampler: dict[str, Any] = field(default_factory=dict)
+    chat_sampler: dict[str, Any] = field(default_factory=dict)
+
+    # -- data -----------------------------------------------------------------------------------
+
+    def load_samples(self, limit: int | None = None, data: str | None = None) -> list[Sample]:
+        """The task's problems in data-set order (the first `limit`); `data` overrides the source file."""
+        rows = _load_rows(self, data)
+        samples = []
+        for idx, row in enumerate(rows[:limit] if limit is not None else rows):
+            for name in (self.question_field, self.gold_field):
+                if name not in row:
+                    raise TaskError(f"{self.name}: row {idx} has no field {name!r} (fields: {', '.join(sorted(row))}); "
+                                    "choose others with --question-field / --answer-field")
+            samples.append(Sample(idx, str(row[self.question_field]), self.gold_answer(str(row[self.gold_field]))))
+        return samples
+
+    def gold_answer(self, text: str) -> str:
+        """The gold answer from the gold field (`gold_regex`'s first group when set; thousands commas dropped if numeric)."""
+        if self.gold_regex:
+            found = re.findall(self.gold_regex, text, flags=re.MULTILINE)
+            text = found[-1] if found else text
+        text = text.strip()
+        return text.replace(",", "") if self.numeric and re.fullmatch(r"-?[\d,]+(\.\d+)?", text) else text
+
+    # -- prompts --------------------------------------------------------------------------------
+
+    def settings_for(self, template: str) -> dict[str, Any]:
+        """The default sampler settings for a template (chat_sampler overrides sampler for chat)."""
+        return {**self.sampler, **(self.chat_sampler if template == "chat" else {})}
+
+    def render(self, question: str, tokenizer: Any, template: str, shots: int) -> str:
+        """The full prompt text: few-shot CoT as plain text (base) or turns through the chat template (chat)."""
+        examples = self.fewshot[:shots]
+        if template == "base":
+            parts = [_fill(self.base_example, e["question"], e["solution"]) for e in examples]
+            return self.separator.join([*parts, _fill(self.base_query, question)])
+        messages = [{"role": "system", "content": self.system}] if self.system else []
+        for example in examples:
+            messages += [{"role": "user", "content": _fill(self.chat_user, example["question"])},
+                         {"role": "assistant", "content": example["solution"]}]
+        messages.append({"role": "user", "content": _fill(self.chat_user, question)})
+        if getattr(tokenizer, "chat_template", None) is None:
+            raise TaskError(f"{self.name}: --template chat needs a tokenizer with a chat template; use --template base")
+        return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+
+    def template_hash(self, template: str, shots: int) -> str:
+        """A short hash of everything that shapes the prompt (template text, system turn, shots used, fields)."""
+        shape = {"template": template, "examples": self.fewshot[:shots], "fields": [self.question_field, self.gold_field],
+                 "gold_regex": self.gold_regex, "extractor": self.extractor, "scorer": self.scorer, "numeric": self.numeric}
+        if template == "base":
+            shape.update(example=self.base_example, query=self.base_query, separator=self.separator)
+        else:
+            shape.update(user=self.chat_user, system=self.system)
+        return hashlib.sha256(json.dumps(shape, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def _fill(template: str, question: str, solution: str | None = None) -> str:
+    # Plain replacement, not str.format: LaTeX is full of braces.
+    text = template.replace("{question}", question)
+    return text if solution is None else text.replace("{solution}", solution)
+
+
+# -- finding and parsing task files ---------------------------------------------------------------
+
+
+def task_dirs() -> list[Path]:
+    """Where task names are looked up, in order."""
+    here = Path(__file__).resolve().parents[2] / "evals"
+    dirs = [Path.cwd() / "evals", here, Path(sys.prefix) / "share" / "dreamlab" / "evals"]
+    unique: list[Path] = []
+    for folder in dirs:
+        if folder.is_dir() and all(folder.resolve() != seen.resolve() for seen in unique):
+            unique.append(folder)
+    return unique
+
+
+def available_tasks() -> list[str]:
+    """Every task name in the task folders."""
+    return sorted({path.stem for folder in task_dirs() for path in folder.glob("*.yaml")})
+
+
+def find_task(ref: str) -> Path:
+    """A task file by path or by name."""
+    path = Path(ref).expanduser()
+    if path.suffix in (".yaml", ".yml") or path.is_file():
+        if not path.is_file():
+            raise TaskError(f"no task file {ref}")
+        return path
+    for folder in task_dirs():
+        candidate = folder / f"{ref}.yaml"
+        if candidate.is_file():
+            return candidate
+    raise TaskError(f"unknown task {ref!r}: use one of {', '.join(available_tasks()) or '(none found)'} or a .yaml path")
+
+
+def load_task(ref: str) -> Task:
+    """Read and validate a task file (by name or path)."""
+    path = find_task(ref)
+    try:
+        text = path.read_text()
+        node = yaml.compose(text)
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark else str(path)
+        raise TaskError(f"{where}: not valid YAML: {getattr(error, 'problem', error)}") from None
+    if not isinstance(raw, dict):
+        raise TaskError(f"{path}:1: a task file is a mapping of fields (name, source, prompt, ...)")
+    return _parse(path, raw, node)
+
+
+def _parse(path: Path, raw: dict[str, Any], node: yaml.Node) -> Task:
+    def fail(dotted: str, why: str) -> TaskError:
+        return TaskError(f"{path}:{_line(node, dotted)}: {dotted}: {why}")
+
+    def section(name: str) -> dict[str, Any]:
+        value = raw.get(name) or {}
+        if not isinstance(value, dict):
+            raise fail(name, "must be a mapping")
+        return value
+
+    unknown = set(raw) - _TOP_KEYS
+    if unknown:
+        key = sorted(unknown)[0]
+        raise fail(key, f"unknown field (known: {', '.join(sorted(_TOP_KEYS))})")
+    source, fields_, answer, prompt = section("source"), section("fields"), section("answer"), section("prompt")
+    if not source:
+        raise fail("source", "missing: give builtin, local and/or hub")
+    if answer.get("extractor", "boxed") not in EXTRACTORS:
+        raise fail("answer.extractor", f"must be one of {', '.join(EXTRACTORS)}; got {answer.get('extractor')!r}")
+    if answer.get("scorer", "math_verify") not in SCORERS:
+        raise fail("answer.scorer", f"must be one of {', '.join(SCORERS)}; got {answer.get('scorer')!r}")
+    if prompt.get("template", "base") not in TEMPLATES:
+        raise fail("prompt.template", f"must be base or chat; got {prompt.get('template')!r}")
+    fewshot = raw.get("fewshot") or []
+    if not isinstance(fewshot, list):
+        raise fail("fewshot", "must be a list of {question, solution}")
+    for i, example in enumerate(fewshot):
+        if not isinstance(example, dict) or not {"question", "solution"} <= set(example):
+            raise fail(f"fewshot.{i}", "each example needs question and solution")
+    shots = prompt.get("shots", 0)
+    if not isinstance(shots, int) or not 0 <= shots <= len(fewshot):
+        raise fail("prompt.shots", f"must be an integer from 0 to the number of fewshot examples ({len(fewshot)}); got {shots!r}")
+    samplers = {}
+    for name in ("sampler", "chat_sampler"):
+        values = section(name)
+        for key, value in values.items():
+            if key not in SAMPLER_KEYS:
+                raise fail(f"{name}.{key}", f"unknown sampler setting (known: {', '.join(SAMPLER_KEYS)})")
+            if value is not None and not isinstance(value, (SAMPLER_KEYS[key], int) if SAMPLER_KEYS[key] is float else SAMPLER_KEYS[key]):
+                raise fail(f"{name}.{key}", f"must be {SAMPLER_KEYS[key].__name__}; got {value!r}")
+        samplers[name] = values
+    strings = {"base_example": "base_example", "base_query": "base_query", "separator": "separator", "chat_user": "chat_user"}
+    for key in strings:
+        if key in prompt and not isinstance(prompt[key], str):
+            raise fail(f"prompt.{key}", "must be a string")
+    if "{question}" not in prompt.get("base_query", "{question}") or "{question}" not in prompt.get("chat_user", "{question}"):
+        raise fail("prompt", "base_query and chat_user must contain {question}")
+    return Task(
+        name=str(raw.get("name") or path.stem), path=path, description=str(raw.get("description") or ""),
+        source=source, question_field=fields_.get("question", "question"), gold_field=fields_.get("gold", "answer"),
+        gold_regex=fields_.get("gold_regex"), extractor=answer.get("extractor", "boxed"),
+        scorer=answer.get("scorer", "math_verify"), numeric=bool(answer.get("numeric", False)),
+        template=prompt.get("template", "base"), shots=shots, system=prompt.get("system"), fewshot=fewshot,
+        sampler=samplers["sampler"], chat_sampler=samplers["chat_sampler"],
+        **{key: prompt[key] for key in strings if key in prompt},
+    )
+
+
+def _line(node: yaml.Node | None, dotted: str) -> int:
+    """The 1-based line of a dotted field in the composed YAML (the deepest part that exists)."""
+    line = 1 if node is None else node.start_mark.line + 1
+    for part in dotted.split("."):
+        if isinstance(node, yaml.MappingNode):
+            match = next(((k, v) for k, v in node.value if k.value == part), None)
+            if match is None:
+                break
+            line, node = match[0].start_mark.line + 1, match[1]
+        elif isinstance(node, yaml.SequenceNode) and part.isdigit() and int(part) < len(node.value):
+            node = node.value[int(part)]
+            line = node.start_mark.line + 1
+        else:
+            break
+    return line
+
+
+# -- data sources ---------------------------------------------------------------------------------
+
+
+def _load_rows(task: Task, data: str | None) -> list[dict[str, Any]]:
+    source = task.source
+    if data is not None:
+        return _read_local(task, Path(data).expanduser())
+    if source.get("builtin"):
+        if source["builtin"] != "arithmetic":
+            raise TaskError(f"{task.path}: source.builtin: unknown built-in task {source['builtin']!r} (known: arithmetic)")
+        from dreamlab.data.arithmetic import arithmetic_rows
+
+        return arithmetic_rows(source.get("split", "test"), level=int(source.get("level", 1)), seed=int(source.get("seed", 0)))
+    local = source.get("local")
+    if local:
+        for base in (Path.cwd(), Path(__file__).resolve().parents[2]):
+            candidate = (base / local).resolve()
+            if candidate.is_file():
+                return _read_local(task, candidate)
+    hub = source.get("hub")
+    if not hub:
+        if local:
+            raise TaskError(f"{task.name}: data file {local} not found (relative to the current folder) and the task names no hub id")
+        raise TaskError(f"{task.name}: this task reads a file you name: pass --data FILE.jsonl")
+    try:
+        import datasets
+
+        loaded = datasets.load_dataset(hub, source.get("subset"), split=source.get("split", "test"))
+    except Exception as error:  # noqa: BLE001  (offline, unknown id, ... : one line for the user)
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise TaskError(f"{task.name}: {'no local file ' + local + ' and ' if local else ''}loading {hub} from the hub failed: {first}") from None
+    return [dict(row) for row in loaded]
+
+
+def _read_local(task: Task, path: Path) -> list[dict[str, Any]]:
+    if not path.is_file():
+        raise TaskError(f"{task.name}: no data file {path}")
+    if path.suffix == ".jsonl":
+        rows = []
+        with path.open() as handle:
+            for number, line in enumerate(handle, 1):
+                if line.strip():
+                    try:
+                        rows.append(json.loads(line))
+                    except json.JSONDecodeError as error:
+                        raise TaskError(f"{path}:{number}: not valid JSON: {error.msg}") from None
+        return rows
+    if path.suffix == ".json":
+        rows = json.loads(path.read_text())
+        if not isinstance(rows, list):
+            raise TaskError(f"{path}: expected a JSON list of objects")
+        return rows
+    import datasets
+
+    kind = {".parquet": "parquet", ".csv": "csv"}.get(path.suffix)
+    if kind is None:
+        raise TaskError(f"{path}: unsupported data file type {path.suffix} (use .jsonl, .json, .parquet or .csv)")
+    return [dict(row) for row in datasets.load_dataset(kind, data_files=str(path), split="train")]

@@ -1,0 +1,95 @@
+"""Task files (shipped and broken ones) and the run store's eval tables."""
+
+from __future__ import annotations
+
+import pytest
+
+from dreamlab.evals.tasks import TaskError, available_tasks, load_task
+from dreamlab.models import build_char_tokenizer
+from dreamlab.store import RunStore, StoreError
+from tests.conftest import SHARED_DATA
+
+
+def test_shipped_tasks_load_and_render():
+    assert {"arithmetic", "gsm8k", "math500", "jsonl"} <= set(available_tasks())
+    gsm8k = load_task("gsm8k")
+    assert gsm8k.shots == 8 and len(gsm8k.fewshot) == 8 and gsm8k.sampler["steps"] == 256
+    prompt = gsm8k.render("What is 2 + 2?", None, "base", 2)
+    assert prompt.count("Question:") == 3 and prompt.endswith("Question: What is 2 + 2?\nAnswer:")
+    assert gsm8k.settings_for("chat")["temperature"] == 0.1 and gsm8k.settings_for("base")["temperature"] == 0.0
+    assert gsm8k.template_hash("base", 8) != gsm8k.template_hash("base", 7) != gsm8k.template_hash("chat", 7)
+    assert gsm8k.gold_answer("so...\n#### 2,125") == "2125"
+    arithmetic = load_task("arithmetic")
+    samples = arithmetic.load_samples(limit=3)
+    assert [s.idx for s in samples] == [0, 1, 2] and samples[0].gold.lstrip("-").isdigit()
+    chat = arithmetic.render(samples[0].question, build_char_tokenizer(), "chat", 0)
+    assert chat == f"<|im_start|>user\n{samples[0].question}<|im_end|>\n<|im_start|>assistant\n"
+
+
+@pytest.mark.skipif(not SHARED_DATA.is_dir(), reason="../shared/data is not present")
+def test_gsm8k_and_math500_default_to_the_local_files():
+    assert len(load_task("gsm8k").load_samples()) == 1319
+    math500 = load_task("math500").load_samples(limit=2)
+    assert math500[0].gold == "\\left( 3, \\frac{\\pi}{2} \\right)"
+
+
+def test_jsonl_task_reads_the_named_file_and_fields(tmp_path):
+    data = tmp_path / "qa.jsonl"
+    data.write_text('{"q": "1+1?", "a": "2"}\n{"q": "2+2?", "a": "4"}\n')
+    task = load_task("jsonl")
+    with pytest.raises(TaskError, match="pass --data"):
+        task.load_samples()
+    with pytest.raises(TaskError, match="no field 'question'"):
+        task.load_samples(data=str(data))
+    task.question_field, task.gold_field = "q", "a"
+    assert [(s.question, s.gold) for s in task.load_samples(data=str(data))] == [("1+1?", "2"), ("2+2?", "4")]
+
+
+@pytest.mark.parametrize("body, message", [
+    ("name: x\nsource: {builtin: arithmetic}\nanswer:\n  extractor: nope\n", r"bad\.yaml:4: answer\.extractor: must be one of"),
+    ("name: x\nsource: {builtin: arithmetic}\nprompt:\n  shots: 3\n", r"bad\.yaml:4: prompt\.shots: must be an integer"),
+    ("name: x\nsource: {builtin: arithmetic}\nsampler:\n  stepz: 3\n", r"bad\.yaml:4: sampler\.stepz: unknown sampler setting"),
+    ("name: x\nsauce: 1\n", r"bad\.yaml:2: sauce: unknown field"),
+    ("name: x\nsource: [1\n", r"bad\.yaml:\d+: not valid YAML"),
+    ("name: x\nsource: {builtin: arithmetic}\nfewshot:\n  - question: q\n", r"bad\.yaml:4: fewshot\.0: each example needs"),
+])
+def test_bad_task_files_name_the_file_line_and_field(tmp_path, body, message):
+    path = tmp_path / "bad.yaml"
+    path.write_text(body)
+    with pytest.raises(TaskError, match=message):
+        load_task(str(path))
+
+
+def test_unknown_task_lists_the_known_ones():
+    with pytest.raises(TaskError, match="unknown task 'nope': use one of arithmetic"):
+        load_task("nope")
+
+
+SETTINGS = {"task": "arithmetic", "shots": 0, "template_hash": "abc", "alg": "entropy", "steps": 8,
+            "max_new_tokens": 8, "temperature": 0.0, "batch_size": 4, "seed": 0, "versions": {"torch": "x"},
+            "device": "cpu", "model": "tiny", "n_samples": 3}
+
+
+def test_eval_rows_resume_by_settings_and_cascade_with_their_run(tmp_path):
+    store = RunStore(tmp_path / "db.sqlite")
+    run = store.create_run(name="r1")
+    first = store.create_or_resume_eval({**SETTINGS, "run_id": run.id, "checkpoint": "/c/step-1"})
+    store.record_eval_samples(first.id, [{"idx": 0, "correct": True, "nfe": 8}, {"idx": 2, "correct": False, "nfe": 8}])
+    assert store.done_sample_indices(first.id) == {0, 2}
+    store.finish_eval(first.id, "interrupted", {"n_done": 2})
+    again = store.create_or_resume_eval({**SETTINGS, "run_id": run.id, "checkpoint": "/c/step-1", "model": "r1"})
+    assert again.id == first.id and again.status == "running" and (again.n_done, again.n_correct) == (2, 1)
+    other = store.create_or_resume_eval({**SETTINGS, "run_id": run.id, "checkpoint": "/c/step-1", "steps": 16})
+    assert other.id != first.id
+    done = store.finish_eval(first.id, "completed", {"accuracy": 0.5, "ci_low": 0.1, "ci_high": 0.9})
+    assert done.status == "completed" and done.ended is not None
+    assert store.create_or_resume_eval({**SETTINGS, "run_id": run.id, "checkpoint": "/c/step-1"}).status == "completed"
+    assert store.best_eval_accuracy() == {run.id: 0.5}
+    assert [e.id for e in store.list_evals(run_ref="r1")] == [first.id, other.id]
+    assert store.eval_samples(first.id)[0]["correct"] == 1
+    with pytest.raises(StoreError, match="unknown eval settings"):
+        store.create_or_resume_eval({**SETTINGS, "colour": "red"})
+    with pytest.raises(StoreError, match="cannot finish"):
+        store.finish_eval(first.id, "running")
+    store.delete_run(run.id)
+    assert store.list_evals() == [] and store.eval_samples(first.id) == []
