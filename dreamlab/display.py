@@ -50,3 +50,22 @@ def fmt_duration(seconds: float | None) -> str:
     if hours:
         return f"{hours}h{minutes:02d}m"
     return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
+
+
+MASK_GLYPH = "░"
+
+
+def render_with_masks(tokenizer: Any, ids: list[int], mask_token_id: int) -> str:
+    """Decode ids with a transformers tokenizer, drawing each still-masked position as a block."""
+    pieces, run = [], []
+    for token in ids:
+        if token == mask_token_id:
+            if run:
+                pieces.append(tokenizer.decode(run))
+                run = []
+            pieces.append(MASK_GLYPH)
+        else:
+            run.append(token)
+    if run:
+        pieces.append(tokenizer.decode(run))
+    return "".join(pieces)
