@@ -17,7 +17,7 @@ from dreamlab.store import Checkpoint, Comparison, MetricPoint, Run, RunStore
 
 LOSS_KEY = "train/loss"
 VAL_LOSS_KEY = "val/loss"
-LR_KEY = "lr"
+LR_KEY = "train/lr"
 MEMORY_PREFIX = "memory/"
 LOG_TAIL_BYTES = 64 * 1024
 
