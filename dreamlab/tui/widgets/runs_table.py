@@ -15,6 +15,8 @@ from dreamlab.tui.queries import RunRow, load_runs
 from dreamlab.tui.widgets.polling import Polling
 
 MARK = "●"
+FIRST_CHUNK = 60  # rows added before the first paint (DataTable measures every cell it adds)
+CHUNK = 250
 
 
 def _number_key(value: float | None) -> tuple[int, float]:
@@ -55,6 +57,7 @@ class RunsTable(Polling, DataTable):
         self.sort_reverse = False
         self.filter_text = ""
         self._shown: list[RunRow] = []
+        self._generation = 0
 
     def on_mount(self) -> None:
         """Columns, then the first poll."""
@@ -90,21 +93,30 @@ class RunsTable(Polling, DataTable):
         rows = self.visible_rows()
         if [row.id for row in rows] == [row.id for row in self._shown]:
             for old, new in zip(self._shown, rows):
-                if old != new:
+                if old != new and str(new.id) in self.rows:  # rows still to be added get the new values
                     for key, _, render, _ in COLUMNS:
                         self.update_cell(str(new.id), key, render(new))
-            for row in rows:
-                self.update_cell(str(row.id), "mark", MARK if row.id in self.marked else "")
+            self._shown = rows
         else:
             current = self.current_run()
             self.clear()
-            for row in rows:
-                self.add_row(MARK if row.id in self.marked else "", *(column[2](row) for column in COLUMNS),
-                             key=str(row.id))
-            if current is not None and current.id in {row.id for row in rows}:
-                self.move_cursor(row=self.get_row_index(str(current.id)))
-        self._shown = rows
+            self._shown = rows
+            self._generation += 1
+            self._fill(0, self._generation, None if current is None else current.id)
         self.post_message(self.Highlighted(self.current_run()))
+
+    def _fill(self, start: int, generation: int, cursor_id: int | None) -> None:
+        """Add rows in chunks, one chunk per screen refresh: a screenful paints before 1,000 rows are measured."""
+        if generation != self._generation:
+            return  # a newer rebuild took over
+        end = start + (FIRST_CHUNK if start == 0 else CHUNK)
+        for row in self._shown[start:end]:
+            self.add_row(MARK if row.id in self.marked else "", *(column[2](row) for column in COLUMNS),
+                         key=str(row.id))
+            if row.id == cursor_id:
+                self.move_cursor(row=self.row_count - 1)
+        if end < len(self._shown):
+            self.call_after_refresh(self._fill, end, generation, cursor_id)
 
     def current_run(self) -> RunRow | None:
         """The run under the cursor, or None."""
