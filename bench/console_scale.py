@@ -28,6 +28,7 @@ import asyncio, json, statistics, sys, time
 start = time.perf_counter()
 from dreamlab.tui.app import build_app
 from dreamlab.tui.screens.detail import RunDetailScreen
+imported = time.perf_counter() - start
 
 
 def rss_mb():
@@ -54,6 +55,7 @@ async def main(db, cycles, run_name):
             await pilot.pause(0.001)
         await pilot.pause()  # let the compositor paint the filled table
         out["first_paint_in_process_s"] = time.perf_counter() - start
+        out["import_s"] = imported
         print("PAINTED", flush=True)
         out["rows"] = table.row_count
         out["rss_first_paint_mb"] = rss_mb()
@@ -106,6 +108,8 @@ def main() -> None:
     rows = [
         ("first painted runs table, fresh process (wall, interpreter start included)", f"{painted_wall:.2f} s", "< 1.5 s"),
         ("first painted runs table, from the console's first import", f"{result['first_paint_in_process_s']:.2f} s", ""),
+        ("  of which importing the console (Textual; the store's sqlite_utils imports pandas)",
+         f"{result['import_s']:.2f} s", ""),
         (f"runs table refresh cycle ({result['rows']} rows, median)", f"{result['runs_cycle_s'] * 1000:.1f} ms", ""),
         ("run detail refresh cycle (all widgets, median)", f"{result['detail_cycle_s'] * 1000:.1f} ms", "< 100 ms"),
         ("run detail refresh cycle (slowest of the cycles)", f"{result['detail_cycle_max_s'] * 1000:.1f} ms", ""),
