@@ -96,11 +96,9 @@ class DreamlabApp(App):
 
     def action_help(self) -> None:
         """Every key binding, grouped by screen."""
-        from dreamlab.tui.screens.launch import LaunchScreen as Launch
-
         sections = [("Everywhere", self.BINDINGS), ("Runs", RunsScreen.BINDINGS),
                     ("Run detail", RunDetailScreen.BINDINGS), ("Compare", CompareScreen.BINDINGS),
-                    ("New run", Launch.BINDINGS)]
+                    ("New run", LaunchScreen.BINDINGS)]
         self.push_screen(HelpScreen(sections))
 
     # -- launch and stop ------------------------------------------------------------------------

@@ -41,9 +41,13 @@ class Polling:
         """Show freshly loaded data; runs on the UI thread."""
         raise NotImplementedError
 
+    _last_error: str | None = None
+
     def show_error(self, error: str) -> None:
-        """Show why the last load failed (default: a notification)."""
-        self.notify(error, title="refresh failed", severity="error")  # type: ignore[attr-defined]
+        """Show why the last load failed (default: a notification, once per distinct error)."""
+        if error != self._last_error:
+            self.notify(error, title="refresh failed", severity="error")  # type: ignore[attr-defined]
+        self._last_error = error
 
     def poll_now(self) -> None:
         """Load now (cancelling the armed timer); the next poll is armed when this one is applied."""
@@ -66,6 +70,7 @@ class Polling:
         """Apply the result, then arm the next poll."""
         start = time.perf_counter()
         if message.error is None:
+            self._last_error = None
             self.apply(message.data)
         else:
             self.show_error(message.error)
