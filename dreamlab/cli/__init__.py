@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import typer
 
 from dreamlab.cli import data as data_cmd
@@ -10,11 +12,12 @@ from dreamlab.cli import generate as generate_cmd
 from dreamlab.cli import runs as runs_cmd
 from dreamlab.cli import sweep as sweep_cmd
 from dreamlab.cli import train as train_cmd
+from dreamlab.cli.options import DbOption, resolve_db
 
 app = typer.Typer(
     name="dreamlab",
     help="A lab console for masked diffusion language models (Dream and friends).",
-    no_args_is_help=True,
+    invoke_without_command=True,
     pretty_exceptions_show_locals=False,
     add_completion=False,
 )
@@ -27,8 +30,25 @@ app.add_typer(eval_cmd.app, name="eval")
 
 
 @app.callback()
-def root() -> None:
-    """A lab console for masked diffusion language models (Dream and friends)."""
+def root(
+    ctx: typer.Context,
+    db: DbOption = None,
+    serve: Annotated[bool, typer.Option("--serve", help="Serve the console to a browser on localhost only "
+                                        "(reach it from elsewhere with ssh -L).")] = False,
+    port: Annotated[int, typer.Option(help="Port for --serve.")] = 8000,
+) -> None:
+    """A lab console for masked diffusion language models (Dream and friends); no command opens the console."""
+    if ctx.invoked_subcommand is not None:
+        return
+    path = resolve_db(db)
+    if serve:
+        from dreamlab.cli.console import serve_console
+
+        serve_console(path, port)
+    else:
+        from dreamlab.tui import run_console  # Textual loads here, never for a subcommand
+
+        run_console(path)
 
 
 def main() -> None:

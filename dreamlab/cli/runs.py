@@ -7,7 +7,6 @@ import math
 import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -17,13 +16,16 @@ from rich.table import Table
 from rich.text import Text
 
 from dreamlab.cli.options import DbOption, JsonOption, resolve_db
+from dreamlab.display import STATUS_STYLES
+from dreamlab.display import fmt_duration as _duration
+from dreamlab.display import fmt_number as _number
+from dreamlab.display import fmt_value as _text
+from dreamlab.display import fmt_when as _when
 from dreamlab.store import Run, RunStore, StoreError
 from dreamlab.store.control import stop_run
 
 app = typer.Typer(help="Runs in the run store: list, show, compare, stop, remove, query.", no_args_is_help=True)
 
-STATUS_STYLES = {"queued": "dim", "running": "bold cyan", "completed": "green", "failed": "bold red",
-                 "diverged": "magenta", "stopped": "yellow", "lost": "red"}
 # Recipe highlights for the list: the first dotted key present wins.
 MODEL_KEYS = ("model.partial_pretrain",)
 LR_KEYS = ("optim.lr",)
@@ -322,41 +324,5 @@ def _status(status: str) -> Text:
     return Text(status, style=STATUS_STYLES.get(status, ""))
 
 
-def _text(value: Any) -> str:
-    if value is None:
-        return "—"
-    if isinstance(value, float):
-        return _number(value)
-    if isinstance(value, (list, dict)):
-        return json.dumps(value)
-    return str(value)
-
-
-def _number(value: Any) -> str:
-    if value is None:
-        return "—"
-    if not isinstance(value, (int, float)) or isinstance(value, bool):
-        return str(value)
-    if isinstance(value, int) or math.isnan(value) or math.isinf(value):
-        return str(value)
-    return f"{value:.4g}"
-
-
 def _json_number(value: float) -> float | str:
     return value if math.isfinite(value) else str(value)  # JSON has no NaN / Infinity
-
-
-def _when(stamp: float | None) -> str:
-    return "—" if stamp is None else datetime.fromtimestamp(stamp).strftime("%Y-%m-%d %H:%M:%S")
-
-
-def _duration(seconds: float | None) -> str:
-    if seconds is None:
-        return "—"
-    seconds = int(seconds)
-    hours, rest = divmod(seconds, 3600)
-    minutes, secs = divmod(rest, 60)
-    if hours:
-        return f"{hours}h{minutes:02d}m"
-    return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
-

@@ -33,9 +33,7 @@ def train(
 ) -> None:
     """Train a model with Dream's diffusion SFT (no recipe: the tiny model on the built-in task, CPU)."""
     from dreamlab.config import RecipeError, load_recipe, recipe_from_dict, split_recipe_args  # torch: keep it out of start-up
-    from dreamlab.train.launcher import (
-        check_before_launch, environment_meta, memory_estimate, start_process, torchrun_command, write_run_spec,
-    )
+    from dreamlab.train.launcher import launch, memory_estimate, start_process, torchrun_command
 
     console = Console()
     if estimate:
@@ -65,19 +63,16 @@ def train(
             run = store.get_run(resume)
             run_dir = Path(run.run_dir)
             recipe = recipe_from_dict(json.loads((run_dir / "run.json").read_text())["recipe"])
+            command = torchrun_command(recipe, run_dir, store_path.resolve(), resume=True)
+            process = start_process(command, run_dir, capture=foreground)
+            store.mark_started(run.id, pid=process.pid, pgid=process.pid)
         else:
             recipe = load_recipe(*split_recipe_args(args))
-            check_before_launch(recipe)
-            run = store.create_run(name=name, recipe=recipe.to_dict(), meta=environment_meta(),
-                                   run_dir=None)
+            run, process = launch(store, store_path, recipe, name=name, capture=foreground)
             run_dir = Path(run.run_dir)
-            write_run_spec(run_dir, recipe, run.id, store_path.resolve())
     except (RecipeError, StoreError, OSError) as error:
         typer.echo(f"error: {error}", err=True)
         raise typer.Exit(2) from None
-    command = torchrun_command(recipe, run_dir, store_path.resolve(), resume=resume is not None)
-    process = start_process(command, run_dir, capture=foreground)
-    store.mark_started(run.id, pid=process.pid, pgid=process.pid)
     if not foreground:
         console.print(f"started run [bold]{run.name}[/bold] (process group {process.pid}), detached")
         console.print(f"  log:    tail -f {run_dir / 'train.log'}")

@@ -21,6 +21,7 @@ from dreamlab import __version__
 from dreamlab.config import Recipe, RecipeError, validate
 from dreamlab.data.sources import BUILTIN_PREFIX, HUB_ID
 from dreamlab.models.tiny import TINY_NAME
+from dreamlab.store import Run, RunStore
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
@@ -134,6 +135,18 @@ def torchrun_command(recipe: Recipe, run_dir: Path, db: Path, *, resume: bool) -
     if resume:
         command.append("--resume")
     return command
+
+
+def launch(store: RunStore, store_path: Path, recipe: Recipe, *, name: str | None = None,
+           capture: bool = False) -> tuple[Run, subprocess.Popen]:
+    """Check the recipe, record the run, write its spec and start torchrun detached; (run, process)."""
+    check_before_launch(recipe)
+    run = store.create_run(name=name, recipe=recipe.to_dict(), meta=environment_meta(), run_dir=None)
+    run_dir = Path(run.run_dir)
+    write_run_spec(run_dir, recipe, run.id, store_path.resolve())
+    process = start_process(torchrun_command(recipe, run_dir, store_path.resolve(), resume=False), run_dir,
+                            capture=capture)
+    return store.mark_started(run.id, pid=process.pid, pgid=process.pid), process
 
 
 def start_process(command: list[str], run_dir: Path, *, capture: bool) -> subprocess.Popen:

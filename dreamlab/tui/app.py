@@ -1,0 +1,159 @@
+"""The dreamlab console: one factory builds the app for the CLI, `textual serve` and the tests."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from textual import work
+from textual.app import App
+from textual.binding import Binding
+from textual.message import Message
+
+from dreamlab.store import RunStore, StoreError
+from dreamlab.tui.commands import ConsoleCommands
+from dreamlab.tui.queries import RunRow
+from dreamlab.tui.screens.compare import CompareScreen
+from dreamlab.tui.screens.detail import RunDetailScreen
+from dreamlab.tui.screens.dialogs import ConfirmScreen, ErrorScreen
+from dreamlab.tui.screens.help import HelpScreen
+from dreamlab.tui.screens.launch import LaunchScreen
+from dreamlab.tui.screens.runs import RunsScreen
+from dreamlab.tui.widgets.polling import Polling
+from dreamlab.tui.widgets.runs_table import RunsTable
+
+STOP_GRACE_S = 60.0
+
+
+class DreamlabApp(App):
+    """Runs, run detail, launch / stop, compare; reads the store, never owns a run."""
+
+    CSS_PATH = "app.tcss"
+    TITLE = "dreamlab"
+    COMMANDS = App.COMMANDS | {ConsoleCommands}
+    BINDINGS = [
+        Binding("question_mark", "help", "Help"),
+        Binding("ctrl+p", "command_palette", "Commands", show=False),
+        Binding("q", "quit", "Quit"),
+    ]
+
+    class StopDone(Message):
+        """A stop finished: what happened, or why it failed."""
+
+        def __init__(self, name: str, summary: str | None, error: str | None) -> None:
+            super().__init__()
+            self.name, self.summary, self.error = name, summary, error
+
+    def __init__(self, store: RunStore, *, lost_after_s: float = 60.0, poll_s: float = 2.0) -> None:
+        super().__init__()
+        self.store = store
+        self.lost_after_s = lost_after_s
+        self.poll_s = poll_s
+
+    def on_mount(self) -> None:
+        """The runs screen is home."""
+        self.push_screen(RunsScreen())
+
+    # -- navigation -----------------------------------------------------------------------------
+
+    def runs_table(self) -> RunsTable | None:
+        """The runs table of the home screen (None before it mounted)."""
+        for screen in self.screen_stack:
+            if isinstance(screen, RunsScreen):
+                return screen.table
+        return None
+
+    def known_runs(self) -> list[RunRow]:
+        """The runs the table last loaded (for the command palette)."""
+        table = self.runs_table()
+        return list(table.all_rows) if table is not None else []
+
+    def open_run(self, run_id: int) -> None:
+        """Push the detail screen of a run."""
+        try:
+            run = self.store.get_run(run_id)  # one indexed row: cheap enough for a key press
+        except StoreError as error:
+            self.push_screen(ErrorScreen("cannot open run", str(error)))
+            return
+        self.push_screen(RunDetailScreen(run))
+
+    def compare_runs(self, run_ids: list[int]) -> None:
+        """Push the compare screen."""
+        self.push_screen(CompareScreen(run_ids))
+
+    def action_compare_marked(self) -> None:
+        """Compare the runs marked in the runs table."""
+        table = self.runs_table()
+        marked = [row.id for row in self.known_runs() if table is not None and row.id in table.marked]
+        if len(marked) < 2:
+            self.notify("mark two or more runs with space in the runs table first", severity="warning")
+            return
+        self.compare_runs(marked)
+
+    def action_show_runs(self) -> None:
+        """Back to the runs screen."""
+        while len(self.screen_stack) > 2:
+            self.pop_screen()
+
+    def action_help(self) -> None:
+        """Every key binding, grouped by screen."""
+        sections = [("Everywhere", self.BINDINGS), ("Runs", RunsScreen.BINDINGS),
+                    ("Run detail", RunDetailScreen.BINDINGS), ("Compare", CompareScreen.BINDINGS),
+                    ("New run", LaunchScreen.BINDINGS)]
+        self.push_screen(HelpScreen(sections))
+
+    # -- launch and stop ------------------------------------------------------------------------
+
+    def action_new_run(self) -> None:
+        """Open the launch form; a started run shows up in the table at once."""
+        def launched(name: str | None) -> None:
+            if name:
+                self.notify(f"started {name}, detached (closing the console does not stop it)")
+                self.refresh_pollers()
+        self.push_screen(LaunchScreen(), launched)
+
+    def confirm_stop(self, run_id: int, name: str, status: str) -> None:
+        """Ask, then stop the run (SIGTERM, a checkpoint, stopped; SIGKILL after the grace)."""
+        if status not in ("running", "lost"):
+            self.notify(f"{name} is not running ({status})", severity="warning")
+            return
+
+        def answered(yes: bool | None) -> None:
+            if yes:
+                self.notify(f"stopping {name}…")
+                self._stop_worker(run_id, name)
+        self.push_screen(ConfirmScreen(f"Stop run {name}?", f"SIGTERM to its processes: it finishes the step, "
+                                       f"writes a checkpoint and ends as stopped (SIGKILL after {STOP_GRACE_S:g} s)."),
+                         answered)
+
+    @work(thread=True, group="stop")
+    def _stop_worker(self, run_id: int, name: str) -> None:
+        from dreamlab.store.control import stop_run
+
+        try:
+            result = stop_run(self.store, run_id, grace_s=STOP_GRACE_S)
+        except Exception as failure:  # noqa: BLE001 - reported in the error dialog
+            self.post_message(self.StopDone(name, None, str(failure)))
+            return
+        summary = f"{name}: {' then '.join(result.signals) or 'already gone'}, " + (
+            "stopped" if result.marked_stopped else "it had already ended")
+        self.post_message(self.StopDone(name, summary, None))
+
+    def on_dreamlab_app_stop_done(self, message: StopDone) -> None:
+        """Report the stop; refresh what is on screen."""
+        if message.error is not None:
+            self.push_screen(ErrorScreen(f"cannot stop {message.name}", message.error))
+        else:
+            self.notify(message.summary or "")
+        self.refresh_pollers()
+
+    def refresh_pollers(self) -> None:
+        """Poll every polling widget of every screen now."""
+        for screen in self.screen_stack:
+            for widget in screen.query("*"):
+                if isinstance(widget, Polling):
+                    widget.poll_now()
+
+
+def build_app(db: str | Path, *, lost_after_s: float = 60.0, poll_s: float = 2.0) -> DreamlabApp:
+    """The console on the store at `db` (created if missing, so a first launch works from the console)."""
+    return DreamlabApp(RunStore(db), lost_after_s=lost_after_s, poll_s=poll_s)

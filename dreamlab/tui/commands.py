@@ -1,0 +1,39 @@
+"""Command palette provider: the console's main actions and every run by name."""
+
+from __future__ import annotations
+
+from functools import partial
+
+from textual.command import DiscoveryHit, Hit, Hits, Provider
+
+
+class ConsoleCommands(Provider):
+    """New run, compare, help, and open / stop / compare for each known run."""
+
+    def _commands(self) -> list[tuple[str, object, str]]:
+        app = self.app
+        commands: list[tuple[str, object, str]] = [
+            ("New run", app.action_new_run, "pick a recipe, edit overrides, start it detached"),
+            ("Runs", app.action_show_runs, "back to the run history"),
+            ("Compare marked runs", app.action_compare_marked, "params that differ, final metrics, loss curves"),
+            ("Help: key bindings", app.action_help, "every key of every screen"),
+        ]
+        for row in app.known_runs():
+            commands.append((f"Open run {row.name}", partial(app.open_run, row.id), f"{row.status}, step {row.steps}"))
+            if row.status in ("running", "lost"):
+                commands.append((f"Stop run {row.name}", partial(app.confirm_stop, row.id, row.name, row.status),
+                                 "SIGTERM, checkpoint, stopped (asks first)"))
+        return commands
+
+    async def discover(self) -> Hits:
+        """The main actions, before anything is typed."""
+        for name, callback, help_text in self._commands()[:4]:
+            yield DiscoveryHit(name, callback, help=help_text)
+
+    async def search(self, query: str) -> Hits:
+        """Fuzzy-match every command."""
+        matcher = self.matcher(query)
+        for name, callback, help_text in self._commands():
+            score = matcher.match(name)
+            if score > 0:
+                yield Hit(score, matcher.highlight(name), callback, help=help_text)

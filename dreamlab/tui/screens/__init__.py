@@ -1,0 +1,1 @@
+"""Console screens: runs, run detail, launch, compare, evals, help and confirmations."""

@@ -1,0 +1,74 @@
+"""One run: header, then tabs for the loss plot, GPUs, recipe, log and checkpoints."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import VerticalScroll
+from textual.screen import Screen
+from textual.widgets import DataTable, Footer, Static, TabbedContent, TabPane
+
+from dreamlab.store import Run
+from dreamlab.tui.widgets.gpu_panel import GpuPanel
+from dreamlab.tui.widgets.log_tail import LogTail
+from dreamlab.tui.widgets.plots import LossPlot
+from dreamlab.tui.widgets.polling import Polling
+from dreamlab.tui.widgets.run_summary import RunSummaryView
+
+TABS = ("loss", "gpu", "recipe", "log", "checkpoints")
+
+
+class RunDetailScreen(Screen):
+    """Everything about one run, live."""
+
+    BINDINGS = [
+        Binding("escape", "app.pop_screen", "Back"),
+        Binding("x", "stop", "Stop"),
+        Binding("l", "tab('loss')", "Loss"),
+        Binding("g", "tab('gpu')", "GPU"),
+        Binding("p", "tab('recipe')", "Recipe"),
+        Binding("o", "tab('log')", "Log"),
+        Binding("k", "tab('checkpoints')", "Ckpts"),
+    ]
+
+    def __init__(self, run: Run) -> None:
+        super().__init__()
+        self.run = run
+
+    def compose(self) -> ComposeResult:
+        """Header, tabs, key bar."""
+        yield RunSummaryView(self.run.id, id="summary")
+        with TabbedContent(initial="loss"):
+            with TabPane("Loss", id="loss"):
+                yield LossPlot(self.run.id, id="loss-plot")
+            with TabPane("GPU", id="gpu"):
+                yield GpuPanel(self.run.id, id="gpu-panel")
+            with TabPane("Recipe", id="recipe-tab"):
+                with VerticalScroll():
+                    yield Static("loading…", id="recipe")
+            with TabPane("Log", id="log"):
+                yield LogTail(Path(self.run.run_dir or ".") / "train.log", id="log-tail")
+            with TabPane("Checkpoints", id="checkpoints-tab"):
+                yield DataTable(id="checkpoints", cursor_type="row")
+        yield Footer()
+
+    def pollers(self) -> list[Polling]:
+        """Every polling widget of this screen."""
+        return [widget for widget in self.query("*") if isinstance(widget, Polling)]
+
+    def refresh_all(self) -> None:
+        """Poll every widget now (after a stop, for instance)."""
+        for widget in self.pollers():
+            widget.poll_now()
+
+    def action_tab(self, tab: str) -> None:
+        """Switch tab by key."""
+        self.query_one(TabbedContent).active = {"recipe": "recipe-tab", "checkpoints": "checkpoints-tab"}.get(tab, tab)
+
+    def action_stop(self) -> None:
+        """Stop this run (after confirmation)."""
+        summary = self.query_one(RunSummaryView).summary
+        run = summary.run if summary is not None else self.run
+        self.app.confirm_stop(run.id, run.name, run.status)

@@ -1,0 +1,313 @@
+"""Evaluations of one run: the accuracy grid (algorithms x steps, with NFE), samples, and denoising replay.
+
+Written against the eval store of the eval harness (migration v3): `RunStore.list_evals(run_ref)`
+-> EvalRecord (id, run_id, checkpoint, task, alg, steps, accuracy, ci_low, ci_high, nfe_mean,
+status, ...) and `RunStore.eval_samples(eval_id)` -> dicts (idx, question, gold, generation,
+extracted, correct, flexible_correct, flexible_extracted, nfe, seconds, leftover_masks, history).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rich.text import Text
+from textual import on, work
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.message import Message
+from textual.screen import Screen
+from textual.timer import Timer
+from textual.widgets import DataTable, Footer, Static
+
+from dreamlab.display import MASK_GLYPH, fmt_number, render_with_masks
+
+
+@dataclass(frozen=True)
+class Grid:
+    """Evals arranged as rows (task, alg) by columns (steps); cells hold eval records."""
+
+    rows: list[tuple[str, str]]
+    steps: list[int]
+    cells: dict[tuple[str, str, int], Any]
+
+
+def build_grid(evals: list[Any]) -> Grid:
+    """Place each eval at (task, alg) x steps; the newest eval wins a cell evaluated twice."""
+    cells: dict[tuple[str, str, int], Any] = {}
+    for record in sorted(evals, key=lambda e: (e.started or 0, e.id)):
+        cells[(record.task, record.alg, int(record.steps))] = record
+    rows = sorted({(task, alg) for task, alg, _ in cells})
+    steps = sorted({step for _, _, step in cells})
+    return Grid(rows, steps, cells)
+
+
+def cell_text(record: Any) -> Text:
+    """`72.5% ±3.1 nfe 64` (or the eval's status while it has no accuracy)."""
+    if record.accuracy is None:
+        return Text(str(record.status), style="dim")
+    text = Text(f"{100 * record.accuracy:.1f}%")
+    if record.ci_low is not None and record.ci_high is not None:
+        text.append(f" ±{50 * (record.ci_high - record.ci_low):.1f}", style="dim")
+    if record.nfe_mean is not None:
+        text.append(f" nfe {record.nfe_mean:.0f}", style="cyan")
+    return text
+
+
+def verdict(sample: dict[str, Any]) -> Text:
+    """✓ / ✗ for the strict and the flexible scorer."""
+    def mark(value: Any) -> tuple[str, str]:
+        return ("✓", "green") if value else ("✗", "red") if value is not None else ("·", "dim")
+    return Text.assemble(mark(sample.get("correct")), " ", mark(sample.get("flexible_correct")))
+
+
+def history_of(sample: dict[str, Any]) -> list[list[int]]:
+    """The per-step token ids of a sample generated with history (the store may hand back JSON text)."""
+    history = sample.get("history")
+    if isinstance(history, str):
+        history = json.loads(history)
+    return list(history or [])
+
+
+class EvalsScreen(Screen):
+    """A run's accuracy grid; enter on a cell opens its samples."""
+
+    BINDINGS = [Binding("escape", "app.pop_screen", "Back"), Binding("enter", "samples", "Samples")]
+
+    class Loaded(Message):
+        """The run's evals arrived (or why not)."""
+
+        def __init__(self, evals: list[Any] | None, error: str | None) -> None:
+            super().__init__()
+            self.evals, self.error = evals, error
+
+    def __init__(self, run_id: int, run_name: str) -> None:
+        super().__init__()
+        self.run_id, self.run_name = run_id, run_name
+        self.grid = Grid([], [], {})
+
+    def compose(self) -> ComposeResult:
+        """Title, grid, key bar."""
+        yield Static(f"evals of {self.run_name}…", id="title")
+        yield DataTable(id="eval-grid", cursor_type="cell")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        """Load in a worker."""
+        self._load()
+
+    @work(thread=True, exclusive=True)
+    def _load(self) -> None:
+        try:
+            self.post_message(self.Loaded(self.app.store.list_evals(run_ref=self.run_id), None))
+        except Exception as failure:  # noqa: BLE001 - shown in the title
+            self.post_message(self.Loaded(None, f"{type(failure).__name__}: {failure}"))
+
+    def on_evals_screen_loaded(self, message: Loaded) -> None:
+        """Draw the grid: one row per (task, alg), one column per steps."""
+        title = self.query_one("#title", Static)
+        if message.error is not None:
+            title.update(f"cannot read evals: {message.error}")
+            return
+        self.grid = grid = build_grid(message.evals or [])
+        title.update(f"evals of {self.run_name}: {len(grid.cells)} (accuracy ±CI half-width, mean NFE)"
+                     if grid.cells else f"no evals of {self.run_name} yet (dreamlab eval)")
+        table = self.query_one("#eval-grid", DataTable)
+        table.clear(columns=True)
+        table.add_column("task / alg", key="row")
+        for step in grid.steps:
+            table.add_column(f"{step} steps", key=str(step))
+        for task, alg in grid.rows:
+            table.add_row(f"{task} / {alg}", *(cell_text(grid.cells[(task, alg, step)])
+                                              if (task, alg, step) in grid.cells else "—" for step in grid.steps))
+
+    def action_samples(self) -> None:
+        """Open the samples of the eval under the cursor."""
+        table = self.query_one("#eval-grid", DataTable)
+        row, column = table.cursor_coordinate
+        if not self.grid.rows or column == 0:
+            return
+        record = self.grid.cells.get((*self.grid.rows[row], self.grid.steps[column - 1]))
+        if record is not None:
+            self.app.push_screen(SamplesScreen(record))
+
+    @on(DataTable.CellSelected)
+    def cell_selected(self) -> None:
+        """Enter (or a click) on a cell opens its samples."""
+        self.action_samples()
+
+
+class SamplesScreen(Screen):
+    """One eval's samples: a list, and the highlighted one in full (question, generation, answers, verdicts)."""
+
+    BINDINGS = [Binding("escape", "app.pop_screen", "Back"), Binding("d", "replay", "Replay denoising")]
+
+    class Loaded(Message):
+        """The samples arrived (or why not)."""
+
+        def __init__(self, samples: list[dict[str, Any]] | None, error: str | None) -> None:
+            super().__init__()
+            self.samples, self.error = samples, error
+
+    def __init__(self, record: Any) -> None:
+        super().__init__()
+        self.record = record
+        self.samples: list[dict[str, Any]] = []
+
+    def compose(self) -> ComposeResult:
+        """List above, detail below."""
+        yield Static(f"{self.record.task} · {self.record.alg} · {self.record.steps} steps", id="title")
+        yield DataTable(id="samples", cursor_type="row", zebra_stripes=True)
+        yield Static("", id="sample-detail")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        """Load in a worker."""
+        self._load()
+
+    @work(thread=True, exclusive=True)
+    def _load(self) -> None:
+        try:
+            self.post_message(self.Loaded(self.app.store.eval_samples(self.record.id), None))
+        except Exception as failure:  # noqa: BLE001 - shown in the title
+            self.post_message(self.Loaded(None, f"{type(failure).__name__}: {failure}"))
+
+    def on_samples_screen_loaded(self, message: Loaded) -> None:
+        """One row per sample: index, verdicts, extracted, gold, NFE, replay available."""
+        if message.error is not None:
+            self.query_one("#title", Static).update(f"cannot read samples: {message.error}")
+            return
+        self.samples = message.samples or []
+        table = self.query_one("#samples", DataTable)
+        table.clear(columns=True)
+        table.add_columns("#", "ok", "extracted", "gold", "nfe", "replay")
+        for sample in self.samples:
+            table.add_row(sample.get("idx"), verdict(sample), str(sample.get("extracted")), str(sample.get("gold")),
+                          fmt_number(sample.get("nfe")), "yes" if sample.get("history") else "")
+        self.show_sample(0)
+
+    @on(DataTable.RowHighlighted, "#samples")
+    def highlighted(self, event: DataTable.RowHighlighted) -> None:
+        """Show the highlighted sample in full."""
+        self.show_sample(event.cursor_row)
+
+    def show_sample(self, index: int) -> None:
+        """Question, generation, extracted answers and verdicts of one sample."""
+        if not 0 <= index < len(self.samples):
+            return
+        sample = self.samples[index]
+        text = Text()
+        for label, key in (("question", "question"), ("generation", "generation"), ("extracted", "extracted"),
+                           ("flexible", "flexible_extracted"), ("gold", "gold")):
+            text.append(f"{label}: ", style="bold")
+            text.append(f"{sample.get(key)}\n")
+        text.append("strict / flexible: ", style="bold")
+        text.append_text(verdict(sample))
+        text.append(f"   nfe {fmt_number(sample.get('nfe'))}  {fmt_number(sample.get('seconds'))} s  "
+                    f"leftover masks {fmt_number(sample.get('leftover_masks'))}")
+        self.query_one("#sample-detail", Static).update(text)
+
+    def action_replay(self) -> None:
+        """Replay the denoising of the highlighted sample, if it was generated with history."""
+        table = self.query_one("#samples", DataTable)
+        if not self.samples:
+            return
+        sample = self.samples[table.cursor_row]
+        if not sample.get("history"):
+            self.notify("this sample was generated without history", severity="warning")
+            return
+        self.app.push_screen(ReplayScreen(self.record, sample))
+
+
+class ReplayScreen(Screen):
+    """The masks of one generation filling in, step by step (space plays, arrows step)."""
+
+    BINDINGS = [
+        Binding("escape", "app.pop_screen", "Back"), Binding("space", "play", "Play/pause"),
+        Binding("left", "step(-1)", "Step back"), Binding("right", "step(1)", "Step"),
+        Binding("home", "jump(0)", "First"), Binding("end", "jump(-1)", "Last"),
+    ]
+
+    class Ready(Message):
+        """The tokenizer is loaded: each step rendered as text (or why not)."""
+
+        def __init__(self, frames: list[str] | None, error: str | None) -> None:
+            super().__init__()
+            self.frames, self.error = frames, error
+
+    def __init__(self, record: Any, sample: dict[str, Any]) -> None:
+        super().__init__()
+        self.record, self.sample = record, sample
+        self.frames: list[str] = []
+        self.position = 0
+        self.player: Timer | None = None
+
+    def compose(self) -> ComposeResult:
+        """Step line, the text, key bar."""
+        yield Static("loading the tokenizer…", id="title")
+        yield Static("", id="replay-text")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        """Decode every step in a worker (the tokenizer comes from the evaluated checkpoint)."""
+        self._decode()
+
+    @work(thread=True, exclusive=True)
+    def _decode(self) -> None:
+        try:
+            from transformers import AutoTokenizer
+
+            folder = Path(str(self.record.checkpoint))
+            if (folder / "model").is_dir():
+                folder = folder / "model"
+            tokenizer = AutoTokenizer.from_pretrained(str(folder))
+            frames = [render_with_masks(tokenizer, ids, tokenizer.mask_token_id) for ids in history_of(self.sample)]
+            self.post_message(self.Ready(frames, None))
+        except Exception as failure:  # noqa: BLE001 - shown in place
+            self.post_message(self.Ready(None, f"{type(failure).__name__}: {failure}"))
+
+    def on_replay_screen_ready(self, message: Ready) -> None:
+        """Show the first step."""
+        if message.error is not None:
+            self.query_one("#title", Static).update(f"cannot replay: {message.error}")
+            return
+        self.frames = message.frames or []
+        self.show(0)
+
+    def show(self, position: int) -> None:
+        """Draw step `position` (clamped)."""
+        if not self.frames:
+            return
+        self.position = max(0, min(position, len(self.frames) - 1))
+        frame = self.frames[self.position]
+        self.query_one("#title", Static).update(
+            f"sample {self.sample.get('idx')} · step {self.position + 1}/{len(self.frames)} · "
+            f"{frame.count(MASK_GLYPH)} masks left")
+        self.query_one("#replay-text", Static).update(Text(frame))
+
+    def action_step(self, delta: int) -> None:
+        """One step forward or back."""
+        self.show(self.position + delta)
+
+    def action_jump(self, position: int) -> None:
+        """First or last step."""
+        self.show(position if position >= 0 else len(self.frames) - 1)
+
+    def action_play(self) -> None:
+        """Play from here (from the start at the end), or pause."""
+        if self.player is not None:
+            self.player.stop()
+            self.player = None
+            return
+        if self.position >= len(self.frames) - 1:
+            self.show(0)
+        self.player = self.set_interval(0.15, self._advance)
+
+    def _advance(self) -> None:
+        if self.position >= len(self.frames) - 1 and self.player is not None:
+            self.player.stop()
+            self.player = None
+            return
+        self.show(self.position + 1)

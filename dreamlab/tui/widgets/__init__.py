@@ -1,0 +1,1 @@
+"""Console widgets: each polls what it shows from its own thread worker."""
