@@ -219,7 +219,7 @@ def test_help_lists_the_keys_and_the_palette_opens_a_run(store_path, tmp_path):
 
 def test_evals_grid_samples_and_denoising_replay(store_path, tmp_path):
     from dreamlab.display import MASK_GLYPH
-    from dreamlab.tui.screens.evals import EvalsScreen, ReplayScreen, SamplesScreen
+    from dreamlab.tui.screens.evals import EvalsScreen, ReplayScreen, SamplesScreen, shown
 
     # A real 2 x 2 grid on the fixture's trained run; --history keeps the per-step tokens of the first samples.
     result = CliRunner().invoke(cli, ["eval", "--run", "alpha", "--alg", "entropy,origin", "--steps", "2,4",
@@ -262,7 +262,7 @@ def test_evals_grid_samples_and_denoising_replay(store_path, tmp_path):
             second = samples[1]
             for label, key in (("question", "question"), ("generation", "generation"), ("extracted", "extracted"),
                                ("gold", "gold")):
-                assert f"{label}: {second[key]}" in detail, (label, detail)
+                assert f"{label}: {shown(second[key])}\n" in detail, (label, detail)
             assert "strict / flexible: " + ("✓" if second["correct"] else "✗") in detail
 
             await pilot.press("d")

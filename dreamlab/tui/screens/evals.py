@@ -64,6 +64,11 @@ def verdict(sample: dict[str, Any]) -> Text:
     return Text.assemble(mark(sample.get("correct")), " ", mark(sample.get("flexible_correct")))
 
 
+def shown(value: Any) -> str:
+    """A sample field as text: '—' for a missing one (no answer extracted, say)."""
+    return "—" if value is None else str(value)
+
+
 def history_of(sample: dict[str, Any]) -> list[list[int]]:
     """The per-step token ids of a sample generated with history (the store may hand back JSON text)."""
     history = sample.get("history")
@@ -129,7 +134,7 @@ class EvalsScreen(Screen):
             title.update(f"cannot read evals: {message.error}")
             return
         self.grid = grid = build_grid(message.evals or [])
-        title.update(f"evals of {self.run_name}: {len(grid.cells)} (accuracy ±CI half-width, mean NFE)"
+        title.update(f"evals of {self.run_name}: {len(grid.cells)} · accuracy ±95% CI, mean NFE · enter: samples"
                      if grid.cells else f"no evals of {self.run_name} yet (dreamlab eval)")
         table = self.query_one("#eval-grid", DataTable)
         table.clear(columns=True)
@@ -203,7 +208,7 @@ class SamplesScreen(Screen):
         table.clear(columns=True)
         table.add_columns("#", "ok", "extracted", "gold", "nfe", "replay")
         for sample in self.samples:
-            table.add_row(sample.get("idx"), verdict(sample), str(sample.get("extracted")), str(sample.get("gold")),
+            table.add_row(sample.get("idx"), verdict(sample), shown(sample.get("extracted")), shown(sample.get("gold")),
                           fmt_number(sample.get("nfe")), "yes" if sample.get("history") else "")
         self.show_sample(0)
 
@@ -221,7 +226,7 @@ class SamplesScreen(Screen):
         for label, key in (("question", "question"), ("generation", "generation"), ("extracted", "extracted"),
                            ("flexible", "flexible_extracted"), ("gold", "gold")):
             text.append(f"{label}: ", style="bold")
-            text.append(f"{sample.get(key)}\n")
+            text.append(f"{shown(sample.get(key))}\n")
         text.append("strict / flexible: ", style="bold")
         text.append_text(verdict(sample))
         text.append(f"   nfe {fmt_number(sample.get('nfe'))}  {fmt_number(sample.get('seconds'))} s  "
