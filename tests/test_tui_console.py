@@ -217,31 +217,73 @@ def test_help_lists_the_keys_and_the_palette_opens_a_run(store_path, tmp_path):
     asyncio.run(scenario())
 
 
-@pytest.mark.skipif(not hasattr(RunStore, "list_evals"), reason="eval store lands with the eval harness branch")
 def test_evals_grid_samples_and_denoising_replay(store_path, tmp_path):
-    from dreamlab.tui.screens.evals import EvalsScreen, ReplayScreen, SamplesScreen
+    from dreamlab.display import MASK_GLYPH
+    from dreamlab.tui.screens.evals import EvalsScreen, ReplayScreen, SamplesScreen, shown
 
-    # A real eval of the fixture's run through the harness's CLI (flags as the harness branch names them).
-    result = CliRunner().invoke(cli, ["eval", "alpha", "--limit", "4", "--steps", "8", "--save-history",
+    # A real 2 x 2 grid on the fixture's trained run; --history keeps the per-step tokens of the first samples.
+    result = CliRunner().invoke(cli, ["eval", "--run", "alpha", "--alg", "entropy,origin", "--steps", "2,4",
+                                      "--max-new-tokens", "8", "--limit", "3", "--batch-size", "4", "--history",
                                       "--db", str(store_path)])
     assert result.exit_code == 0, result.output
+    stored = {(e.alg, e.steps): e for e in RunStore(store_path).list_evals(run_ref="alpha")}
+    assert set(stored) == {("entropy", 2), ("entropy", 4), ("origin", 2), ("origin", 4)}
 
     async def scenario():
         app = build_app(store_path, poll_s=0.5)
         async with app.run_test(size=(80, 24)) as pilot:
-            run = app.store.get_run("alpha")
-            app.push_screen(EvalsScreen(run.id, run.name))
+            await _go_to(pilot, app, "alpha")
+            table = app.screen.table
+            await _until(pilot, lambda: table.rows_by_id[app.store.get_run("alpha").id].best_eval is not None)
+            alpha = table.rows_by_id[app.store.get_run("alpha").id]
+            assert alpha.best_eval == max(e.accuracy for e in stored.values())
+            assert table.get_cell(str(alpha.id), "eval").plain == f"{100 * alpha.best_eval:.1f}%"
+            await pilot.press("e")
+            assert isinstance(app.screen, EvalsScreen) and app.screen.run_name == "alpha"
             await _until(pilot, lambda: app.screen.grid.cells)
-            record = next(iter(app.screen.grid.cells.values()))
-            assert record.run_id == run.id and record.accuracy is not None
+            grid = app.screen.query_one("#eval-grid")
+            assert app.screen.grid.rows == [("arithmetic", "entropy"), ("arithmetic", "origin")]
+            assert app.screen.grid.steps == [2, 4]
+            for row, alg in enumerate(("entropy", "origin")):
+                for column, steps in enumerate((2, 4), start=1):
+                    shown = grid.get_cell_at((row, column)).plain
+                    assert shown.startswith(f"{100 * stored[(alg, steps)].accuracy:.1f}%"), shown
+                    assert f"nfe {stored[(alg, steps)].nfe_mean:.0f}" in shown
             _save(app, tmp_path, "evals")
-            app.screen.query_one("#eval-grid").move_cursor(row=0, column=1)
+
+            grid.move_cursor(row=0, column=2)  # entropy, 4 steps
             await pilot.press("enter")
-            assert isinstance(app.screen, SamplesScreen)
+            assert isinstance(app.screen, SamplesScreen) and app.screen.record.id == stored[("entropy", 4)].id
             await _until(pilot, lambda: app.screen.samples)
-            assert len(app.screen.samples) == 4
+            samples = app.store.eval_samples(stored[("entropy", 4)].id)
+            assert [s["idx"] for s in app.screen.samples] == [0, 1, 2]
+            await pilot.press("down")
+            detail = str(app.screen.query_one("#sample-detail").render())
+            second = samples[1]
+            for label, key in (("question", "question"), ("generation", "generation"), ("extracted", "extracted"),
+                               ("gold", "gold")):
+                assert f"{label}: {shown(second[key])}\n" in detail, (label, detail)
+            assert "strict / flexible: " + ("✓" if second["correct"] else "✗") in detail
+
             await pilot.press("d")
             assert isinstance(app.screen, ReplayScreen)
-            await _until(pilot, lambda: app.screen.frames, timeout=60)
-            assert "░" in app.screen.frames[0] and app.screen.frames[-1].count("░") <= app.screen.frames[0].count("░")
+            replay = app.screen
+            await _until(pilot, lambda: replay.frames, timeout=60)
+            masks = [frame.count(MASK_GLYPH) for frame in replay.frames]
+            assert len(masks) == 4 and masks[0] > 0 and masks[-1] == 0
+            assert masks == sorted(masks, reverse=True) and len(set(masks)) == 4  # 2 of 8 positions revealed a step
+            title = lambda: str(replay.query_one("#title").render())  # noqa: E731
+            assert f"step 1/4 · {masks[0]} masks left" in title()
+            await pilot.press("right")
+            assert replay.position == 1 and f"{masks[1]} masks left" in title()
+            assert str(replay.query_one("#replay-text").render()).count(MASK_GLYPH) == masks[1] < masks[0]
+            await pilot.press("space")  # plays to the last step
+            await _until(pilot, lambda: replay.position == 3)
+            assert f"step 4/4 · {masks[3]} masks left" in title()
+            await pilot.press("left")
+            assert replay.position == 2
+            await pilot.press("escape", "escape", "escape")
+            await pilot.press("enter")  # the run detail screen has the same key
+            await pilot.press("e")
+            assert isinstance(app.screen, EvalsScreen) and app.screen.run_name == "alpha"
     asyncio.run(scenario())

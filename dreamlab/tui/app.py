@@ -15,6 +15,7 @@ from dreamlab.tui.queries import RunRow
 from dreamlab.tui.screens.compare import CompareScreen
 from dreamlab.tui.screens.detail import RunDetailScreen
 from dreamlab.tui.screens.dialogs import ConfirmScreen, ErrorScreen
+from dreamlab.tui.screens.evals import EvalsScreen, ReplayScreen, SamplesScreen
 from dreamlab.tui.screens.help import HelpScreen
 from dreamlab.tui.screens.launch import LaunchScreen
 from dreamlab.tui.screens.runs import RunsScreen
@@ -25,7 +26,7 @@ STOP_GRACE_S = 60.0
 
 
 class DreamlabApp(App):
-    """Runs, run detail, launch / stop, compare; reads the store, never owns a run."""
+    """Runs, run detail, launch / stop, compare, evals; reads the store, never owns a run."""
 
     CSS_PATH = "app.tcss"
     TITLE = "dreamlab"
@@ -76,6 +77,28 @@ class DreamlabApp(App):
             return
         self.push_screen(RunDetailScreen(run))
 
+    def open_evals(self, run_id: int, run_name: str) -> None:
+        """Push the evals screen of a run (its accuracy grid, samples and replays)."""
+        self.push_screen(EvalsScreen(run_id, run_name))
+
+    def current_run(self) -> tuple[int, str] | None:
+        """(id, name) of the run on screen: the detail screen's run, else the runs table's cursor row."""
+        for screen in reversed(self.screen_stack):
+            if isinstance(screen, RunDetailScreen):
+                return screen.run.id, screen.run.name
+            if isinstance(screen, RunsScreen):
+                row = screen.table.current_run()
+                return None if row is None else (row.id, row.name)
+        return None
+
+    def action_evals(self) -> None:
+        """Open the evals of the run on screen."""
+        current = self.current_run()
+        if current is None:
+            self.notify("no run selected: open a run or move the cursor to one first", severity="warning")
+            return
+        self.open_evals(*current)
+
     def compare_runs(self, run_ids: list[int]) -> None:
         """Push the compare screen."""
         self.push_screen(CompareScreen(run_ids))
@@ -98,7 +121,8 @@ class DreamlabApp(App):
         """Every key binding, grouped by screen."""
         sections = [("Everywhere", self.BINDINGS), ("Runs", RunsScreen.BINDINGS),
                     ("Run detail", RunDetailScreen.BINDINGS), ("Compare", CompareScreen.BINDINGS),
-                    ("New run", LaunchScreen.BINDINGS)]
+                    ("New run", LaunchScreen.BINDINGS), ("Evals", EvalsScreen.BINDINGS),
+                    ("Eval samples", SamplesScreen.BINDINGS), ("Denoising replay", ReplayScreen.BINDINGS)]
         self.push_screen(HelpScreen(sections))
 
     # -- launch and stop ------------------------------------------------------------------------

@@ -7,8 +7,11 @@ from functools import partial
 from textual.command import DiscoveryHit, Hit, Hits, Provider
 
 
+MAIN_COMMANDS = 5  # the first entries of _commands, offered before anything is typed
+
+
 class ConsoleCommands(Provider):
-    """New run, compare, help, and open / stop / compare for each known run."""
+    """New run, runs, compare, evals, help, and open / evals / stop for each known run."""
 
     def _commands(self) -> list[tuple[str, object, str]]:
         app = self.app
@@ -16,10 +19,13 @@ class ConsoleCommands(Provider):
             ("New run", app.action_new_run, "pick a recipe, edit overrides, start it detached"),
             ("Runs", app.action_show_runs, "back to the run history"),
             ("Compare marked runs", app.action_compare_marked, "params that differ, final metrics, loss curves"),
+            ("Evals of this run", app.action_evals, "accuracy grid, samples, denoising replay (key e)"),
             ("Help: key bindings", app.action_help, "every key of every screen"),
         ]
         for row in app.known_runs():
             commands.append((f"Open run {row.name}", partial(app.open_run, row.id), f"{row.status}, step {row.steps}"))
+            commands.append((f"Evals of run {row.name}", partial(app.open_evals, row.id, row.name),
+                             "accuracy grid, samples, denoising replay"))
             if row.status in ("running", "lost"):
                 commands.append((f"Stop run {row.name}", partial(app.confirm_stop, row.id, row.name, row.status),
                                  "SIGTERM, checkpoint, stopped (asks first)"))
@@ -27,7 +33,7 @@ class ConsoleCommands(Provider):
 
     async def discover(self) -> Hits:
         """The main actions, before anything is typed."""
-        for name, callback, help_text in self._commands()[:4]:
+        for name, callback, help_text in self._commands()[:MAIN_COMMANDS]:
             yield DiscoveryHit(name, callback, help=help_text)
 
     async def search(self, query: str) -> Hits:

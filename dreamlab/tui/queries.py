@@ -1,7 +1,8 @@
 """What the console reads from the store and the run folders, as plain records (no Textual here).
 
 Each function is called from a thread worker; none of them scans the metrics table for more than one
-run (the runs table uses latest_metrics through `latest_metrics_for` / `max_steps`).
+run (the runs table uses latest_metrics through `latest_metrics_for` / `max_steps`, and one grouped
+query over evals for `best_eval_accuracy`).
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ class RunRow:
     started: float | None
     duration_s: float | None
     sweep_id: str | None
+    best_eval: float | None = None
 
     def text(self) -> str:
         """Everything the filter box matches against, lower-cased."""
@@ -49,6 +51,7 @@ def load_runs(store: RunStore, lost_after_s: float) -> list[RunRow]:
     ids = [run.id for run in runs]
     steps = store.max_steps(ids)
     losses = store.latest_metrics_for(ids, keys=[LOSS_KEY])
+    best_evals = store.best_eval_accuracy(ids)
     now = time.time()
     rows = []
     for run in runs:
@@ -57,7 +60,7 @@ def load_runs(store: RunStore, lost_after_s: float) -> list[RunRow]:
             id=run.id, name=run.name, status=run.status,
             model=_nested(run.recipe, "model", "partial_pretrain"), lr=_nested(run.recipe, "optim", "lr"),
             steps=steps.get(run.id), loss=None if loss is None else loss[1], started=run.started,
-            duration_s=run.duration(now), sweep_id=run.sweep_id,
+            duration_s=run.duration(now), sweep_id=run.sweep_id, best_eval=best_evals.get(run.id),
         ))
     return rows
 

@@ -26,6 +26,7 @@ class RunDetailScreen(Screen):
     BINDINGS = [
         Binding("escape", "app.pop_screen", "Back"),
         Binding("x", "stop", "Stop"),
+        Binding("e", "evals", "Evals"),
         Binding("l", "tab('loss')", "Loss"),
         Binding("g", "tab('gpu')", "GPU"),
         Binding("p", "tab('recipe')", "Recipe"),
@@ -72,3 +73,7 @@ class RunDetailScreen(Screen):
         summary = self.query_one(RunSummaryView).summary
         run = summary.run if summary is not None else self.run
         self.app.confirm_stop(run.id, run.name, run.status)
+
+    def action_evals(self) -> None:
+        """Open this run's evals."""
+        self.app.open_evals(self.run.id, self.run.name)

@@ -1,9 +1,10 @@
 """Evaluations of one run: the accuracy grid (algorithms x steps, with NFE), samples, and denoising replay.
 
-Written against the eval store of the eval harness (migration v3): `RunStore.list_evals(run_ref)`
--> EvalRecord (id, run_id, checkpoint, task, alg, steps, accuracy, ci_low, ci_high, nfe_mean,
-status, ...) and `RunStore.eval_samples(eval_id)` -> dicts (idx, question, gold, generation,
-extracted, correct, flexible_correct, flexible_extracted, nfe, seconds, leftover_masks, history).
+Reads the eval store (migration v3): `RunStore.list_evals(run_ref=...)` -> EvalRecord (task, alg, steps,
+accuracy, ci_low, ci_high, nfe_mean, status, checkpoint, model, ...) and `RunStore.eval_samples(eval_id)`
+-> dicts (idx, question, gold, generation, extracted, correct, flexible_correct, flexible_extracted,
+nfe, seconds, leftover_masks, history: the generated tokens after each step, kept for the first
+samples of an eval run with `dreamlab eval --history`).
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ def build_grid(evals: list[Any]) -> Grid:
     """Place each eval at (task, alg) x steps; the newest eval wins a cell evaluated twice."""
     cells: dict[tuple[str, str, int], Any] = {}
     for record in sorted(evals, key=lambda e: (e.started or 0, e.id)):
-        cells[(record.task, record.alg, int(record.steps))] = record
+        cells[(record.task, record.alg or "—", int(record.steps or 0))] = record
     rows = sorted({(task, alg) for task, alg, _ in cells})
     steps = sorted({step for _, _, step in cells})
     return Grid(rows, steps, cells)
@@ -63,12 +64,33 @@ def verdict(sample: dict[str, Any]) -> Text:
     return Text.assemble(mark(sample.get("correct")), " ", mark(sample.get("flexible_correct")))
 
 
+def shown(value: Any) -> str:
+    """A sample field as text: '—' for a missing one (no answer extracted, say)."""
+    return "—" if value is None else str(value)
+
+
 def history_of(sample: dict[str, Any]) -> list[list[int]]:
     """The per-step token ids of a sample generated with history (the store may hand back JSON text)."""
     history = sample.get("history")
     if isinstance(history, str):
         history = json.loads(history)
     return list(history or [])
+
+
+def tokenizer_of(record: Any) -> Any:
+    """The tokenizer the eval used: its checkpoint's (as `dreamlab eval` loads it), else the model spec's."""
+    from dreamlab.models.loading import load_tokenizer
+    from dreamlab.models.tokenizer import build_char_tokenizer
+    from dreamlab.models.tiny import TINY_NAME
+
+    if record.checkpoint is None and record.model in (None, TINY_NAME):
+        return build_char_tokenizer()
+    source = Path(str(record.checkpoint or record.model))
+    if record.checkpoint is not None and (source / "model").is_dir():  # a checkpoint folder rather than its model/
+        source = source / "model"
+    if record.checkpoint is not None and not (source / "config.json").is_file():
+        raise FileNotFoundError(f"checkpoint {source} is gone (moved or deleted since the eval)")
+    return load_tokenizer(str(source))
 
 
 class EvalsScreen(Screen):
@@ -112,7 +134,7 @@ class EvalsScreen(Screen):
             title.update(f"cannot read evals: {message.error}")
             return
         self.grid = grid = build_grid(message.evals or [])
-        title.update(f"evals of {self.run_name}: {len(grid.cells)} (accuracy ±CI half-width, mean NFE)"
+        title.update(f"evals of {self.run_name}: {len(grid.cells)} · accuracy ±95% CI, mean NFE · enter: samples"
                      if grid.cells else f"no evals of {self.run_name} yet (dreamlab eval)")
         table = self.query_one("#eval-grid", DataTable)
         table.clear(columns=True)
@@ -128,6 +150,8 @@ class EvalsScreen(Screen):
         table = self.query_one("#eval-grid", DataTable)
         row, column = table.cursor_coordinate
         if not self.grid.rows or column == 0:
+            return
+        if row >= len(self.grid.rows) or column > len(self.grid.steps):
             return
         record = self.grid.cells.get((*self.grid.rows[row], self.grid.steps[column - 1]))
         if record is not None:
@@ -184,7 +208,7 @@ class SamplesScreen(Screen):
         table.clear(columns=True)
         table.add_columns("#", "ok", "extracted", "gold", "nfe", "replay")
         for sample in self.samples:
-            table.add_row(sample.get("idx"), verdict(sample), str(sample.get("extracted")), str(sample.get("gold")),
+            table.add_row(sample.get("idx"), verdict(sample), shown(sample.get("extracted")), shown(sample.get("gold")),
                           fmt_number(sample.get("nfe")), "yes" if sample.get("history") else "")
         self.show_sample(0)
 
@@ -202,7 +226,7 @@ class SamplesScreen(Screen):
         for label, key in (("question", "question"), ("generation", "generation"), ("extracted", "extracted"),
                            ("flexible", "flexible_extracted"), ("gold", "gold")):
             text.append(f"{label}: ", style="bold")
-            text.append(f"{sample.get(key)}\n")
+            text.append(f"{shown(sample.get(key))}\n")
         text.append("strict / flexible: ", style="bold")
         text.append_text(verdict(sample))
         text.append(f"   nfe {fmt_number(sample.get('nfe'))}  {fmt_number(sample.get('seconds'))} s  "
@@ -257,12 +281,7 @@ class ReplayScreen(Screen):
     @work(thread=True, exclusive=True)
     def _decode(self) -> None:
         try:
-            from transformers import AutoTokenizer
-
-            folder = Path(str(self.record.checkpoint))
-            if (folder / "model").is_dir():
-                folder = folder / "model"
-            tokenizer = AutoTokenizer.from_pretrained(str(folder))
+            tokenizer = tokenizer_of(self.record)
             frames = [render_with_masks(tokenizer, ids, tokenizer.mask_token_id) for ids in history_of(self.sample)]
             self.post_message(self.Ready(frames, None))
         except Exception as failure:  # noqa: BLE001 - shown in place

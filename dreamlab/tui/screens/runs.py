@@ -12,12 +12,13 @@ from dreamlab.tui.widgets.runs_table import RunsTable
 
 
 class RunsScreen(Screen):
-    """Runs, newest first: open one, mark several to compare, launch, stop, filter, sort."""
+    """Runs, newest first: open one, see its evals, mark several to compare, launch, stop, filter, sort."""
 
     BINDINGS = [
         Binding("enter", "open", "Open", show=False),
         Binding("space", "mark", "Mark"),
         Binding("c", "compare", "Compare"),
+        Binding("e", "evals", "Evals"),
         Binding("n", "new_run", "New run"),
         Binding("x", "stop", "Stop"),
         Binding("slash", "filter", "Filter"),
@@ -87,6 +88,12 @@ class RunsScreen(Screen):
             self.notify("mark two or more runs with space first", severity="warning")
             return
         self.app.compare_runs(marked)
+
+    def action_evals(self) -> None:
+        """Open the evals of the run under the cursor."""
+        run = self.table.current_run()
+        if run is not None:
+            self.app.open_evals(run.id, run.name)
 
     def action_new_run(self) -> None:
         """Open the launch form."""
