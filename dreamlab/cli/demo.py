@@ -16,8 +16,9 @@ ALGS = ("origin", "maskgit_plus", "topk_margin", "entropy")
 DEFAULT_STEPS = "16,32,48"
 # Level-1 responses are at most 48 tokens with their EOS (the prepare report's max), so 48 new tokens fit every answer.
 MAX_NEW_TOKENS = 48
-# 12 cells x this many test problems takes about 2 minutes on 2 busy CPU cores.
-DEFAULT_EVAL_LIMIT = 100
+# Six batches of 16: 12 cells x 96 problems is 2,304 forwards of [16, 81] tokens; one took 51 ms of CPU
+# on the recipe's model (1 thread, measured here), so the grid needs about 2-2.5 minutes of one core.
+DEFAULT_EVAL_LIMIT = 96
 
 
 def demo(
