@@ -110,9 +110,16 @@ def test_gpu_memory_reads_nvml_devices_and_warns_on_small_ones():
     assert doctor.check_nccl(cuda=False).status == "ok"
 
 
-def test_doctor_does_not_load_textual():
+def test_doctor_and_demo_do_not_load_textual(tmp_path):
     import subprocess
     import sys
 
-    code = "import sys; from dreamlab.cli import doctor, demo; assert 'textual' not in sys.modules"
-    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[1])
+    commands = [["doctor", "--db", str(tmp_path / "x.db"), "--model", "tiny"], ["demo", "--steps", "x", "--db", str(tmp_path / "x.db")]]
+    code = (
+        "import sys\nfrom typer.testing import CliRunner\nfrom dreamlab.cli import app\n"
+        f"for args in {commands!r}:\n    CliRunner().invoke(app, args)\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('textual', 'textual_plotext')))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=Path(__file__).resolve().parents[1])
+    assert out.stdout.strip() == "[]", out.stdout
