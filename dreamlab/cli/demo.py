@@ -8,6 +8,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from dreamlab.cli.options import DbOption, resolve_db
 
@@ -70,14 +71,20 @@ def demo(
     total_s = time.monotonic() - started
     console.print(f"run [bold]{run.name}[/bold] lives in {run.run_dir} (store {store_path}); "
                   f"best cell {best.alg} / {best.steps} steps: {100 * (best.accuracy or 0):.1f}%; "
-                  f"train {trained_s / 60:.1f} min, total {total_s / 60:.1f} min")
+                  f"train {trained_s / 60:.1f} min, total {total_s / 60:.1f} min", soft_wrap=True)
     db_flag = "" if db is None else f" --db {store_path}"
+    steps_text = ",".join(sorted({str(r.steps) for r in records}, key=int))
+    next_steps = [
+        ("open the console: runs, loss curves, GPU, compare", f"dreamlab{db_flag}"),
+        ("the run's recipe, metrics and checkpoints", f"dreamlab runs show {run.name}{db_flag}"),
+        ("a bigger eval of the same checkpoint", f"dreamlab eval --run {run.name} --alg entropy --steps {steps_text} --limit 500{db_flag}"),
+        ("watch the masks fill in", f'dreamlab generate --run {run.name} "Solve: 27 + 45"{db_flag}'),
+        ("the real recipe on GPUs", "README.md: The s1K recipe on Dream 7B"),
+    ]
     console.print("\nnext:")
-    console.print(f"  dreamlab{db_flag}                      open the console (runs, loss curves, GPU, compare)")
-    console.print(f"  dreamlab runs show {run.name}{db_flag}    the run's recipe, metrics and checkpoints")
-    console.print(f"  dreamlab eval --run {run.name} --alg entropy --steps 48 --limit 500{db_flag}    a bigger eval")
-    console.print(f"  dreamlab generate --run {run.name} \"Solve: 27 + 45\"{db_flag}    watch the masks fill in")
-    console.print("  dreamlab train s1k-dream7b ...         the real recipe on GPUs (README: s1K on Dream 7B)")
+    for description, command in next_steps:
+        # soft_wrap: a command broken across lines cannot be copied back into a shell.
+        console.print(f"  {escape(command)}    [dim]# {description}[/dim]", soft_wrap=True)
 
 
 def _prepare(spec: str, folder: Path, max_length: int, console: Console) -> Path:
