@@ -27,14 +27,35 @@ def test_generate_refuses_bad_settings_and_missing_models(tmp_path):
     assert result.exit_code == 2 and "no model at" in result.output
 
 
-def test_ci_runs_the_readme_test_command_exactly():
+def test_ci_runs_the_readme_set_up_commands_exactly():
+    import subprocess
+
     readme = (ROOT / "README.md").read_text()
     block = re.search(r"## Set-up \(two commands on a fresh machine\)\n\n```bash\n(.*?)```", readme, re.S)
     assert block, "README lost its set-up block"
     main_job, test_command = block.group(1).strip().splitlines()
-    ci_lines = [line.strip() for line in (ROOT / ".ci" / "run").read_text().splitlines()]
-    assert test_command in ci_lines
-    assert "dreamlab" in main_job
+    assert main_job == "pip install torch==2.13.0 -e '.[test]' && dreamlab demo"
+    assert test_command == "python -m pytest"
+    # .ci/run reads these two lines from the README and runs them verbatim: ask it what it would run.
+    printed = subprocess.run(["bash", str(ROOT / ".ci" / "run"), "--print"], capture_output=True, text=True, check=True)
+    assert printed.stdout.splitlines() == [main_job, test_command]
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert 'eval "${commands[0]}"' in ci and 'eval "${commands[1]}"' in ci
+
+
+def test_every_command_is_in_the_readme_table():
+    import typer.main
+
+    readme = (ROOT / "README.md").read_text()
+    table = readme[readme.index("## Commands"):]
+    table = table[:table.index("\n## ", 3)]
+    root = typer.main.get_command(app)
+    names = []
+    for name, command in root.commands.items():
+        names.append(name)
+        names += [f"{name} {sub}" for sub in getattr(command, "commands", {})]
+    for name in names:
+        assert f"`dreamlab {name}" in table, f"README's command table lacks dreamlab {name}"
 
 
 def test_generate_from_an_unknown_run_or_one_without_checkpoints_says_so(tmp_path):

@@ -7,6 +7,8 @@ from typing import Annotated
 import typer
 
 from dreamlab.cli import data as data_cmd
+from dreamlab.cli import demo as demo_cmd
+from dreamlab.cli import doctor as doctor_cmd
 from dreamlab.cli import eval as eval_cmd
 from dreamlab.cli import generate as generate_cmd
 from dreamlab.cli import runs as runs_cmd
@@ -21,6 +23,8 @@ app = typer.Typer(
     pretty_exceptions_show_locals=False,
     add_completion=False,
 )
+app.command("demo")(demo_cmd.demo)
+app.command("doctor")(doctor_cmd.doctor)
 app.command("generate")(generate_cmd.generate)
 app.command("train")(train_cmd.train)
 app.command("sweep")(sweep_cmd.sweep)

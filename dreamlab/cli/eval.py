@@ -130,9 +130,13 @@ def eval_command(
 
         typer.echo(to_json(records) if as_json else to_csv(records), nl=as_json)
         return
+    print_results(records, Console(highlight=False))
+
+
+def print_results(records: list[Any], console: Console) -> None:
+    """The algorithms x steps table, then the accuracy-vs-steps plot when there are several step counts."""
     from dreamlab.evals.report import accuracy_plot, results_table
 
-    console = Console(highlight=False)
     first = records[0]
     table = results_table(records, title=f"{first.task} · {first.model} · {first.n_samples} problems · {first.shots} shots")
     table.caption = f"eval ids {', '.join(str(r.id) for r in records)} · accuracy [95% Wilson CI] · mean NFE · tokens/s"
@@ -141,6 +145,18 @@ def eval_command(
         from rich.text import Text
 
         console.print(Text.from_ansi(accuracy_plot(records, width=min(console.width - 1, 90))))
+
+
+def run_eval(**given: Any) -> list[Any]:
+    """Run an eval grid as `dreamlab eval` would with these options (the rest at their defaults)."""
+    import inspect
+
+    options = {name: parameter.default for name, parameter in inspect.signature(eval_command).parameters.items()
+               if name != "ctx"}
+    unknown = set(given) - set(options)
+    if unknown:
+        raise TypeError(f"unknown eval options: {sorted(unknown)}")
+    return _run_eval({**options, **given})
 
 
 def _run_eval(options: dict[str, Any]) -> list[Any]:

@@ -79,13 +79,19 @@ def train(
         console.print(f"  status: dreamlab runs show {run.name}")
         console.print(f"  stop:   dreamlab runs stop {run.name}")
         return
-    code = _follow(process, run_dir, console)
+    final = follow_to_end(store, run, process, console)
+    raise typer.Exit(0 if final.status in ("completed", "stopped") else 1)
+
+
+def follow_to_end(store: RunStore, run, process, console: Console):
+    """Stay attached to a started run (log tee, progress bar, Ctrl-C) and return its recorded ending."""
+    code = _follow(process, Path(run.run_dir), console)
     final = store.get_run(run.id)
     if final.status == "running":  # the workers died before recording an ending
         store.finish(run.id, "failed", exit_reason=f"torchrun exited with code {code}")
         final = store.get_run(run.id)
     console.print(f"run [bold]{run.name}[/bold]: {final.status}" + (f" ({final.exit_reason})" if final.exit_reason else ""))
-    raise typer.Exit(0 if final.status in ("completed", "stopped") else 1)
+    return final
 
 
 def _follow(process, run_dir: Path, console: Console) -> int:
