@@ -22,6 +22,7 @@ from typer.testing import CliRunner
 
 from dreamlab.cli import app
 from dreamlab.config import load_recipe
+from dreamlab.data.sources import read_source
 from dreamlab.store import RunStore
 from dreamlab.train.checkpoint import complete_checkpoints
 from dreamlab.models.loading import load_model_and_tokenizer
@@ -80,12 +81,23 @@ def resumed_from(log: Path) -> list[str]:
             if line.startswith(("resumed from step", "no checkpoint"))]
 
 
+def small_rows(tmp_path: Path, count: int = 64) -> Path:
+    """The first `count` built-in arithmetic rows as a file: a run's setup then takes milliseconds, not seconds."""
+    rows = tmp_path / "rows.jsonl"
+    with rows.open("w") as out:
+        for row in read_source("builtin:arithmetic")[:count]:
+            out.write(json.dumps(row.record) + "\n")
+    return rows
+
+
 def test_kill_minus_9_at_random_points_twenty_times_then_resume_to_the_end(tmp_path, forkserver):
     rng = random.Random(int(os.environ.get("DREAMLAB_FAULT_SEED", "8")))
     db = tmp_path / "runs" / "dreamlab.db"
     store = RunStore(db)
     total = 60
-    recipe = load_recipe(None, [*TINY, f"trainer.total_training_steps={total}"])
+    rows = small_rows(tmp_path)
+    recipe = load_recipe(None, [*TINY, f"trainer.total_training_steps={total}", f"data.train_files=[{rows}]",
+                                "data.val_files=[]"])
     run = store.create_run(name="victim", recipe=recipe.to_dict())
     run_dir = Path(run.run_dir)
     write_run_spec(run_dir, recipe, run.id, db)
@@ -156,8 +168,9 @@ def test_a_full_disk_while_checkpointing_fails_the_run_keeping_the_last_checkpoi
         pytest.skip("mount -t tmpfs refused here (needs root); test_checkpoint_write_errors covers ENOSPC by injection")
     try:
         store = RunStore(db)
-        args = [*TINY, "trainer.total_training_steps=400", "trainer.save_checkpoint_steps=10", "--name", "full",
-                "--db", str(db)]
+        rows = small_rows(tmp_path)
+        args = [*TINY, "trainer.total_training_steps=400", "trainer.save_checkpoint_steps=10", f"data.train_files=[{rows}]",
+                "data.val_files=[]", "--name", "full", "--db", str(db)]
         started = runner.invoke(app, ["train", *args])
         assert started.exit_code == 0, started.output
         first = folder / "checkpoints" / "step-000010"
