@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import traceback
 
 import pytest
 
@@ -43,4 +44,24 @@ def test_other_write_errors_name_their_cause(tmp_path, monkeypatch):
         checkpoint.save_checkpoint(run_dir=tmp_path, step=1, model=None, optimizer=None, tokenizer=None,
                                    trainer_state={}, rank_state={}, keep=2)
     assert "disk full" not in str(failed.value)
+    assert not list((tmp_path / "checkpoints").iterdir())
+
+
+def test_a_dcp_failure_which_is_a_base_exception_is_caught_too(tmp_path, monkeypatch):
+    """torch's CheckpointException derives from BaseException: it must not slip past the cleanup."""
+    from torch.distributed.checkpoint.api import CheckpointException
+
+    monkeypatch.setattr(checkpoint.dist, "get_rank", lambda: 0)
+
+    def dcp_fails(tmp, final, **_):
+        tmp.mkdir(parents=True)
+        try:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        except OSError as full:  # DCP collects each rank's exception with its stack
+            raise CheckpointException("save", {0: (full, traceback.extract_tb(full.__traceback__))}) from None
+
+    monkeypatch.setattr(checkpoint, "_write", dcp_fails)
+    with pytest.raises(checkpoint.CheckpointError, match="disk full"):
+        checkpoint.save_checkpoint(run_dir=tmp_path, step=2, model=None, optimizer=None, tokenizer=None,
+                                   trainer_state={}, rank_state={}, keep=2)
     assert not list((tmp_path / "checkpoints").iterdir())

@@ -21,6 +21,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint.api import CheckpointException  # a BaseException: `except Exception` misses it
 from huggingface_hub import save_torch_state_dict
 from torch.distributed.checkpoint.state_dict import (
     StateDictOptions,
@@ -91,7 +92,7 @@ def save_checkpoint(
     try:
         _write(tmp, final, run_dir=run_dir, rank=rank, model=model, optimizer=optimizer, tokenizer=tokenizer,
                trainer_state=trainer_state, rank_state=rank_state, keep=keep, save_bf16=save_bf16)
-    except Exception as error:  # noqa: BLE001 - safetensors and DCP wrap OSError in their own types
+    except (Exception, CheckpointException) as error:  # noqa: BLE001 - safetensors and DCP wrap OSError in their own types
         raise _write_failure(tmp, step, error) from error
     dist.barrier()
     return final

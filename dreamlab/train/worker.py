@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
+from torch.distributed.checkpoint.api import CheckpointException  # a BaseException: `except Exception` misses it
 
 from dreamlab.config import recipe_from_dict
 from dreamlab.train.trainer import Trainer
@@ -122,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
                 say(f"resumed from step {resumed}" if resumed is not None else "no checkpoint: starting fresh")
         outcome = trainer.fit()
         status, reason = outcome.status, outcome.reason
-    except Exception as error:  # noqa: BLE001 - any failure must be recorded before the process dies
+    except (Exception, CheckpointException) as error:  # noqa: BLE001 - any failure must be recorded before the process dies
         reason = f"{type(error).__name__}: {error}"
         print_traceback()
     finally:
