@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -129,13 +130,14 @@ CHOICES = {
     "data.perbatch_cutoff_type": CUTOFF_MODES,
     "optim.lr_scheduler": ("cosine", "constant"),
     "diffusion.time_reweighting": TIME_REWEIGHTINGS,
+    "trainer.device": ("auto", "cpu", "cuda"),
 }
 POSITIVE = {
     "data.max_length", "data.micro_batch_size_per_gpu", "data.gradient_accumulation_steps", "data.val_size",
     "trainer.total_epochs", "trainer.total_training_steps", "trainer.save_checkpoint_steps",
     "trainer.val_check_interval", "trainer.log_every", "trainer.nproc_per_node", "trainer.nnodes",
     "trainer.max_checkpoints", "model.tiny_hidden_size", "model.tiny_num_layers", "model.tiny_num_heads",
-    "model.tiny_intermediate_size", "optim.lr",
+    "model.tiny_intermediate_size", "optim.lr", "optim.clip_grad",
 }
 
 
@@ -287,6 +289,10 @@ def validate(recipe: Recipe, context_length: int | None = None) -> None:
     for key, allowed in CHOICES.items():
         if flat[key] not in allowed:
             raise RecipeError(f"{key}: {flat[key]!r} is not one of {', '.join(allowed)}")
+    for key, value in flat.items():
+        numbers = value if isinstance(value, list) else [value]
+        if any(isinstance(v, float) and not math.isfinite(v) for v in numbers):
+            raise RecipeError(f"{key}: must be a finite number, got {value}")
     for key in POSITIVE:
         value = flat[key]
         if value is not None and value <= 0:
@@ -294,6 +300,12 @@ def validate(recipe: Recipe, context_length: int | None = None) -> None:
     for key in ("optim.warmup_steps_ratio", "optim.min_lr_ratio"):
         if not 0 <= flat[key] <= 1:
             raise RecipeError(f"{key}: must be in [0, 1], got {flat[key]}")
+    if flat["optim.weight_decay"] < 0:
+        raise RecipeError(f"optim.weight_decay: must be >= 0, got {flat['optim.weight_decay']}")
+    if not 0 < flat["diffusion.eps"] < 1:
+        raise RecipeError(f"diffusion.eps: must be in (0, 1), got {flat['diffusion.eps']}")
+    if flat["trainer.seed"] < 0:
+        raise RecipeError(f"trainer.seed: must be >= 0, got {flat['trainer.seed']}")
     if not 0 < flat["diffusion.cart_p"] <= 1:
         raise RecipeError(f"diffusion.cart_p: must be in (0, 1], got {flat['diffusion.cart_p']}")
     if len(flat["optim.betas"]) != 2 or not all(0 <= b < 1 for b in flat["optim.betas"]):

@@ -28,6 +28,7 @@ class DeviceReading:
     power_w: float | None = None
     power_limit_w: float | None = None
     temperature_c: float | None = None
+    error: str | None = None  # set when NVML answered none of the queries (e.g. the GPU fell off the bus)
 
 
 @dataclass(frozen=True)
@@ -43,12 +44,14 @@ _lock = threading.Lock()
 _state: dict[str, Any] = {}
 
 
-def _quiet(fn, *args):
-    """Call an NVML function with library chatter kept off the terminal; None on any error."""
+def _quiet(fn, *args, errors: list[str] | None = None):
+    """Call an NVML function with library chatter kept off the terminal; None on any error (noted in `errors`)."""
     try:
         with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
             return fn(*args)
-    except Exception:  # noqa: BLE001 - every NVML failure means "not available", by design
+    except Exception as error:  # noqa: BLE001 - every NVML failure means "not available", by design
+        if errors is not None:
+            errors.append(f"{getattr(fn, '__name__', 'NVML')}: {str(error).strip() or type(error).__name__}")
         return None
 
 
@@ -87,12 +90,13 @@ def snapshot() -> GpuSnapshot:
     nvml = _state["pynvml"]
     devices = []
     for index, handle in enumerate(_state["handles"]):
-        name = _quiet(nvml.nvmlDeviceGetName, handle)
-        memory = _quiet(nvml.nvmlDeviceGetMemoryInfo, handle)
-        rates = _quiet(nvml.nvmlDeviceGetUtilizationRates, handle)
-        power = _quiet(nvml.nvmlDeviceGetPowerUsage, handle)
-        limit = _quiet(nvml.nvmlDeviceGetEnforcedPowerLimit, handle)
-        temperature = _quiet(nvml.nvmlDeviceGetTemperature, handle, nvml.NVML_TEMPERATURE_GPU)
+        errors: list[str] = []
+        name = _quiet(nvml.nvmlDeviceGetName, handle, errors=errors)
+        memory = _quiet(nvml.nvmlDeviceGetMemoryInfo, handle, errors=errors)
+        rates = _quiet(nvml.nvmlDeviceGetUtilizationRates, handle, errors=errors)
+        power = _quiet(nvml.nvmlDeviceGetPowerUsage, handle, errors=errors)
+        limit = _quiet(nvml.nvmlDeviceGetEnforcedPowerLimit, handle, errors=errors)
+        temperature = _quiet(nvml.nvmlDeviceGetTemperature, handle, nvml.NVML_TEMPERATURE_GPU, errors=errors)
         devices.append(DeviceReading(
             index=index, name=name.decode() if isinstance(name, bytes) else name,
             memory_used_mib=None if memory is None else memory.used / MIB,
@@ -101,6 +105,7 @@ def snapshot() -> GpuSnapshot:
             power_w=None if power is None else power / 1000.0,
             power_limit_w=None if limit is None else limit / 1000.0,
             temperature_c=None if temperature is None else float(temperature),
+            error=errors[0] if len(errors) == 6 else None,
         ))
     return GpuSnapshot(devices=devices, driver=probed.driver)
 

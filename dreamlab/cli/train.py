@@ -105,12 +105,19 @@ def _follow(process, run_dir: Path, console: Console) -> int:
     columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[loss]}"),
                TimeElapsedColumn(), TimeRemainingColumn()]
     try:
-        with open(run_dir / "train.log", "ab") as log, Progress(*columns, console=console, transient=False,
+        with open(run_dir / "train.log", "ab", buffering=0) as log, Progress(*columns, console=console, transient=False,
                                                                   disable=not console.is_terminal) as bars:
             task = bars.add_task("training", total=None, loss="")
+            log_error = None
             for raw in process.stdout:
-                log.write(raw)
-                log.flush()
+                if log_error is None:
+                    try:
+                        log.write(raw)
+                        log.flush()
+                    except OSError as error:  # a full disk must not stop us following the run to its end
+                        log_error = error
+                        bars.console.print(f"train.log: cannot write ({error.strerror or error}); "
+                                           "output continues here only", markup=False, highlight=False)
                 line = raw.decode(errors="replace").rstrip()
                 match = STEP_LINE.match(line)
                 if match:

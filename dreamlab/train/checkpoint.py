@@ -11,6 +11,7 @@ writing leaves only a `.tmp` folder behind, never a half checkpoint that looks w
 
 from __future__ import annotations
 
+import errno
 import json
 import re
 import shutil
@@ -20,6 +21,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint.api import CheckpointException  # a BaseException: `except Exception` misses it
 from huggingface_hub import save_torch_state_dict
 from torch.distributed.checkpoint.state_dict import (
     StateDictOptions,
@@ -30,6 +32,32 @@ from torch.distributed.checkpoint.state_dict import (
 )
 
 STEP_DIR = re.compile(r"^step-(\d+)$")
+
+
+class CheckpointError(OSError):
+    """A checkpoint could not be written; the message names the folder (and a full disk as such)."""
+
+
+def _disk_full(error: BaseException | None) -> bool:
+    """ENOSPC anywhere in the chain of causes (or in the text, for libraries that flatten it)."""
+    while error is not None:
+        if getattr(error, "errno", None) == errno.ENOSPC or "No space left on device" in str(error):
+            return True
+        error = error.__cause__ or error.__context__
+    return False
+
+
+def _write_failure(tmp: Path, step: int, error: BaseException) -> CheckpointError:
+    """Remove the partial `.tmp` folder and describe why the write failed."""
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        free = f"{shutil.disk_usage(tmp.parent).free / 2**20:.1f} MiB free"
+    except OSError:
+        free = "free space unknown"
+    full = _disk_full(error)
+    what = "disk full" if full else f"{type(error).__name__}: {error}"
+    return CheckpointError(f"checkpoint step {step} could not be written to {tmp.parent} ({what}; {free}); "
+                           "the previous complete checkpoint is kept")
 
 
 def checkpoint_dir(run_dir: Path, step: int) -> Path:
@@ -61,6 +89,18 @@ def save_checkpoint(
     rank = dist.get_rank()
     final = checkpoint_dir(run_dir, step)
     tmp = final.with_name(final.name + ".tmp")
+    try:
+        _write(tmp, final, run_dir=run_dir, rank=rank, model=model, optimizer=optimizer, tokenizer=tokenizer,
+               trainer_state=trainer_state, rank_state=rank_state, keep=keep, save_bf16=save_bf16)
+    except (Exception, CheckpointException) as error:  # noqa: BLE001 - safetensors and DCP wrap OSError in their own types
+        raise _write_failure(tmp, step, error) from error
+    dist.barrier()
+    return final
+
+
+def _write(tmp: Path, final: Path, *, run_dir: Path, rank: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+           tokenizer: Any, trainer_state: dict[str, Any], rank_state: dict[str, Any], keep: int, save_bf16: bool) -> None:
+    """Write into `tmp`, then rename it to `final` and rotate old checkpoints (rank 0)."""
     if rank == 0:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
@@ -91,8 +131,6 @@ def save_checkpoint(
         tmp.rename(final)
         for _, old in complete_checkpoints(run_dir)[:-keep]:
             shutil.rmtree(old, ignore_errors=True)
-    dist.barrier()
-    return final
 
 
 def load_checkpoint(

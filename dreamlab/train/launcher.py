@@ -30,7 +30,12 @@ def model_context_length(recipe: Recipe) -> int | None:
     """The starting model's context (max_position_embeddings) without loading its weights."""
     spec = recipe.model.partial_pretrain
     if spec == TINY_NAME:
-        return model_config(recipe).max_position_embeddings
+        try:
+            config = model_config(recipe)
+        except ValueError as error:  # the worker would fail building the model: refuse now, naming the keys
+            raise RecipeError(f"model.tiny_*: {error} (tiny_hidden_size={recipe.model.tiny_hidden_size}, "
+                              f"tiny_num_heads={recipe.model.tiny_num_heads})") from None
+        return config.max_position_embeddings
     config_file = Path(spec).expanduser() / "config.json"
     if config_file.is_file():
         return json.loads(config_file.read_text()).get("max_position_embeddings")

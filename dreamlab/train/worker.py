@@ -16,11 +16,29 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
+from torch.distributed.checkpoint.api import CheckpointException  # a BaseException: `except Exception` misses it
 
 from dreamlab.config import recipe_from_dict
 from dreamlab.train.trainer import Trainer
 
 HEARTBEAT_SECONDS = 5.0
+
+
+def say(text: str) -> None:
+    """Print a log line; a log on a full disk must not stop the store from hearing how the run ended."""
+    try:
+        print(text, flush=True)
+    except OSError:
+        pass
+
+
+def print_traceback() -> None:
+    """The current exception's traceback to the log, if the log can still be written."""
+    try:
+        traceback.print_exc()
+        sys.stderr.flush()
+    except OSError:
+        pass
 
 
 class StoreReporter:
@@ -36,7 +54,7 @@ class StoreReporter:
             self.store = RunStore(db)
 
     def metrics(self, step: int, values: dict[str, float]) -> None:
-        print(f"step {step} " + " ".join(f"{k}={v:.5g}" for k, v in values.items()), flush=True)
+        say(f"step {step} " + " ".join(f"{k}={v:.5g}" for k, v in values.items()))
         if self.store:
             self.store.record_metrics(self.run_id, step, values)
             self.last_beat = time.monotonic()
@@ -47,7 +65,7 @@ class StoreReporter:
             self.last_beat = time.monotonic()
 
     def checkpoint(self, step: int, path: Path) -> None:
-        print(f"checkpoint step {step}: {path}", flush=True)
+        say(f"checkpoint step {step}: {path}")
         if self.store:
             self.store.record_checkpoint(self.run_id, step, str(path / "model"), kind="model+state", complete=True)
             for old in self.store.checkpoints(self.run_id):  # rotated out by trainer.max_checkpoints
@@ -55,9 +73,9 @@ class StoreReporter:
                     self.store.record_checkpoint(self.run_id, old.step, old.path, kind=old.kind, complete=False)
 
     def finish(self, status: str, reason: str | None) -> None:
-        print(f"run {status}" + (f": {reason}" if reason else ""), flush=True)
         if self.store:
             self.store.finish(self.run_id, status, exit_reason=reason)
+        say(f"run {status}" + (f": {reason}" if reason else ""))
 
 
 def die_with_torchrun() -> None:
@@ -102,12 +120,12 @@ def main(argv: list[str] | None = None) -> int:
         if args.resume:
             resumed = trainer.resume()
             if rank == 0:
-                print(f"resumed from step {resumed}" if resumed is not None else "no checkpoint: starting fresh", flush=True)
+                say(f"resumed from step {resumed}" if resumed is not None else "no checkpoint: starting fresh")
         outcome = trainer.fit()
         status, reason = outcome.status, outcome.reason
-    except Exception as error:  # noqa: BLE001 - any failure must be recorded before the process dies
+    except (Exception, CheckpointException) as error:  # noqa: BLE001 - any failure must be recorded before the process dies
         reason = f"{type(error).__name__}: {error}"
-        traceback.print_exc()
+        print_traceback()
     finally:
         if rank == 0:
             reporter.finish(status, reason)

@@ -32,6 +32,9 @@ def describe(snapshot: gpu.GpuSnapshot) -> str:
         return f"No NVIDIA GPU ({snapshot.unavailable}). The rest of the console works without one."
     lines = []
     for device in snapshot.devices:
+        if device.error:
+            lines.append(f"GPU {device.index}: NVML stopped answering ({device.error}); retrying each poll")
+            continue
         memory = (f"{_opt(device.memory_used_mib and device.memory_used_mib / 1024, '.1f', '')} / "
                   f"{_opt(device.memory_total_mib and device.memory_total_mib / 1024, '.1f', ' GiB')}")
         power = _opt(device.power_w, ".0f", " W") + (f" / {device.power_limit_w:.0f} W" if device.power_limit_w else "")
