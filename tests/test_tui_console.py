@@ -246,9 +246,9 @@ def test_evals_grid_samples_and_denoising_replay(store_path, tmp_path):
             assert app.screen.grid.steps == [2, 4]
             for row, alg in enumerate(("entropy", "origin")):
                 for column, steps in enumerate((2, 4), start=1):
-                    shown = grid.get_cell_at((row, column)).plain
-                    assert shown.startswith(f"{100 * stored[(alg, steps)].accuracy:.1f}%"), shown
-                    assert f"nfe {stored[(alg, steps)].nfe_mean:.0f}" in shown
+                    cell = grid.get_cell_at((row, column)).plain
+                    assert cell.startswith(f"{100 * stored[(alg, steps)].accuracy:.1f}%"), cell
+                    assert f"nfe {stored[(alg, steps)].nfe_mean:.0f}" in cell
             _save(app, tmp_path, "evals")
 
             grid.move_cursor(row=0, column=2)  # entropy, 4 steps

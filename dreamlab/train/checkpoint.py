@@ -38,6 +38,9 @@ class CheckpointError(OSError):
     """A checkpoint could not be written; the message names the folder (and a full disk as such)."""
 
 
+NEARLY_FULL_BYTES = 1 << 20
+
+
 def _disk_full(error: BaseException | None) -> bool:
     """ENOSPC anywhere in the chain of causes (or in the text, for libraries that flatten it)."""
     while error is not None:
@@ -49,12 +52,18 @@ def _disk_full(error: BaseException | None) -> bool:
 
 def _write_failure(tmp: Path, step: int, error: BaseException) -> CheckpointError:
     """Remove the partial `.tmp` folder and describe why the write failed."""
+    # torch's zip writer reports a short write as "unexpected pos" with no errno, so a disk with
+    # almost nothing free when the write failed counts as full too.
+    try:
+        nearly_full = shutil.disk_usage(tmp.parent).free < NEARLY_FULL_BYTES
+    except OSError:
+        nearly_full = False
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         free = f"{shutil.disk_usage(tmp.parent).free / 2**20:.1f} MiB free"
     except OSError:
         free = "free space unknown"
-    full = _disk_full(error)
+    full = _disk_full(error) or nearly_full
     what = "disk full" if full else f"{type(error).__name__}: {error}"
     return CheckpointError(f"checkpoint step {step} could not be written to {tmp.parent} ({what}; {free}); "
                            "the previous complete checkpoint is kept")
