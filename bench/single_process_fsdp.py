@@ -18,11 +18,9 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
-from torch.distributed.device_mesh import init_device_mesh
-from torch.distributed.fsdp import fully_shard
 
 from dreamlab.config import load_recipe
-from dreamlab.train.trainer import Trainer
+from dreamlab.train.trainer import Trainer, shard
 
 
 def build(wrapped: bool) -> Trainer:
@@ -33,10 +31,7 @@ def build(wrapped: bool) -> Trainer:
     trainer.setup()
     trainer.checkpoint = lambda: None
     if wrapped:
-        mesh = init_device_mesh("cpu", (1,))
-        for layer in trainer.raw_model.model.layers:
-            fully_shard(layer, mesh=mesh)
-        fully_shard(trainer.raw_model, mesh=mesh)
+        shard(trainer.raw_model, torch.device("cpu"), world=1)
         # The optimizer must hold the sharded (DTensor) parameters that now live in the module.
         trainer.optimizer = torch.optim.AdamW(trainer.raw_model.parameters(), lr=recipe.optim.lr)
         trainer.scheduler = torch.optim.lr_scheduler.LambdaLR(trainer.optimizer, lambda step: 1.0)

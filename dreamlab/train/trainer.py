@@ -67,6 +67,16 @@ def build_model(recipe: Recipe, seed: int) -> tuple[torch.nn.Module, Any]:
     return model, load_tokenizer(spec, trust_remote_code=recipe.model.trust_remote_code)
 
 
+def shard(model: torch.nn.Module, device: torch.device, world: int) -> None:
+    """FSDP2 in place: `fully_shard` each decoder layer, then the root (bf16 compute on CUDA)."""
+    mesh = init_device_mesh(device.type, (world,))
+    policy = (MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+              if device.type == "cuda" else MixedPrecisionPolicy())
+    for layer in model.model.layers:
+        fully_shard(layer, mesh=mesh, mp_policy=policy)
+    fully_shard(model, mesh=mesh, mp_policy=policy)
+
+
 def lr_lambda(recipe: Recipe, total_steps: int) -> Callable[[int], float]:
     """Linear warmup over warmup_steps_ratio of the run, then cosine (or constant) to min_lr_ratio."""
     warmup = int(recipe.optim.warmup_steps_ratio * total_steps)
@@ -119,12 +129,7 @@ class Trainer:
         # One CPU process has nothing to shard and no bf16 policy to apply: FSDP's per-layer
         # gather/reshard copies would only cost time (2.2x slower steps on the tiny preset, measured).
         if self.world > 1 or self.device.type == "cuda":
-            mesh = init_device_mesh(self.device.type, (self.world,))
-            policy = (MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
-                      if self.device.type == "cuda" else MixedPrecisionPolicy())
-            for layer in model.model.layers:
-                fully_shard(layer, mesh=mesh, mp_policy=policy)
-            fully_shard(model, mesh=mesh, mp_policy=policy)
+            shard(model, self.device, self.world)
         self.model = torch.compile(model) if r.model.compile else model
         self.raw_model = model
         self.optimizer = torch.optim.AdamW(
