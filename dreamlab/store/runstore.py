@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import sqlite_utils
+from dreamlab.store.sqlite_utils_lean import sqlite_utils
 
 from dreamlab.store.errors import StoreError
 from dreamlab.store.evals import EvalStoreMixin
