@@ -110,6 +110,26 @@ def snapshot() -> GpuSnapshot:
     return GpuSnapshot(devices=devices, driver=probed.driver)
 
 
+def free_devices(max_used_mib: float = 1024.0) -> list[int]:
+    """NVML indices of the GPUs nobody computes on now: no compute process, or (where a device cannot
+    list its processes) under `max_used_mib` used; [] without NVML."""
+    probed = probe()
+    if probed.unavailable:
+        return []
+    nvml = _state["pynvml"]
+    free = []
+    for index, handle in enumerate(_state["handles"]):
+        processes = _quiet(nvml.nvmlDeviceGetComputeRunningProcesses, handle)
+        if processes is not None:
+            if not processes:
+                free.append(index)
+            continue
+        memory = _quiet(nvml.nvmlDeviceGetMemoryInfo, handle)
+        if memory is not None and memory.used / MIB < max_used_mib:
+            free.append(index)
+    return free
+
+
 def reset_probe() -> None:
     """Forget the cached probe (tests; a driver loaded after start)."""
     with _lock:

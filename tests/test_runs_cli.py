@@ -218,3 +218,14 @@ def test_list_shows_the_newest_runs_and_says_how_many_are_left_out(db):
     assert "the newest 2 of 3 runs (--limit N or --all for more)" in result.output
     assert len(json.loads(runs("list", "--limit", "1", "--all", "--json", "--db", str(db)).output)) == 3
     assert RunStore(db).count_runs(sweep_id="sw") == 2
+
+
+def test_gpu_lists_for_sweeps_parse_exactly_or_name_the_bad_part():
+    from dreamlab.train.sweep import gpu_env, parse_gpus
+
+    assert parse_gpus("") == [] and parse_gpus("0, 1,3") == [0, 1, 3]
+    with pytest.raises(ValueError, match="'-1' is not a GPU index"):
+        parse_gpus("0,-1")
+    with pytest.raises(ValueError, match="names a GPU twice"):
+        parse_gpus("1,1")
+    assert gpu_env([2, 3]) == {"CUDA_DEVICE_ORDER": "PCI_BUS_ID", "CUDA_VISIBLE_DEVICES": "2,3"}

@@ -208,3 +208,33 @@ def test_a_detached_sweep_runs_its_queue_after_the_command_returns(tmp_path):
     log = next((tmp_path / "runs").glob("sweep-*.log"))
     wait_for(lambda: "bg-2: completed" in log.read_text(), timeout=30)  # the driver reports after the store
     assert "bg-1: completed" in log.read_text()
+
+
+def test_a_sweep_given_two_gpus_runs_two_points_at_once_each_on_its_own(tmp_path):
+    # CPU runs stand in for GPU runs: the driver's scheduling and the environment each run gets are the same.
+    db = tmp_path / "runs" / "dreamlab.db"
+    grid = [*SMALL, "trainer.total_training_steps=12", "trainer.val_check_interval=null", "optim.lr=1e-3,2e-3,3e-3"]
+    result = runner.invoke(app, ["sweep", *grid, "--name", "par", "--gpus", "0,1", "--foreground", "--db", str(db)])
+    assert result.exit_code == 0, result.output
+    assert "GPUs 0,1: up to 2 runs at once" in result.output
+    store = RunStore(db)
+    runs = {r.name: r for r in store.list_runs()}
+    assert {name: r.status for name, r in runs.items()} == {"par-1": "completed", "par-2": "completed",
+                                                             "par-3": "completed"}
+    first, second, third = runs["par-1"], runs["par-2"], runs["par-3"]
+    assert second.started < first.ended and first.started < second.ended  # the first two ran at once
+    assert third.started >= min(first.ended, second.ended)  # the third waited for a free GPU
+    logs = {name: (Path(r.run_dir) / "train.log").read_text() for name, r in runs.items()}
+    assert "(CUDA_VISIBLE_DEVICES=0)" in logs["par-1"] and "(CUDA_VISIBLE_DEVICES=1)" in logs["par-2"]
+    freed = "0" if first.ended <= second.ended else "1"
+    assert f"(CUDA_VISIBLE_DEVICES={freed})" in logs["par-3"]  # it took the GPU that came free first
+
+
+def test_a_sweep_refuses_points_that_need_more_gpus_than_it_has(tmp_path):
+    db = tmp_path / "runs" / "dreamlab.db"
+    result = runner.invoke(app, ["sweep", *SMALL, "trainer.nproc_per_node=2", "optim.lr=1e-3,2e-3", "--gpus", "3",
+                                 "--db", str(db)])
+    assert result.exit_code == 2 and "trainer.nproc_per_node=2 needs more GPUs than the sweep has (3)" in result.output
+    result = runner.invoke(app, ["sweep", *SMALL, "optim.lr=1e-3,2e-3", "--gpus", "0,x", "--db", str(db)])
+    assert result.exit_code == 2 and "'x' is not a GPU index" in result.output
+    assert not db.exists() or RunStore(db).list_runs() == []

@@ -158,3 +158,37 @@ def test_log_tail_reads_only_the_end_of_a_big_log(tmp_path):
     assert lines == [f"line {i}" for i in range(99_995, 100_000)]
     assert len("".join(tail_log(log, 10**6))) < LOG_TAIL_BYTES
     assert tail_log(tmp_path / "missing.log") is None
+
+
+def _nvml_four_gpus() -> types.ModuleType:
+    """Four devices: 0 idle, 1 running a process, 2 cannot list processes but has 300 MiB used, 3 the same with 9 GiB."""
+    module = types.ModuleType("pynvml")
+    processes = {0: [], 1: [types.SimpleNamespace(pid=4242)], 2: _NvmlError("Not Supported"), 3: _NvmlError("x")}
+    used = {0: 0, 1: 30 * 1024, 2: 300, 3: 9 * 1024}
+
+    def answer(value):
+        if isinstance(value, Exception):
+            raise value
+        return value
+
+    module.nvmlInit = lambda: None
+    module.nvmlDeviceGetCount = lambda: 4
+    module.nvmlDeviceGetHandleByIndex = lambda i: i
+    module.nvmlSystemGetDriverVersion = lambda: "550.1"
+    module.nvmlDeviceGetComputeRunningProcesses = lambda i: answer(processes[i])
+    module.nvmlDeviceGetMemoryInfo = lambda i: types.SimpleNamespace(used=used[i] * 2**20, total=80 * 2**30)
+    return module
+
+
+def test_free_gpus_are_those_without_compute_processes_or_nearly_empty_when_nvml_cannot_tell(monkeypatch):
+    monkeypatch.setitem(sys.modules, "pynvml", _nvml_four_gpus())
+    gpu.reset_probe()
+    try:
+        assert gpu.free_devices() == [0, 2]
+    finally:
+        gpu.reset_probe()
+    monkeypatch.setitem(sys.modules, "pynvml", None)  # no NVML at all: no free GPU, and no error
+    try:
+        assert gpu.free_devices() == []
+    finally:
+        gpu.reset_probe()

@@ -1,4 +1,5 @@
-"""`dreamlab sweep`: queue a grid of runs under one sweep id and run them one after another, detached."""
+"""`dreamlab sweep`: queue a grid of runs under one sweep id and run them detached: one after another, or as many at
+once as there are free GPUs."""
 
 from __future__ import annotations
 
@@ -23,6 +24,8 @@ def sweep(
         help="[RECIPE] key=v1,v2 ...: every combination of the comma lists becomes a run.")],
     name: Annotated[str | None, typer.Option(help="Run-name prefix (runs are PREFIX-1, PREFIX-2, ...).")] = None,
     foreground: Annotated[bool, typer.Option(help="Run the queue attached instead of detached.")] = False,
+    gpus: Annotated[str, typer.Option(help="GPUs to run on at once, each run on its own trainer.nproc_per_node of "
+                                      "them: auto (every GPU free now), none (one run at a time), or 0,1,2,3.")] = "auto",
     db: DbOption = None,
 ) -> None:
     """Queue a grid (e.g. optim.lr=1e-6,2e-6,5e-6 trainer.total_epochs=2,3) as runs sharing a sweep id."""
@@ -38,6 +41,7 @@ def sweep(
         points = plan(recipe_name, words)
         for _, recipe in points:
             check_before_launch(recipe)
+        devices = _devices(gpus, [recipe for _, recipe in points])
         store = RunStore(store_path)
         meta = environment_meta()
         for index, (combo, recipe) in enumerate(points, start=1):
@@ -45,16 +49,42 @@ def sweep(
                                    sweep_id=sweep_id)
             write_run_spec(Path(run.run_dir), recipe, run.id, store_path.resolve())
             console.print(f"queued [bold]{run.name}[/bold]: {' '.join(combo) or '(recipe as is)'}")
-    except (RecipeError, StoreError, OSError) as error:
+    except (RecipeError, StoreError, OSError, ValueError) as error:
         typer.echo(f"error: {error}", err=True)
         raise typer.Exit(2) from None
+    if devices:
+        per_run = max(recipe.trainer.nproc_per_node for _, recipe in points)
+        console.print(f"GPUs {','.join(map(str, devices))}: up to {len(devices) // per_run} runs at once")
     if foreground:
-        raise typer.Exit(drive(store_path.resolve(), sweep_id))
+        raise typer.Exit(drive(store_path.resolve(), sweep_id, devices))
     with open(store.runs_dir / f"{sweep_id}.log", "ab") as log:  # the driver keeps its own descriptor
         driver = subprocess.Popen(
-            [sys.executable, "-m", "dreamlab.train.sweep", "--db", str(store_path.resolve()), "--sweep-id", sweep_id],
+            [sys.executable, "-m", "dreamlab.train.sweep", "--db", str(store_path.resolve()), "--sweep-id", sweep_id,
+             "--gpus", ",".join(map(str, devices))],
             stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
             env=dict(os.environ, PYTHONUNBUFFERED="1"),
         )
     console.print(f"sweep [bold]{sweep_id}[/bold]: {len(points)} runs, driver pid {driver.pid} (detached)")
     console.print(f"  compare: dreamlab runs compare --sweep {sweep_id}")
+
+
+def _devices(text: str, recipes: list) -> list[int]:
+    """The GPUs the sweep runs on at once ([] = one run at a time); refuses points that cannot share them."""
+    from dreamlab.config import RecipeError
+    from dreamlab.gpu import free_devices
+    from dreamlab.train.sweep import parse_gpus
+
+    if text == "none":
+        return []
+    devices = free_devices() if text == "auto" else parse_gpus(text)
+    if not devices:
+        return []  # no GPU (or none free): the runs take turns
+    for recipe in recipes:
+        t = recipe.trainer
+        if t.nnodes > 1:
+            raise RecipeError(f"trainer.nnodes={t.nnodes}: a multi-node run cannot share this node's GPUs with "
+                              "others; run the sweep with --gpus none")
+        if t.nproc_per_node > len(devices):
+            raise RecipeError(f"trainer.nproc_per_node={t.nproc_per_node} needs more GPUs than the sweep has "
+                              f"({','.join(map(str, devices))})")
+    return devices

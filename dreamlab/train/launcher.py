@@ -154,9 +154,10 @@ def launch(store: RunStore, store_path: Path, recipe: Recipe, *, name: str | Non
     return store.mark_started(run.id, pid=process.pid, pgid=process.pid), process
 
 
-def start_process(command: list[str], run_dir: Path, *, capture: bool) -> subprocess.Popen:
+def start_process(command: list[str], run_dir: Path, *, capture: bool,
+                  extra_env: dict[str, str] | None = None) -> subprocess.Popen:
     """Start torchrun in a new session; output to train.log (or to a pipe the caller tees)."""
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    env = dict(os.environ, PYTHONUNBUFFERED="1", **(extra_env or {}))
     with open(run_dir / "train.log", "ab") as log:  # the child keeps its own copy of the descriptor
         return subprocess.Popen(
             command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE if capture else log,

@@ -1,14 +1,19 @@
 """Sweeps: a grid of recipes recorded as queued runs sharing a sweep id, run one after another by a
-detached driver (`python -m dreamlab.train.sweep --db DB --sweep-id ID`), so closing the terminal
-does not stop the queue."""
+detached driver (`python -m dreamlab.train.sweep --db DB --sweep-id ID [--gpus 0,1,...]`), so closing the
+terminal does not stop the queue. Given GPUs, the driver runs as many runs at once as they hold, each
+on its own `trainer.nproc_per_node` of them."""
 
 from __future__ import annotations
 
 import argparse
 import itertools
+import subprocess
 import sys
+import time
 import typing
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from dreamlab.config import Recipe, RecipeError, _field_types, _sections, load_recipe, parse_override
 
@@ -39,24 +44,71 @@ def plan(recipe_name: str | None, overrides: list[str]) -> list[tuple[list[str],
     return points
 
 
-def drive(db: Path, sweep_id: str) -> int:
-    """Run the sweep's queued runs in order; each run's own status records how it ended."""
+def parse_gpus(text: str) -> list[int]:
+    """`0,1,3` -> [0, 1, 3]; empty -> []; anything else is a ValueError naming the bad part."""
+    gpus = []
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        if not part.isdigit():
+            raise ValueError(f"--gpus: {part!r} is not a GPU index (expected e.g. 0,1,2,3, auto or none)")
+        gpus.append(int(part))
+    if len(set(gpus)) != len(gpus):
+        raise ValueError(f"--gpus: {text!r} names a GPU twice")
+    return gpus
+
+
+def gpu_env(gpus: Sequence[int]) -> dict[str, str]:
+    """The environment that shows a run only its own GPUs, numbered as NVML numbers them."""
+    return {"CUDA_DEVICE_ORDER": "PCI_BUS_ID", "CUDA_VISIBLE_DEVICES": ",".join(str(g) for g in gpus)}
+
+
+def drive(db: Path, sweep_id: str, gpus: Sequence[int] = (), poll_s: float = 0.5) -> int:
+    """Run the sweep's queued runs in order: one after another, or, given `gpus`, as many at once as
+    their `trainer.nproc_per_node` GPUs each allow. Each run's own status records how it ended."""
     from dreamlab.config import recipe_from_dict
     from dreamlab.store import RunStore
     from dreamlab.train.launcher import start_process, torchrun_command
 
     store = RunStore(db)
+    queue = sorted(store.list_runs(sweep_id=sweep_id, status="queued"), key=lambda r: r.id)
+    idle = list(gpus)
+    running: list[tuple[Any, subprocess.Popen, list[int]]] = []
     failures = 0
-    for run in sorted(store.list_runs(sweep_id=sweep_id, status="queued"), key=lambda r: r.id):
-        run_dir = Path(run.run_dir)
-        recipe = recipe_from_dict(run.recipe)
-        process = start_process(torchrun_command(recipe, run_dir, db, resume=False), run_dir, capture=False)
-        store.mark_started(run.id, pid=process.pid, pgid=process.pid)
-        code = process.wait()
-        if store.get_run(run.id).status == "running":
-            store.finish(run.id, "failed", exit_reason=f"torchrun exited with code {code}")
-        failures += store.get_run(run.id).status != "completed"
-        print(f"{run.name}: {store.get_run(run.id).status}", flush=True)
+    while queue or running:
+        while queue:
+            run = queue[0]
+            if store.get_run(run.id).status != "queued":  # stopped or removed while it waited
+                queue.pop(0)
+                continue
+            recipe = recipe_from_dict(run.recipe)
+            need = recipe.trainer.nproc_per_node if gpus else 0
+            if need > len(gpus):
+                store.finish(run.id, "failed", exit_reason=f"needs {need} GPUs; the sweep has {len(gpus)}: "
+                                                           f"{','.join(map(str, gpus))}")
+                print(f"{run.name}: failed (needs {need} GPUs)", flush=True)
+                failures += 1
+                queue.pop(0)
+                continue
+            if len(idle) < need or (not gpus and running):
+                break
+            queue.pop(0)
+            mine, idle = idle[:need], idle[need:]
+            run_dir = Path(run.run_dir)
+            process = start_process(torchrun_command(recipe, run_dir, db, resume=False), run_dir, capture=False,
+                                    extra_env=gpu_env(mine) if gpus else None)
+            store.mark_started(run.id, pid=process.pid, pgid=process.pid)
+            where = f" on GPU {','.join(map(str, mine))}" if mine else ""
+            print(f"{run.name}: started{where} (pid {process.pid})", flush=True)
+            running.append((run, process, mine))
+        time.sleep(poll_s)
+        for entry in [e for e in running if e[1].poll() is not None]:
+            run, process, mine = entry
+            running.remove(entry)
+            idle = sorted(idle + mine)
+            if store.get_run(run.id).status == "running":
+                store.finish(run.id, "failed", exit_reason=f"torchrun exited with code {process.returncode}")
+            status = store.get_run(run.id).status
+            failures += status != "completed"
+            print(f"{run.name}: {status}", flush=True)
     return 1 if failures else 0
 
 
@@ -65,8 +117,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="dreamlab.train.sweep")
     parser.add_argument("--db", required=True, type=Path)
     parser.add_argument("--sweep-id", required=True)
+    parser.add_argument("--gpus", default="", help="comma list of GPU indices to run on at once; empty: one at a time")
     args = parser.parse_args(argv)
-    return drive(args.db, args.sweep_id)
+    return drive(args.db, args.sweep_id, parse_gpus(args.gpus))
 
 
 if __name__ == "__main__":

@@ -117,6 +117,11 @@ def main(argv: list[str] | None = None) -> int:
         trainer = Trainer(recipe, args.run_dir, metrics=reporter.metrics, on_checkpoint=reporter.checkpoint,
                           heartbeat=reporter.heartbeat)
         trainer.setup()
+        if rank == 0:
+            visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+            say(f"device {trainer.device} x {dist.get_world_size()} processes"
+                + (f" (CUDA_VISIBLE_DEVICES={visible})" if visible is not None else "")
+                + ("" if use_cuda else f", {torch.get_num_threads()} threads each"))
         if args.resume:
             resumed = trainer.resume()
             if rank == 0:
