@@ -29,7 +29,8 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--level", type=int, default=1)
     parser.add_argument("--eval-rows", type=int, default=None)
-    parser.add_argument("--max-new-tokens", type=int, default=64)
+    parser.add_argument("--max-new-tokens", type=int, default=None,
+                        help="generation window (and steps); default: the longest training response of the level")
     parser.add_argument("--notrace", action="store_true")
     parser.add_argument("--block-length", type=int, default=None, help="also score with semi-autoregressive blocks")
     parser.add_argument("--json", type=Path, help="append the result as one JSON line here")
@@ -62,7 +63,8 @@ def main() -> None:
     task = load_task("arithmetic")
     task.system = recipe.data.system_prompt
     model = trainer.raw_model.eval()
-    cell = Cell(alg="entropy", steps=args.max_new_tokens, max_new_tokens=args.max_new_tokens)
+    window = args.max_new_tokens or max(len(example.response_ids) for example in trainer.train)
+    cell = Cell(alg="entropy", steps=window, max_new_tokens=window)
     started = time.perf_counter()
     result, scored = evaluate_in_memory(model, trainer.tokenizer, task, samples, cell, batch_size=128)
     eval_seconds = time.perf_counter() - started
@@ -80,7 +82,7 @@ def main() -> None:
         with args.json.open("a") as out:
             out.write(json.dumps({"label": args.label, "level": args.level, "notrace": args.notrace,
                                   "overrides": args.overrides, "status": outcome.status, "steps": outcome.step,
-                                  "train_seconds": train_seconds, "accuracy": result["accuracy"],
+                                  "train_seconds": train_seconds, "accuracy": result["accuracy"], "max_new_tokens": window,
                                   "rows": result["n_done"], "by_kind": kinds, "device": str(trainer.device),
                                   "loss_curve": losses[1:]}) + "\n")
     curve = " ".join(f"{s}:{l:.3f}" for s, l in losses[1::max(1, len(losses) // 12)])

@@ -76,7 +76,7 @@ def drive(db: Path, sweep_id: str, gpus: Sequence[int] = (), poll_s: float = 0.5
     while queue or running:
         while queue:
             run = queue[0]
-            if store.get_run(run.id).status != "queued":  # stopped or removed while it waited
+            if not _still_queued(store, run.id):  # removed (dreamlab runs rm) while it waited
                 queue.pop(0)
                 continue
             recipe = recipe_from_dict(run.recipe)
@@ -110,6 +110,15 @@ def drive(db: Path, sweep_id: str, gpus: Sequence[int] = (), poll_s: float = 0.5
             failures += status != "completed"
             print(f"{run.name}: {status}", flush=True)
     return 1 if failures else 0
+
+
+def _still_queued(store: Any, run_id: int) -> bool:
+    from dreamlab.store.errors import StoreError
+
+    try:
+        return store.get_run(run_id).status == "queued"
+    except StoreError:
+        return False
 
 
 def main(argv: list[str] | None = None) -> int:
