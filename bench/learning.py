@@ -82,7 +82,8 @@ def main() -> None:
         with args.json.open("a") as out:
             out.write(json.dumps({"label": args.label, "level": args.level, "notrace": args.notrace,
                                   "overrides": args.overrides, "status": outcome.status, "steps": outcome.step,
-                                  "train_seconds": train_seconds, "accuracy": result["accuracy"], "max_new_tokens": window,
+                                  "train_seconds": train_seconds, "threads": torch.get_num_threads(),
+                                  "accuracy": result["accuracy"], "max_new_tokens": window,
                                   "rows": result["n_done"], "by_kind": kinds, "device": str(trainer.device),
                                   "loss_curve": losses[1:]}) + "\n")
     curve = " ".join(f"{s}:{l:.3f}" for s, l in losses[1::max(1, len(losses) // 12)])

@@ -36,13 +36,13 @@ def chart(rows: list[dict], window: int) -> str:
 
 
 def table(rows: list[dict]) -> str:
-    """Markdown: level, configuration, steps, training time, exact match, by kind, final loss."""
-    lines = ["| level | configuration | steps | train time | exact match | by kind | loss (last 5 logs) |",
+    """Markdown: level, configuration, steps, training time (and threads), exact match, by kind, final loss."""
+    lines = ["| level | configuration | steps | train time (threads) | exact match | by kind | loss (last 5 logs) |",
              "|---:|---|---:|---:|---:|---|---:|"]
     for row in rows:
         kinds = ", ".join(f"{kind} {100 * value:.1f}%" for kind, value in sorted(row["by_kind"].items()))
         tail = [v for _, v in row["loss_curve"][-5:]]
-        lines.append(f"| {row['level']} | {row['label']} | {row['steps']:,} | {row['train_seconds'] / 60:.1f} min | "
+        lines.append(f"| {row['level']} | {row['label']} | {row['steps']:,} | {row['train_seconds'] / 60:.1f} min ({row.get('threads', '?')}) | "
                      f"**{100 * row['accuracy']:.1f}%** ({row['rows']} rows) | {kinds} | {sum(tail) / len(tail):.3f} |")
     return "\n".join(lines)
 

@@ -87,7 +87,6 @@ class DiffusionConfig:
     eps: float = 1e-3
     shift_logits: bool = True
     focal: bool = False
-    stratified_t: bool = False  # one t per row spread evenly over the batch (MDLM); Dream draws them independently
 
 
 @dataclass

@@ -159,13 +159,3 @@ def test_bad_loss_settings_are_refused():
         LossSettings(time_reweighting="cosine")
     with pytest.raises(ValueError, match="cart_p"):
         LossSettings(cart_p=0.0)
-
-
-def test_stratified_times_are_one_offset_plus_evenly_spaced_steps_wrapped_into_eps_1():
-    generator = torch.Generator().manual_seed(3)
-    offset = float(torch.rand(1, generator=torch.Generator().manual_seed(3)))
-    _, t = sample_masks(torch.ones(4, 6, dtype=torch.bool), eps=0.2, generator=generator, stratified=True)
-    expected = [0.2 + 0.8 * ((offset + i / 4) % 1.0) for i in range(4)]
-    assert t.tolist() == pytest.approx(expected, abs=1e-6)
-    gaps = sorted(t.tolist())
-    assert [round(b - a, 6) for a, b in zip(gaps, gaps[1:])] == [0.2, 0.2, 0.2]  # 0.8 / 4 apart

@@ -22,7 +22,6 @@ class LossSettings:
     eps: float = 1e-3
     shift_logits: bool = True
     focal: bool = False
-    stratified_t: bool = False
     focal_alpha: float = 0.25
     focal_gamma: float = 2.0
 
@@ -48,22 +47,15 @@ class LossOutput:
 
 
 def sample_masks(
-    loss_mask: torch.Tensor, *, eps: float, generator: torch.Generator | None = None, stratified: bool = False
+    loss_mask: torch.Tensor, *, eps: float, generator: torch.Generator | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Draw t ~ U(eps, 1) per row and mask each loss position with probability t.
 
-    `stratified` draws one offset u and gives row i the time (u + i/B) mod 1 (MDLM's low-discrepancy
-    sampler): still uniform per row, but every batch spans the whole range, so the gradient varies less.
     Returns (masked [B, L] bool, t [B] float32). Positions outside `loss_mask` are never masked.
     """
     batch, length = loss_mask.shape
     device = loss_mask.device
-    if stratified:
-        offset = torch.rand(1, generator=generator, device=device)
-        uniform = (offset + torch.arange(batch, device=device) / batch) % 1.0
-    else:
-        uniform = torch.rand(batch, generator=generator, device=device)
-    t = eps + (1.0 - eps) * uniform
+    t = eps + (1.0 - eps) * torch.rand(batch, generator=generator, device=device)
     draws = torch.rand(batch, length, generator=generator, device=device)
     return (draws < t[:, None]) & loss_mask.bool(), t
 
@@ -153,7 +145,7 @@ def sft_loss(
     generator: torch.Generator | None = None,
 ) -> LossOutput:
     """Noise the response positions, run the model, and score the masked tokens."""
-    masked, t = sample_masks(loss_mask, eps=settings.eps, generator=generator, stratified=settings.stratified_t)
+    masked, t = sample_masks(loss_mask, eps=settings.eps, generator=generator)
     noisy = input_ids.masked_fill(masked, mask_token_id)
     logits = model(input_ids=noisy, attention_mask=attention_mask, position_ids=position_ids).logits
     return masked_diffusion_loss(logits, input_ids, masked, t, settings, attention_mask)

@@ -161,7 +161,7 @@ class Trainer:
         self.mask_generator = torch.Generator(device=self.device).manual_seed(r.trainer.seed * 1000 + self.rank + 1)
         self.loss_settings = LossSettings(
             time_reweighting=r.diffusion.time_reweighting, cart_p=r.diffusion.cart_p, eps=r.diffusion.eps,
-            shift_logits=r.diffusion.shift_logits, focal=r.diffusion.focal, stratified_t=r.diffusion.stratified_t,
+            shift_logits=r.diffusion.shift_logits, focal=r.diffusion.focal,
         )
         self.mask_token_id = model.config.mask_token_id
         if self.mask_token_id is None:
