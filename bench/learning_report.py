@@ -12,6 +12,7 @@ from pathlib import Path
 
 import plotext
 
+MARKERS = ["*", "o", "+", "x", "#", "@"]
 
 def smoothed(curve: list[list[float]], window: int) -> tuple[list[float], list[float]]:
     """Steps and the trailing mean of the last `window` logged losses (single-step losses are noisy)."""
@@ -26,9 +27,9 @@ def chart(rows: list[dict], window: int) -> str:
     plotext.clear_figure()
     plotext.theme("clear")
     plotext.plotsize(96, 24)
-    for row in rows:
+    for row, marker in zip(rows, MARKERS * len(rows)):  # without colour, only the marker tells curves apart
         steps, means = smoothed(row["loss_curve"], window)
-        plotext.plot(steps, means, label=row["label"], marker="braille")
+        plotext.scatter(steps[::2], means[::2], label=row["label"], marker=marker)
     plotext.yscale("log")
     plotext.xlabel("optimizer step")
     plotext.ylabel(f"train loss (mean of {window} logs)")
