@@ -57,12 +57,14 @@ class ModelConfig:
     tiny_num_layers: int = 4
     tiny_num_heads: int = 4
     tiny_intermediate_size: int = 768
+    tiny_absolute_positions: bool = False
 
-    def tiny_sizes(self) -> dict[str, int]:
+    def tiny_sizes(self) -> dict[str, int | bool]:
         """The tiny preset's size overrides (keyword arguments of `tiny_config`); KV heads are half."""
         return {"hidden_size": self.tiny_hidden_size, "num_hidden_layers": self.tiny_num_layers,
                 "num_attention_heads": self.tiny_num_heads, "num_key_value_heads": max(1, self.tiny_num_heads // 2),
-                "intermediate_size": self.tiny_intermediate_size}
+                "intermediate_size": self.tiny_intermediate_size,
+                "absolute_position_embeddings": self.tiny_absolute_positions}
 
 
 @dataclass

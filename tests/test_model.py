@@ -146,3 +146,26 @@ def test_unsupported_dream_config_options_are_refused_and_auto_map_is_not_saved(
         DreamConfig(use_sliding_window=True)
     config = DreamConfig(auto_map={"AutoModel": "modeling_dream.DreamModel"})
     assert "auto_map" not in config.to_dict()
+
+
+def test_learned_absolute_positions_are_off_for_dream_and_round_trip_for_the_tiny_preset(tmp_path):
+    assert not DreamConfig().absolute_position_embeddings
+    assert build_tiny_model().model.embed_positions is None
+    model = build_tiny_model(seed=2, absolute_position_embeddings=True).double().eval()
+    assert model.model.embed_positions.weight.shape == (model.config.max_position_embeddings, model.config.hidden_size)
+    # The same token at two positions gets different inputs; padding left with matching positions changes nothing.
+    x = torch.randint(5, 100, (1, 9))
+    padded = torch.cat([torch.zeros(1, 4, dtype=torch.long), x], dim=1)
+    mask = torch.cat([torch.zeros(1, 4), torch.ones(1, 9)], dim=1).long()
+    positions = (mask.cumsum(-1) - 1).clamp_min(0)
+    batched = model(padded, attention_mask=mask, position_ids=positions).logits[:, 4:]
+    torch.testing.assert_close(batched, model(x).logits, rtol=0, atol=1e-12)
+    shifted = model(padded, attention_mask=mask, position_ids=positions + 4).logits[:, 4:]
+    assert not torch.allclose(shifted, batched)
+    model.save_pretrained(tmp_path)
+    loaded = DreamModel.from_pretrained(tmp_path, torch_dtype=torch.float64).eval()
+    assert loaded.config.absolute_position_embeddings
+    assert torch.equal(loaded(x).logits, model(x).logits)
+    too_long = torch.zeros(1, model.config.max_position_embeddings + 1, dtype=torch.long)
+    with pytest.raises(ValueError, match="learned positions"):
+        model(too_long)

@@ -36,6 +36,7 @@ class DreamConfig(PretrainedConfig):
         bos_token_id: int | None = 151643,
         tie_word_embeddings: bool = False,
         use_cache: bool = False,
+        absolute_position_embeddings: bool = False,
         **kwargs,
     ) -> None:
         self.vocab_size = vocab_size
@@ -53,6 +54,9 @@ class DreamConfig(PretrainedConfig):
         self.head_dim = head_dim if head_dim is not None else hidden_size // num_attention_heads
         self.mask_token_id = mask_token_id
         self.use_cache = use_cache
+        # A dreamlab extension for the tiny preset, off in every Dream checkpoint: learned absolute
+        # position embeddings added to the token embeddings, on top of RoPE.
+        self.absolute_position_embeddings = absolute_position_embeddings
         # Dream's config carries keys this class does not use (sliding window, rope_scaling, ...);
         # PretrainedConfig keeps unknown keys as attributes, so they survive a save/load round trip.
         super().__init__(

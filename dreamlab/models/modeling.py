@@ -201,6 +201,10 @@ class DreamBaseModel(DreamPreTrainedModel):
         super().__init__(config)
         # No padding_idx: pad is also EOS here, and a padding_idx would freeze EOS's embedding.
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.embed_positions = (
+            nn.Embedding(config.max_position_embeddings, config.hidden_size)
+            if getattr(config, "absolute_position_embeddings", False) else None
+        )
         self.layers = nn.ModuleList(DreamDecoderLayer(config) for _ in range(config.num_hidden_layers))
         self.norm = DreamRMSNorm(config.hidden_size, config.rms_norm_eps)
         self.rotary_emb = DreamRotaryEmbedding(config)
@@ -226,6 +230,13 @@ class DreamBaseModel(DreamPreTrainedModel):
         batch, length = hidden_states.shape[:2]
         if position_ids is None:
             position_ids = torch.arange(length, device=hidden_states.device).expand(batch, length)
+        if self.embed_positions is not None:
+            if length > self.config.max_position_embeddings:
+                raise ValueError(
+                    f"sequence of {length} tokens is longer than this model's {self.config.max_position_embeddings} "
+                    "learned positions (config max_position_embeddings)"
+                )
+            hidden_states = hidden_states + self.embed_positions(position_ids.clamp(0, self.config.max_position_embeddings - 1))
         position_embeddings = self.rotary_emb(hidden_states, position_ids)
         bias = to_attention_bias(attention_mask, length)
         for layer in self.layers:
