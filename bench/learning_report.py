@@ -6,6 +6,7 @@ Run: python -m bench.learning_report RESULTS.jsonl [--labels a,b,...] [--smooth 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import re
 from pathlib import Path
@@ -27,7 +28,7 @@ def chart(rows: list[dict], window: int) -> str:
     plotext.clear_figure()
     plotext.theme("clear")
     plotext.plotsize(96, 24)
-    for row, marker in zip(rows, MARKERS * len(rows)):  # without colour, only the marker tells curves apart
+    for row, marker in zip(rows, itertools.cycle(MARKERS)):  # without colour, only the marker tells curves apart
         steps, means = smoothed(row["loss_curve"], window)
         plotext.scatter(steps[::2], means[::2], label=row["label"], marker=marker)
     plotext.yscale("log")

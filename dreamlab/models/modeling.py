@@ -203,7 +203,7 @@ class DreamBaseModel(DreamPreTrainedModel):
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
         self.embed_positions = (
             nn.Embedding(config.max_position_embeddings, config.hidden_size)
-            if getattr(config, "absolute_position_embeddings", False) else None
+            if config.absolute_position_embeddings else None
         )
         self.layers = nn.ModuleList(DreamDecoderLayer(config) for _ in range(config.num_hidden_layers))
         self.norm = DreamRMSNorm(config.hidden_size, config.rms_norm_eps)
@@ -234,9 +234,9 @@ class DreamBaseModel(DreamPreTrainedModel):
             if length > self.config.max_position_embeddings:
                 raise ValueError(
                     f"sequence of {length} tokens is longer than this model's {self.config.max_position_embeddings} "
-                    "learned positions (config max_position_embeddings)"
+                    "learned positions (config max_position_embeddings): lower data.max_length or the prompt length"
                 )
-            hidden_states = hidden_states + self.embed_positions(position_ids.clamp(0, self.config.max_position_embeddings - 1))
+            hidden_states = hidden_states + self.embed_positions(position_ids)
         position_embeddings = self.rotary_emb(hidden_states, position_ids)
         bias = to_attention_bias(attention_mask, length)
         for layer in self.layers:
