@@ -280,8 +280,15 @@ def test_evals_grid_samples_and_denoising_replay(store_path, tmp_path):
             await pilot.press("space")  # plays to the last step
             await _until(pilot, lambda: replay.position == 3)
             assert f"step 4/4 · {masks[3]} masks left" in title()
+            assert replay.player is None  # stopped on the last frame
             await pilot.press("left")
+            await pilot.pause(0.4)  # more than two play ticks: a still-running player would move it back to 3
             assert replay.position == 2
+            await pilot.press("home", "space", "right")  # stepping while playing pauses the player
+            assert replay.player is None
+            paused_at = replay.position
+            await pilot.pause(0.4)
+            assert replay.position == paused_at
             await pilot.press("escape", "escape", "escape")
             await pilot.press("enter")  # the run detail screen has the same key
             await pilot.press("e")

@@ -307,26 +307,30 @@ class ReplayScreen(Screen):
         self.query_one("#replay-text", Static).update(Text(frame))
 
     def action_step(self, delta: int) -> None:
-        """One step forward or back."""
+        """One step forward or back (pauses playing, else the next tick would undo the step)."""
+        self._pause()
         self.show(self.position + delta)
 
     def action_jump(self, position: int) -> None:
-        """First or last step."""
+        """First or last step (pauses playing)."""
+        self._pause()
         self.show(position if position >= 0 else len(self.frames) - 1)
 
     def action_play(self) -> None:
         """Play from here (from the start at the end), or pause."""
         if self.player is not None:
-            self.player.stop()
-            self.player = None
+            self._pause()
             return
         if self.position >= len(self.frames) - 1:
             self.show(0)
         self.player = self.set_interval(0.15, self._advance)
 
-    def _advance(self) -> None:
-        if self.position >= len(self.frames) - 1 and self.player is not None:
+    def _pause(self) -> None:
+        if self.player is not None:
             self.player.stop()
             self.player = None
-            return
+
+    def _advance(self) -> None:
         self.show(self.position + 1)
+        if self.position >= len(self.frames) - 1:  # stop on the last frame itself, not one tick later
+            self._pause()
