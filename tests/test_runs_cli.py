@@ -89,9 +89,12 @@ def test_show(db):
     assert shown["params"] == {"model.partial_pretrain": "tiny", "optim.lr": 3e-4, "seed": 1}
     assert shown["latest_metrics"] == {"lr": {"step": 10, "value": 3e-4}, "train/loss": {"step": 20, "value": 1.75}}
     assert [(c["step"], c["complete"]) for c in shown["checkpoints"]] == [(20, True)]
+    assert [(e["kind"], e["message"]) for e in shown["events"]] == [
+        ("queued", None), ("started", "pid 2000000, process group 2000000"), ("checkpoint", f"step 20: {db.parent / 'alpha' / 'step-20'}")]
     table = runs("show", "alpha", "--db", str(db))
     assert table.exit_code == 0
-    for text in ("run alpha", "params", "optim.lr", "latest metrics", "train/loss", "checkpoints", "step-20"):
+    for text in ("run alpha", "params", "optim.lr", "latest metrics", "train/loss", "checkpoints", "step-20",
+                 "history", "pid 2000000, process group 2000000"):
         assert text in table.output
     unknown = runs("show", "delta", "--db", str(db))
     assert unknown.exit_code == 2 and unknown.output.startswith("error: no run named delta")
@@ -186,6 +189,8 @@ def test_stop_signals_the_process_group_and_marks_the_run_stopped(tmp_path, igno
         assert run.status == "stopped"
         assert run.exit_reason == ("stopped by user (SIGKILL after 1 s grace)" if ignores_sigterm
                                    else "stopped by user (SIGTERM)")
+        kinds = [event.kind for event in RunStore(path).events(run_id)]
+        assert kinds == ["queued", "started", "stop requested", *(["killed"] if ignores_sigterm else []), "stopped"]
         again = runs("stop", str(run_id), "--db", str(path))
         assert again.exit_code == 2 and again.output == f"error: run {run.name} is not running (status stopped)\n"
     finally:

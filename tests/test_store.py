@@ -159,6 +159,32 @@ def test_mark_lost_uses_the_heartbeat_and_a_heartbeat_revives(store):
     assert store.get_run(queued.id).status == "queued"
 
 
+def test_events_tell_a_run_s_history_in_order(store):
+    run = store.create_run(name="story")
+    store.mark_started(run.id, pid=21, pgid=21)
+    store.record_checkpoint(run.id, 5, "ckpt/step-5", complete=False)  # being written: not an event yet
+    store.record_checkpoint(run.id, 5, "ckpt/step-5", complete=True)
+    store.record_event(run.id, "resumed", "resumed from step 5")
+    store.mark_lost(heartbeat_timeout_s=60, now=store.get_run(run.id).heartbeat + 61)
+    store.record_metrics(run.id, 6, {"train/loss": 0.5})  # a write from the "lost" run: it was alive
+    store.finish(run.id, "diverged", exit_reason="non-finite loss (nan) at step 7")
+    history = [(event.kind, event.message) for event in store.events(run.id)]
+    assert history == [
+        ("queued", None), ("started", "pid 21, process group 21"), ("checkpoint", "step 5: ckpt/step-5"),
+        ("resumed", "resumed from step 5"), ("lost", "no heartbeat for 60 s"),
+        ("revived", "wrote again after it was marked lost"), ("diverged", "non-finite loss (nan) at step 7"),
+    ]
+    times = [event.time for event in store.events(run.id)]
+    assert times == sorted(times)
+    other = store.create_run(name="other")
+    assert store.stop_if_running(other.id, "stopped by user") is False  # never ran: nothing to record
+    assert [event.kind for event in store.events(other.id)] == ["queued"]
+    with pytest.raises(StoreError, match="no run with id 999"):
+        store.record_event(999, "note", "x")
+    with pytest.raises(StoreError, match="needs a kind"):
+        store.record_event(run.id, "", "x")
+
+
 def test_delete_run_removes_every_row(store):
     run = store.create_run(name="gone", recipe=RECIPE)
     store.record_metrics(run.id, 1, {"x": 1.0})
@@ -169,8 +195,8 @@ def test_delete_run_removes_every_row(store):
     store.finish(run.id, "stopped")
     assert store.delete_run("gone").name == "gone"
     counts = [RunStore.query_readonly(store.path, f"SELECT COUNT(*) FROM {table}")[1][0][0]
-              for table in ("runs", "params", "metrics", "latest_metrics", "checkpoints")]
-    assert counts == [0, 0, 0, 0, 0]
+              for table in ("runs", "params", "metrics", "latest_metrics", "checkpoints", "events")]
+    assert counts == [0, 0, 0, 0, 0, 0]
 
 
 def test_a_v1_store_is_migrated_with_its_latest_metrics_backfilled(tmp_path):
@@ -189,6 +215,20 @@ def test_a_v1_store_is_migrated_with_its_latest_metrics_backfilled(tmp_path):
         assert schema_version(check) == SCHEMA_VERSION == len(MIGRATIONS)
         assert check.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         check.close()
+
+
+def test_a_v3_store_gets_events_backfilled_from_its_runs(tmp_path):
+    path = tmp_path / "v3.db"
+    conn = sqlite3.connect(path, isolation_level=None)
+    assert migrate(conn, target=3) == 3
+    conn.execute("INSERT INTO runs (id, name, status, created) VALUES (1, 'waiting', 'queued', 1.0)")
+    conn.execute("INSERT INTO runs (id, name, status, created, started, ended, exit_reason) "
+                 "VALUES (2, 'done', 'failed', 2.0, 3.0, 4.0, 'torchrun exited with code 1')")
+    conn.close()
+    with RunStore(path) as store:
+        assert [(e.time, e.kind, e.message) for e in store.events(1)] == [(1.0, "queued", None)]
+        assert [(e.time, e.kind, e.message) for e in store.events(2)] == [
+            (2.0, "queued", None), (3.0, "started", None), (4.0, "failed", "torchrun exited with code 1")]
 
 
 def test_a_newer_schema_is_refused(tmp_path):

@@ -89,6 +89,8 @@ def test_resume_continues_the_same_curve(tmp_path):
     a = [v for s, k, v, _ in store.metrics(store.get_run("straight").id, key="train/loss")]
     b = {s: v for s, k, v, _ in store.metrics(run.id, key="train/loss")}
     assert b[8] == pytest.approx(a[-1], rel=1e-5)
+    history = [(event.kind, event.message) for event in store.events(run.id)]
+    assert ("resumed", "resumed from step 4") in history and history[-1][0] == "completed"
 
 
 def test_bad_recipes_stop_before_any_process_starts(tmp_path):
@@ -152,6 +154,8 @@ def test_a_detached_run_survives_its_launcher_stops_cleanly_and_a_killed_one_rea
     run = store.get_run("detached")
     assert run.status == "stopped"
     assert complete_checkpoints(Path(run.run_dir)), "a stop request writes a checkpoint first"
+    kinds = [event.kind for event in store.events(run.id)]
+    assert kinds[:3] == ["queued", "started", "stop requested"] and kinds[-2:] == ["checkpoint", "stopped"], kinds
 
     result = runner.invoke(app, ["train", *common, "--name", "killed"])
     assert result.exit_code == 0, result.output

@@ -112,7 +112,7 @@ def test_runs_table_shows_the_runs_with_steps_and_losses(store_path, tmp_path):
     asyncio.run(scenario())
 
 
-def test_detail_screen_plots_the_recorded_losses_and_shows_gpu_log_checkpoints(store_path, tmp_path):
+def test_detail_screen_plots_the_recorded_losses_and_shows_gpu_log_checkpoints_history(store_path, tmp_path):
     async def scenario():
         app = build_app(store_path, poll_s=0.5)
         async with app.run_test(size=(80, 24)) as pilot:
@@ -142,6 +142,11 @@ def test_detail_screen_plots_the_recorded_losses_and_shows_gpu_log_checkpoints(s
             await pilot.press("k")
             checkpoints = app.screen.query_one("#checkpoints")
             assert checkpoints.get_cell_at((0, 0)) == 6
+            await pilot.press("h")
+            history = app.screen.query_one("#history")
+            kinds = [str(history.get_cell_at((row, 1))) for row in range(history.row_count)]
+            assert kinds == [event.kind for event in app.store.events(run_id)]
+            assert kinds[:2] == ["queued", "started"] and "checkpoint" in kinds and kinds[-1] == "completed"
     asyncio.run(scenario())
 
 

@@ -97,18 +97,20 @@ def show_command(
     db: DbOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """One run: its record, params, latest metrics and checkpoints."""
+    """One run: its record, params, latest metrics, checkpoints, history (events) and evals."""
     with _errors():
         store = _open(db)
         found = store.get_run(run)
         params = store.params(found.id)
         latest = store.latest_metrics(found.id)
         checkpoints = store.checkpoints(found.id)
+        events = store.events(found.id)
         evals = store.list_evals(run_ref=found.id)
     if as_json:
         payload = {"run": found.to_dict(), "params": params, "evals": [record.to_dict() for record in evals],
                    "latest_metrics": {key: {"step": step, "value": _json_number(value)} for key, (step, value) in latest.items()},
-                   "checkpoints": [vars(checkpoint) for checkpoint in checkpoints]}
+                   "checkpoints": [vars(checkpoint) for checkpoint in checkpoints],
+                   "events": [vars(event) for event in events]}
         typer.echo(json.dumps(payload, indent=2, default=str))
         return
     console = _console()
@@ -126,6 +128,10 @@ def show_command(
         checkpoints_table.add_row(str(checkpoint.step), checkpoint.kind, "yes" if checkpoint.complete else "no",
                                   checkpoint.path)
     console.print(checkpoints_table)
+    events_table = Table("time", "event", "detail", title="history", title_justify="left")
+    for event in events:
+        events_table.add_row(_when(event.time), _status(event.kind), _text(event.message))
+    console.print(events_table)
     if evals:
         console.print(_evals_table(evals))
 

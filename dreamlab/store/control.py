@@ -44,12 +44,14 @@ def stop_run(store: RunStore, ref: int | str, grace_s: float = 60.0, *, poll_s: 
         return result
     _signal(pgid, signal.SIGTERM, run)
     result.signals.append("SIGTERM")
+    store.record_event(run.id, "stop requested", f"SIGTERM to process group {pgid}; SIGKILL after {grace_s:g} s")
     say(f"sent SIGTERM to process group {pgid} of run {run.name}; waiting up to {grace_s:g} s")
     start = time.monotonic()
     result.exited = _wait_gone(pgid, grace_s, poll_s)
     if not result.exited:
         _signal(pgid, signal.SIGKILL, run)
         result.signals.append("SIGKILL")
+        store.record_event(run.id, "killed", f"SIGKILL to process group {pgid}: still running after {grace_s:g} s")
         say(f"still running after {grace_s:g} s: sent SIGKILL")
         result.exited = _wait_gone(pgid, kill_wait_s, poll_s)
     result.waited_s = time.monotonic() - start

@@ -1,4 +1,4 @@
-"""The plain records the store hands out: runs, metric points, checkpoints, comparisons."""
+"""The plain records the store hands out: runs, metric points, checkpoints, events, comparisons."""
 
 from __future__ import annotations
 
@@ -67,6 +67,16 @@ class Checkpoint:
     kind: str
     created: float
     complete: bool
+
+
+@dataclass(frozen=True)
+class Event:
+    """One moment of a run's history: queued, started, checkpoint, resumed, note, revived or a final status."""
+
+    run_id: int
+    time: float
+    kind: str
+    message: str | None
 
 
 @dataclass(frozen=True)

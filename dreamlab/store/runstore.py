@@ -1,4 +1,4 @@
-"""`RunStore`: every read and write of runs, params, metrics and checkpoints (the only SQL in dreamlab)."""
+"""`RunStore`: every read and write of runs, params, metrics, checkpoints and events (the only SQL in dreamlab)."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from dreamlab.store.evals import EvalStoreMixin
 from dreamlab.store.names import generate_run_name, validate_run_name
 from dreamlab.store.params import decode_value, flatten_recipe, same_value
 from dreamlab.store.readonly import query_readonly
-from dreamlab.store.records import TERMINAL_STATUSES, Checkpoint, Comparison, MetricPoint, Run
+from dreamlab.store.records import TERMINAL_STATUSES, Checkpoint, Comparison, Event, MetricPoint, Run
 from dreamlab.store.schema import STATUSES, migrate
 
 DEFAULT_DB = Path("runs") / "dreamlab.db"
@@ -33,6 +33,9 @@ _ALIVE = """UPDATE runs SET heartbeat = :now,
                 ended = CASE WHEN status = 'lost' THEN NULL ELSE ended END,
                 exit_reason = CASE WHEN status = 'lost' THEN NULL ELSE exit_reason END
             WHERE id = :id"""
+# Run just before _ALIVE in the same transaction: a lost run that writes again says so in its history.
+_REVIVED = """INSERT INTO events (run_id, time, kind, message)
+            SELECT id, :now, 'revived', 'wrote again after it was marked lost' FROM runs WHERE id = :id AND status = 'lost'"""
 _UPSERT_LATEST = """INSERT INTO latest_metrics (run_id, key, step, value) VALUES (?, ?, ?, ?)
     ON CONFLICT (run_id, key) DO UPDATE SET step = excluded.step, value = excluded.value
     WHERE excluded.step >= latest_metrics.step"""
@@ -144,6 +147,7 @@ class RunStore(EvalStoreMixin):
                 "run_dir": str(folder.resolve()), "sweep_id": sweep_id, "created": time.time(),
             }
             run_id = self.db["runs"].insert(row).last_pk
+            _add_event(conn, run_id, "queued", None, row["created"])
             conn.executemany("INSERT INTO params (run_id, key, value, type) VALUES (?, ?, ?, ?)",
                              [(run_id, key, value, kind) for key, value, kind in flatten_recipe(normalized)])
         return self._run_by_id(run_id)
@@ -166,13 +170,13 @@ class RunStore(EvalStoreMixin):
                 raise StoreError(f"run {run.name} is already running (pid {run.pid})")
             conn.execute("UPDATE runs SET status = 'running', started = ?, heartbeat = ?, ended = NULL, "
                          "exit_reason = NULL, pid = ?, pgid = ? WHERE id = ?", (now, now, pid, pgid, run.id))
+            _add_event(conn, run.id, "started", f"pid {pid}" + (f", process group {pgid}" if pgid is not None else ""), now)
         return self._run_by_id(run_id)
 
     def heartbeat(self, run_id: int) -> None:
         """Heartbeat time now (a run marked lost comes back to running)."""
         with self._write() as conn:
-            if conn.execute(_ALIVE, {"now": time.time(), "id": int(run_id)}).rowcount == 0:
-                raise StoreError(f"no run with id {run_id}")
+            _prove_alive(conn, int(run_id), time.time())
 
     def finish(self, run_id: int, status: str, exit_reason: str | None = None) -> Run:
         """End a run: completed / failed / diverged / stopped, ended now; refused if it already ended."""
@@ -182,15 +186,20 @@ class RunStore(EvalStoreMixin):
             run = self._run_by_id(run_id)
             if run.finished:
                 raise StoreError(f"run {run.name} already ended ({run.status})")
+            now = time.time()
             conn.execute("UPDATE runs SET status = ?, ended = ?, exit_reason = ? WHERE id = ?",
-                         (status, time.time(), exit_reason, run.id))
+                         (status, now, exit_reason, run.id))
+            _add_event(conn, run.id, status, exit_reason, now)
         return self._run_by_id(run_id)
 
     def stop_if_running(self, run_id: int, exit_reason: str) -> bool:
         """Mark a run stopped if it is still running (or lost); False when it already ended on its own."""
         with self._write() as conn:
+            now = time.time()
             cursor = conn.execute("UPDATE runs SET status = 'stopped', ended = ?, exit_reason = ? "
-                                  "WHERE id = ? AND status IN ('running', 'lost')", (time.time(), exit_reason, int(run_id)))
+                                  "WHERE id = ? AND status IN ('running', 'lost')", (now, exit_reason, int(run_id)))
+            if cursor.rowcount == 1:
+                _add_event(conn, int(run_id), "stopped", exit_reason, now)
             return cursor.rowcount == 1
 
     def mark_lost(self, heartbeat_timeout_s: float = 60.0, now: float | None = None) -> list[Run]:
@@ -205,6 +214,8 @@ class RunStore(EvalStoreMixin):
             conn.execute(f"UPDATE runs SET status = 'lost', ended = COALESCE(heartbeat, started, created), "
                          f"exit_reason = 'no heartbeat for ' || CAST(? AS INTEGER) || ' s' WHERE {stale}",
                          (heartbeat_timeout_s, cutoff))
+            for run_id in ids:
+                _add_event(conn, run_id, "lost", f"no heartbeat for {int(heartbeat_timeout_s)} s", time.time())
         return [self._run_by_id(run_id) for run_id in ids]
 
     def delete_run(self, ref: int | str, *, force: bool = False) -> Run:
@@ -259,8 +270,7 @@ class RunStore(EvalStoreMixin):
         now = _now() if time is None else float(time)
         rows = [(int(run_id), int(step), _metric_key(key), _metric_value(key, value), now) for key, value in values.items()]
         with self._write() as conn:
-            if conn.execute(_ALIVE, {"now": _now(), "id": int(run_id)}).rowcount == 0:
-                raise StoreError(f"no run with id {run_id}")
+            _prove_alive(conn, int(run_id), _now())
             conn.executemany("INSERT OR REPLACE INTO metrics (run_id, step, key, value, time) VALUES (?, ?, ?, ?, ?)", rows)
             conn.executemany(_UPSERT_LATEST, [(r[0], r[2], r[1], r[3]) for r in rows])
 
@@ -333,8 +343,9 @@ class RunStore(EvalStoreMixin):
                           complete: bool = True) -> Checkpoint:
         """Record (or update, by path) a checkpoint; write complete=False first for checkpoints that take a while."""
         with self._write() as conn:
-            if conn.execute(_ALIVE, {"now": _now(), "id": int(run_id)}).rowcount == 0:
-                raise StoreError(f"no run with id {run_id}")
+            _prove_alive(conn, int(run_id), _now())
+            if complete:
+                _add_event(conn, int(run_id), "checkpoint", f"step {int(step)}: {path}", _now())
             conn.execute("INSERT INTO checkpoints (run_id, step, path, kind, created, complete) VALUES (?, ?, ?, ?, ?, ?) "
                          "ON CONFLICT (run_id, path) DO UPDATE SET step = excluded.step, kind = excluded.kind, "
                          "complete = excluded.complete", (int(run_id), int(step), str(path), kind, _now(), int(complete)))
@@ -356,6 +367,22 @@ class RunStore(EvalStoreMixin):
                                "WHERE run_id = ? AND complete = 1 ORDER BY step DESC, created DESC LIMIT 1",
                                (int(run_id),)).fetchone()
         return None if row is None else _checkpoint(row)
+
+    def record_event(self, run_id: int, kind: str, message: str | None = None) -> None:
+        """Add a moment to a run's history (the trainer's `resumed`, a `note` the user should see, ...)."""
+        if not kind or not isinstance(kind, str):
+            raise StoreError(f"an event needs a kind, got {kind!r}")
+        with self._write() as conn:
+            if conn.execute("SELECT 1 FROM runs WHERE id = ?", (int(run_id),)).fetchone() is None:
+                raise StoreError(f"no run with id {run_id}")
+            _add_event(conn, int(run_id), kind, message, _now())
+
+    def events(self, run_id: int) -> list[Event]:
+        """A run's history, oldest first."""
+        with self._read() as conn:
+            rows = conn.execute("SELECT run_id, time, kind, message FROM events WHERE run_id = ? ORDER BY time, id",
+                                (int(run_id),)).fetchall()
+        return [Event(*row) for row in rows]
 
     # -- comparison and raw queries -----------------------------------------------------------------
 
@@ -424,6 +451,17 @@ class RunStore(EvalStoreMixin):
 
 def _now() -> float:
     return time.time()
+
+
+def _add_event(conn: sqlite3.Connection, run_id: int, kind: str, message: str | None, when: float) -> None:
+    conn.execute("INSERT INTO events (run_id, time, kind, message) VALUES (?, ?, ?, ?)", (run_id, when, kind, message))
+
+
+def _prove_alive(conn: sqlite3.Connection, run_id: int, now: float) -> None:
+    """Heartbeat now inside the caller's write; a lost run comes back to running (and says so)."""
+    conn.execute(_REVIVED, {"now": now, "id": run_id})
+    if conn.execute(_ALIVE, {"now": now, "id": run_id}).rowcount == 0:
+        raise StoreError(f"no run with id {run_id}")
 
 
 def _metric_key(key: Any) -> str:

@@ -147,9 +147,27 @@ _V3_EVALS = f"""
 """
 
 
+# Version 4: a run's history as events (queued, started, checkpoint, resumed, note, revived, and every
+# final status with its reason), backfilled for existing runs from their created / started / ended times.
+_V4_EVENTS = """
+        CREATE TABLE events (
+            id INTEGER PRIMARY KEY,
+            run_id INTEGER NOT NULL REFERENCES runs (id) ON DELETE CASCADE,
+            time REAL NOT NULL,
+            kind TEXT NOT NULL,
+            message TEXT
+        );
+        CREATE INDEX events_by_run ON events (run_id, time);
+        INSERT INTO events (run_id, time, kind) SELECT id, created, 'queued' FROM runs;
+        INSERT INTO events (run_id, time, kind) SELECT id, started, 'started' FROM runs WHERE started IS NOT NULL;
+        INSERT INTO events (run_id, time, kind, message)
+            SELECT id, ended, status, exit_reason FROM runs WHERE ended IS NOT NULL;
+"""
+
+
 # Ordered: MIGRATIONS[i] takes a database from version i to version i + 1. Never edit a released
 # migration; append a new one.
-MIGRATIONS: tuple[str, ...] = (_V1_INITIAL, _V2_LATEST_METRICS, _V3_EVALS)
+MIGRATIONS: tuple[str, ...] = (_V1_INITIAL, _V2_LATEST_METRICS, _V3_EVALS, _V4_EVENTS)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

@@ -72,6 +72,11 @@ class StoreReporter:
                 if old.complete and not Path(old.path).exists():
                     self.store.record_checkpoint(self.run_id, old.step, old.path, kind=old.kind, complete=False)
 
+    def event(self, kind: str, message: str) -> None:
+        say(message)
+        if self.store:
+            self.store.record_event(self.run_id, kind, message)
+
     def finish(self, status: str, reason: str | None) -> None:
         if self.store:
             self.store.finish(self.run_id, status, exit_reason=reason)
@@ -125,7 +130,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.resume:
             resumed = trainer.resume()
             if rank == 0:
-                say(f"resumed from step {resumed}" if resumed is not None else "no checkpoint: starting fresh")
+                reporter.event("resumed", f"resumed from step {resumed}" if resumed is not None
+                               else "no checkpoint: starting fresh")
         outcome = trainer.fit()
         status, reason = outcome.status, outcome.reason
     except (Exception, CheckpointException) as error:  # noqa: BLE001 - any failure must be recorded before the process dies

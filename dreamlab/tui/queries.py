@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dreamlab.store import Checkpoint, Comparison, MetricPoint, Run, RunStore
+from dreamlab.store import Checkpoint, Comparison, Event, MetricPoint, Run, RunStore
 
 LOSS_KEY = "train/loss"
 VAL_LOSS_KEY = "val/loss"
@@ -72,18 +72,19 @@ def _nested(recipe: dict[str, Any], section: str, key: str) -> Any:
 
 @dataclass(frozen=True)
 class RunSummary:
-    """The detail screen's header, recipe and checkpoints."""
+    """The detail screen's header, recipe, checkpoints and history."""
 
     run: Run
     params: dict[str, Any]
     checkpoints: list[Checkpoint]
     latest: dict[str, tuple[int, float]]
+    events: list[Event] = field(default_factory=list)
 
 
 def load_summary(store: RunStore, run_id: int) -> RunSummary:
-    """A run's record, flattened recipe, checkpoints and latest metrics."""
+    """A run's record, flattened recipe, checkpoints, latest metrics and events."""
     return RunSummary(run=store.get_run(run_id), params=store.params(run_id), checkpoints=store.checkpoints(run_id),
-                      latest=store.latest_metrics(run_id))
+                      latest=store.latest_metrics(run_id), events=store.events(run_id))
 
 
 @dataclass(frozen=True)

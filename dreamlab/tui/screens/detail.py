@@ -1,4 +1,4 @@
-"""One run: header, then tabs for the loss plot, GPUs, recipe, log and checkpoints."""
+"""One run: header, then tabs for the loss plot, GPUs, recipe, log, checkpoints and history."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from dreamlab.tui.widgets.plots import LossPlot
 from dreamlab.tui.widgets.polling import Polling
 from dreamlab.tui.widgets.run_summary import RunSummaryView
 
-TABS = ("loss", "gpu", "recipe", "log", "checkpoints")
+TABS = ("loss", "gpu", "recipe", "log", "checkpoints", "history")
 
 
 class RunDetailScreen(Screen):
@@ -32,6 +32,7 @@ class RunDetailScreen(Screen):
         Binding("p", "tab('recipe')", "Recipe"),
         Binding("o", "tab('log')", "Log"),
         Binding("k", "tab('checkpoints')", "Ckpts"),
+        Binding("h", "tab('history')", "History"),
     ]
 
     def __init__(self, run: Run) -> None:
@@ -53,6 +54,8 @@ class RunDetailScreen(Screen):
                 yield LogTail(Path(self.run.run_dir or ".") / "train.log", id="log-tail")
             with TabPane("Checkpoints", id="checkpoints-tab"):
                 yield DataTable(id="checkpoints", cursor_type="row")
+            with TabPane("History", id="history-tab"):
+                yield DataTable(id="history", cursor_type="row")
         yield Footer()
 
     def pollers(self) -> list[Polling]:
@@ -66,7 +69,8 @@ class RunDetailScreen(Screen):
 
     def action_tab(self, tab: str) -> None:
         """Switch tab by key."""
-        self.query_one(TabbedContent).active = {"recipe": "recipe-tab", "checkpoints": "checkpoints-tab"}.get(tab, tab)
+        self.query_one(TabbedContent).active = {"recipe": "recipe-tab", "checkpoints": "checkpoints-tab",
+                                                   "history": "history-tab"}.get(tab, tab)
 
     def action_stop(self) -> None:
         """Stop this run (after confirmation)."""

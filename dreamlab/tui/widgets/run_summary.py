@@ -1,4 +1,4 @@
-"""A run's header line (status, step, heartbeat age), recipe and checkpoints, polled together."""
+"""A run's header line (status, step, heartbeat age), recipe, checkpoints and history, polled together."""
 
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ def header_text(summary: RunSummary, now: float | None = None) -> Text:
 
 
 class RunSummaryView(Polling, Static):
-    """The header line; feeds the recipe and checkpoint panes of the same screen."""
+    """The header line; feeds the recipe, checkpoint and history panes of the same screen."""
 
     def __init__(self, run_id: int, **kwargs) -> None:
         super().__init__("loading…", **kwargs)
@@ -47,7 +47,7 @@ class RunSummaryView(Polling, Static):
         return load_summary(self.app.store, self.run_id)
 
     def apply(self, data: RunSummary) -> None:
-        """Header now; recipe and checkpoints when they changed."""
+        """Header now; recipe, checkpoints and history when they changed."""
         previous, self.summary = self.summary, data
         self.update(header_text(data))
         screen = self.screen
@@ -59,6 +59,10 @@ class RunSummaryView(Polling, Static):
             tables = screen.query("#checkpoints")
             if tables:
                 fill_checkpoints(tables.first(DataTable), data)
+        if previous is None or previous.events != data.events:
+            tables = screen.query("#history")
+            if tables:
+                fill_history(tables.first(DataTable), data)
 
 
 def recipe_text(summary: RunSummary) -> Text:
@@ -85,3 +89,13 @@ def fill_checkpoints(table: DataTable, summary: RunSummary) -> None:
                       checkpoint.kind, fmt_when(checkpoint.created, short=True), checkpoint.path)
     if not summary.checkpoints:
         table.add_row("—", "no checkpoints yet", "", "", "")
+
+
+def fill_history(table: DataTable, summary: RunSummary) -> None:
+    """One row per event, oldest first: time, event, detail."""
+    if not table.columns:
+        table.add_columns("time", "event", "detail")
+    table.clear()
+    for event in summary.events:
+        table.add_row(fmt_when(event.time), Text(event.kind, style=STATUS_STYLES.get(event.kind, "")),
+                      event.message or "")
