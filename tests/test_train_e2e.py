@@ -74,6 +74,27 @@ def test_one_and_two_processes_give_the_same_curve_for_the_same_global_batch(tmp
     assert abs(sum(a[2:]) - sum(b[2:])) / sum(a[2:]) < 0.15
 
 
+def test_compile_follows_the_eager_curve_and_without_a_compiler_trains_eagerly_saying_why(tmp_path, monkeypatch):
+    common = [*SMALL, "trainer.total_training_steps=4", "trainer.val_check_interval=null"]
+    eager, store = train(tmp_path, *common, "--name", "eager")
+    assert eager.exit_code == 0, eager.output
+    compiled, _ = train(tmp_path, *common, "model.compile=true", "--name", "compiled")
+    assert compiled.exit_code == 0, compiled.output
+    reference = losses(store, store.get_run("eager").id)
+    # Inductor fuses and reorders float32 arithmetic: the same curve up to rounding, not bit for bit.
+    assert losses(store, store.get_run("compiled").id) == pytest.approx(reference, rel=1e-3)
+    assert not [e for e in store.events(store.get_run("compiled").id) if e.kind == "note"]
+
+    monkeypatch.setenv("CXX", str(tmp_path / "no-such-compiler"))
+    fallback, _ = train(tmp_path, *common, "model.compile=true", "--name", "no-compiler")
+    assert fallback.exit_code == 0, fallback.output
+    run = store.get_run("no-compiler")
+    notes = [e.message for e in store.events(run.id) if e.kind == "note"]
+    assert len(notes) == 1 and "needs a C++ compiler" in notes[0] and "no-such-compiler not found" in notes[0]
+    assert losses(store, run.id) == reference  # eager after all: the same arithmetic as the eager run
+    assert "training without torch.compile" in (Path(run.run_dir) / "train.log").read_text()
+
+
 def test_resume_continues_the_same_curve(tmp_path):
     common = [*SMALL, "trainer.total_training_steps=8", "trainer.val_check_interval=null"]
     straight, store = train(tmp_path, *common, "--name", "straight")

@@ -127,6 +127,8 @@ def main(argv: list[str] | None = None) -> int:
             say(f"device {trainer.device} x {dist.get_world_size()} processes"
                 + (f" (CUDA_VISIBLE_DEVICES={visible})" if visible is not None else "")
                 + ("" if use_cuda else f", {torch.get_num_threads()} threads each"))
+            for note in trainer.notes:
+                reporter.event("note", note)
         if args.resume:
             resumed = trainer.resume()
             if rank == 0:
