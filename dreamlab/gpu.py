@@ -110,6 +110,31 @@ def snapshot() -> GpuSnapshot:
     return GpuSnapshot(devices=devices, driver=probed.driver)
 
 
+def memory_of(uuid: str) -> tuple[float, float] | None:
+    """(used MiB, total MiB) of the GPU with this UUID (torch's or NVML's spelling); None if NVML cannot say."""
+    probed = probe()
+    if probed.unavailable:
+        return None
+    nvml = _state["pynvml"]
+    with _lock:
+        if "by_uuid" not in _state:
+            by_uuid = {}
+            for handle in _state["handles"]:
+                found = _quiet(nvml.nvmlDeviceGetUUID, handle)
+                if found is not None:
+                    by_uuid[_plain_uuid(found)] = handle
+            _state["by_uuid"] = by_uuid
+    handle = _state["by_uuid"].get(_plain_uuid(uuid))
+    memory = None if handle is None else _quiet(nvml.nvmlDeviceGetMemoryInfo, handle)
+    return None if memory is None else (memory.used / MIB, memory.total / MIB)
+
+
+def _plain_uuid(uuid: Any) -> str:
+    """NVML says `GPU-8ac1...` (bytes in old versions), torch `8ac1...`: compare them without the prefix."""
+    text = uuid.decode() if isinstance(uuid, bytes) else str(uuid)
+    return text.lower().removeprefix("gpu-")
+
+
 def free_devices(max_used_mib: float = 1024.0) -> list[int]:
     """NVML indices of the GPUs nobody computes on now: no compute process, or (where a device cannot
     list its processes) under `max_used_mib` used; [] without NVML."""

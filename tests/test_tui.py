@@ -192,3 +192,29 @@ def test_free_gpus_are_those_without_compute_processes_or_nearly_empty_when_nvml
         assert gpu.free_devices() == []
     finally:
         gpu.reset_probe()
+
+
+def test_memory_of_a_gpu_is_found_by_its_uuid_in_torch_or_nvml_spelling(monkeypatch):
+    module = _nvml_four_gpus()
+    uuids = {0: b"GPU-0000aaaa-1111", 1: "GPU-0000BBBB-2222", 2: _NvmlError("Not Supported"), 3: "GPU-0000dddd-4444"}
+
+    def uuid_of(index):
+        if isinstance(uuids[index], Exception):
+            raise uuids[index]
+        return uuids[index]
+
+    module.nvmlDeviceGetUUID = uuid_of
+    monkeypatch.setitem(sys.modules, "pynvml", module)
+    gpu.reset_probe()
+    try:
+        assert gpu.memory_of("0000bbbb-2222") == (30 * 1024, 80 * 1024)  # torch: lower case, no GPU- prefix
+        assert gpu.memory_of("GPU-0000dddd-4444") == (9 * 1024, 80 * 1024)
+        assert gpu.memory_of("0000aaaa-1111") == (0, 80 * 1024)  # NVML gave bytes
+        assert gpu.memory_of("MIG-1234") is None  # a device NVML did not list under that UUID
+    finally:
+        gpu.reset_probe()
+    monkeypatch.setitem(sys.modules, "pynvml", None)
+    try:
+        assert gpu.memory_of("0000bbbb-2222") is None
+    finally:
+        gpu.reset_probe()

@@ -22,6 +22,7 @@ import torch.distributed as dist
 from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
+from dreamlab import gpu
 from dreamlab.config import Recipe
 from dreamlab.data.collate import CollateSettings, Example, SFTCollator
 from dreamlab.diffusion.loss import LossSettings, sft_loss
@@ -270,9 +271,14 @@ class Trainer:
 
     def _memory(self) -> dict[str, float]:
         if self.device.type == "cuda":
-            return {"memory/allocated_gb": torch.cuda.memory_allocated(self.device) / 2**30,
-                    "memory/reserved_gb": torch.cuda.memory_reserved(self.device) / 2**30,
-                    "memory/peak_gb": torch.cuda.max_memory_allocated(self.device) / 2**30}
+            values = {"memory/allocated_gb": torch.cuda.memory_allocated(self.device) / 2**30,
+                      "memory/reserved_gb": torch.cuda.memory_reserved(self.device) / 2**30,
+                      "memory/peak_gb": torch.cuda.max_memory_allocated(self.device) / 2**30}
+            # NVML sees the whole device (other processes, the CUDA context), which torch's allocator does not.
+            nvml = gpu.memory_of(str(torch.cuda.get_device_properties(self.device).uuid))
+            if nvml is not None:
+                values["memory/nvml_used_gb"], values["memory/nvml_total_gb"] = (mib / 1024 for mib in nvml)
+            return values
         import psutil
 
         return {"memory/rss_gb": psutil.Process().memory_info().rss / 2**30}
