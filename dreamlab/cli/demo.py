@@ -76,7 +76,7 @@ def demo(
     steps_text = ",".join(sorted({str(r.steps) for r in records}, key=int))
     next_steps = [
         ("open the console: runs, loss curves, GPU, compare", f"dreamlab{db_flag}"),
-        ("the run's recipe, metrics and checkpoints", f"dreamlab runs show {run.name}{db_flag}"),
+        ("the run's recipe, metrics, checkpoints and history", f"dreamlab runs show {run.name}{db_flag}"),
         ("a bigger eval of the same checkpoint", f"dreamlab eval --run {run.name} --alg entropy --steps {steps_text} --limit 500{db_flag}"),
         ("watch the masks fill in", f'dreamlab generate --run {run.name} "Solve: 27 + 45"{db_flag}'),
         ("the real recipe on GPUs", "README.md: The s1K recipe on Dream 7B"),
