@@ -46,6 +46,9 @@ def test_two_process_fsdp_run_trains_records_and_checkpoints(tmp_path):
     curve = losses(store, run.id)
     assert len(curve) == 12
     assert sum(curve[-3:]) / 3 < sum(curve[:3]) / 3
+    # t ~ U(eps, 1) per row: about half the response tokens are masked (12 steps x 16 rows: mean within 7 sd).
+    fractions = [value for _, _, value, _ in store.metrics(run.id, key="train/masked_fraction")]
+    assert len(fractions) == 12 and all(0.0 < f < 1.0 for f in fractions) and 0.35 < sum(fractions) / 12 < 0.65
     steps = [step for step, _ in complete_checkpoints(Path(run.run_dir))]
     assert steps == [6, 12]
     assert [(c.step, c.complete) for c in store.checkpoints(run.id)] == [(6, True), (12, True)]

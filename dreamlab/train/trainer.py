@@ -235,14 +235,15 @@ class Trainer:
             batches.append([self.train[i] for i in self._epoch_batches[1][within]])
         return batches
 
-    def _batch_loss(self, examples: list[Example], generator: torch.Generator) -> tuple[torch.Tensor, int, int]:
+    def _batch_loss(self, examples: list[Example], generator: torch.Generator) -> tuple[torch.Tensor, int, int, int]:
+        """(loss, masked tokens, tokens, response tokens that could be masked) of one micro-batch."""
         batch = {k: v.to(self.device) for k, v in self.collator(examples).items()}
         out = sft_loss(
             self.model, batch["input_ids"], batch["loss_mask"].bool(), mask_token_id=self.mask_token_id,
             settings=self.loss_settings, attention_mask=batch["attention_mask"], position_ids=batch["position_ids"],
             generator=generator,
         )
-        return out.loss, out.num_masked, int(batch["attention_mask"].sum())
+        return out.loss, out.num_masked, int(batch["attention_mask"].sum()), int(batch["loss_mask"].sum())
 
     def _all_reduce(self, values: list[float], op=dist.ReduceOp.SUM) -> list[float]:
         tensor = torch.tensor(values, dtype=torch.float64, device=self.device)
@@ -261,7 +262,7 @@ class Trainer:
         total, count = 0.0, 0
         saved = self.collator.state_dict()
         for start in range(0, len(shard), size):
-            loss, _, _ = self._batch_loss(shard[start:start + size], generator)
+            loss = self._batch_loss(shard[start:start + size], generator)[0]
             total += float(loss) * len(shard[start:start + size])
             count += len(shard[start:start + size])
         self.collator.load_state_dict(saved)  # validation must not move the training draws
@@ -294,17 +295,18 @@ class Trainer:
                                      "data/dropped": float(self.data_counts["dropped"])})
         while self.step < self.total_steps:
             started = time.perf_counter()
-            loss_sum, masked, tokens = 0.0, 0, 0
+            loss_sum, masked, tokens, maskable = 0.0, 0, 0, 0
             for examples in self._micro_batches(self.step):
-                loss, n_masked, n_tokens = self._batch_loss(examples, self.mask_generator)
+                loss, n_masked, n_tokens, n_maskable = self._batch_loss(examples, self.mask_generator)
                 (loss / r.data.gradient_accumulation_steps).backward()
                 loss_sum += float(loss.detach())
                 masked += n_masked
                 tokens += n_tokens
+                maskable += n_maskable
             grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), r.optim.clip_grad)
             grad_norm = float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm)
-            loss_total, masked_total, tokens_total, stop = self._all_reduce(
-                [loss_sum / r.data.gradient_accumulation_steps, masked, tokens, float(self.stop.raised)]
+            loss_total, masked_total, tokens_total, maskable_total, stop = self._all_reduce(
+                [loss_sum / r.data.gradient_accumulation_steps, masked, tokens, maskable, float(self.stop.raised)]
             )
             mean_loss = loss_total / self.world
             if not math.isfinite(mean_loss) or not math.isfinite(grad_norm):
@@ -317,7 +319,8 @@ class Trainer:
             self.step += 1
             seconds = time.perf_counter() - started
             values = {"train/loss": mean_loss, "train/lr": lr, "train/grad_norm": grad_norm,
-                      "train/masked_tokens": masked_total, "train/tokens_per_s": tokens_total / seconds,
+                      "train/masked_tokens": masked_total, "train/masked_fraction": masked_total / max(maskable_total, 1),
+                      "train/tokens_per_s": tokens_total / seconds,
                       "train/step_seconds": seconds, "train/epoch": self.step / self.steps_per_epoch}
             interval = r.trainer.val_check_interval
             if interval and (self.step % interval == 0 or self.step == self.total_steps):
