@@ -13,6 +13,17 @@ def test_the_default_recipe_is_the_tiny_cpu_run():
     assert recipe.data.train_files == ["builtin:arithmetic"]
 
 
+def test_the_packaged_s1k_recipes_differ_from_the_full_run_only_where_they_should():
+    full = load_recipe("s1k-dream7b").to_dict()
+    smoke = load_recipe("s1k-smoke").to_dict()
+    assert (smoke["trainer"]["total_epochs"], smoke["data"]["train_files"]) == (1, ["data/s1k-10pct.jsonl"])
+    for name, data in (("s1k-math-only", "data/s1k-math.jsonl"), ("s1k-non-math", "data/s1k-non-math.jsonl")):
+        ablation = load_recipe(name).to_dict()
+        assert ablation["data"]["train_files"] == [data]
+        ablation["data"]["train_files"] = full["data"]["train_files"]
+        assert ablation == full, name
+
+
 def test_overrides_take_dreams_dotted_keys_with_typed_values():
     recipe = load_recipe("s1k-dream7b", [
         "optim.lr=2e-6", "data.micro_batch_size_per_gpu=4", "data.max_length=2048", "trainer.total_epochs=3",
