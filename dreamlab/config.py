@@ -251,7 +251,19 @@ def find_recipe(name_or_path: str) -> Path:
 
 def load_recipe(name_or_path: str | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Recipe:
     """Read a YAML recipe (default: the tiny CPU recipe), apply overrides, validate."""
-    path = find_recipe(name_or_path or DEFAULT_RECIPE)
+    recipe = Recipe()
+    _apply_recipe_file(recipe, find_recipe(name_or_path or DEFAULT_RECIPE), seen=())
+    for text in overrides:
+        set_value(recipe, *parse_override(text))
+    validate(recipe)
+    return recipe
+
+
+def _apply_recipe_file(recipe: Recipe, path: Path, seen: tuple[Path, ...]) -> None:
+    """Set a recipe file's keys on `recipe`, after those of the recipe it `extends:` (if any)."""
+    if path.resolve() in seen:
+        chain = " -> ".join(str(p) for p in (*seen, path.resolve()))
+        raise RecipeError(f"{path}: extends itself through {chain}")
     try:
         document = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as error:
@@ -260,7 +272,15 @@ def load_recipe(name_or_path: str | None = None, overrides: list[str] | tuple[st
         raise RecipeError(f"{path}{where}: not valid YAML ({getattr(error, 'problem', error)})") from None
     if not isinstance(document, dict):
         raise RecipeError(f"{path}: expected sections data / model / optim / diffusion / trainer")
-    recipe = Recipe()
+    base = document.pop("extends", None)
+    if base is not None:
+        if not isinstance(base, str):
+            raise RecipeError(f"{path}: extends: expected a recipe name or path, got {base!r}")
+        try:
+            base_path = find_recipe(base)
+        except RecipeError as error:
+            raise RecipeError(f"{path}: extends: {error}") from None
+        _apply_recipe_file(recipe, base_path, (*seen, path.resolve()))
     for section, values in document.items():
         if not isinstance(values, dict):
             raise RecipeError(f"{path}: section {section!r} must be a mapping of keys to values")
@@ -269,10 +289,6 @@ def load_recipe(name_or_path: str | None = None, overrides: list[str] | tuple[st
                 set_value(recipe, f"{section}.{key}", value)
             except RecipeError as error:
                 raise RecipeError(f"{path}: {error}") from None
-    for text in overrides:
-        set_value(recipe, *parse_override(text))
-    validate(recipe)
-    return recipe
 
 
 def recipe_from_dict(values: dict[str, Any]) -> Recipe:

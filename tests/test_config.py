@@ -24,6 +24,24 @@ def test_the_packaged_s1k_recipes_differ_from_the_full_run_only_where_they_shoul
         assert ablation == full, name
 
 
+def test_a_recipe_extends_another_and_a_bad_extends_names_the_file(tmp_path):
+    child = tmp_path / "child.yaml"
+    child.write_text("extends: s1k-dream7b\noptim:\n  lr: 1.0e-5\n")
+    recipe = load_recipe(str(child))
+    assert recipe.optim.lr == 1e-5 and recipe.model.partial_pretrain == load_recipe("s1k-dream7b").model.partial_pretrain
+    child.write_text("extends: no-such-recipe\n")
+    with pytest.raises(RecipeError, match=r"child.yaml: extends: no recipe 'no-such-recipe': .*s1k-dream7b"):
+        load_recipe(str(child))
+    child.write_text("extends: [s1k-dream7b]\n")
+    with pytest.raises(RecipeError, match=r"child.yaml: extends: expected a recipe name or path, got \['s1k-dream7b'\]"):
+        load_recipe(str(child))
+    other = tmp_path / "other.yaml"
+    other.write_text(f"extends: {child}\n")
+    child.write_text(f"extends: {other}\n")
+    with pytest.raises(RecipeError, match="extends itself through"):
+        load_recipe(str(child))
+
+
 def test_overrides_take_dreams_dotted_keys_with_typed_values():
     recipe = load_recipe("s1k-dream7b", [
         "optim.lr=2e-6", "data.micro_batch_size_per_gpu=4", "data.max_length=2048", "trainer.total_epochs=3",

@@ -78,7 +78,7 @@ class RunSummary:
     params: dict[str, Any]
     checkpoints: list[Checkpoint]
     latest: dict[str, tuple[int, float]]
-    events: list[Event] = field(default_factory=list)
+    events: list[Event]
 
 
 def load_summary(store: RunStore, run_id: int) -> RunSummary:
