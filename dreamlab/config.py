@@ -20,6 +20,7 @@ import yaml
 
 from dreamlab.data.collate import CUTOFF_MODES
 from dreamlab.diffusion.loss import TIME_REWEIGHTINGS
+from dreamlab.store.health import HEARTBEAT_S, LOST_AFTER_S, STALL_AFTER_S, STALL_FACTOR
 
 RECIPES_DIR = Path(__file__).parent / "recipes"
 DEFAULT_RECIPE = "tiny-arithmetic"
@@ -106,6 +107,11 @@ class TrainerConfig:
     nnodes: int = 1
     rdzv_endpoint: str | None = None
     max_checkpoints: int = 3
+    # How a reader tells running from stalled and lost (docs/store.md "How a status is decided").
+    heartbeat_s: float = HEARTBEAT_S
+    lost_after_s: float = LOST_AFTER_S
+    stall_after_s: float = STALL_AFTER_S
+    stall_factor: float = STALL_FACTOR
 
 
 @dataclass
@@ -139,7 +145,8 @@ POSITIVE = {
     "trainer.total_epochs", "trainer.total_training_steps", "trainer.save_checkpoint_steps",
     "trainer.val_check_interval", "trainer.log_every", "trainer.nproc_per_node", "trainer.nnodes",
     "trainer.max_checkpoints", "model.tiny_hidden_size", "model.tiny_num_layers", "model.tiny_num_heads",
-    "model.tiny_intermediate_size", "optim.lr", "optim.clip_grad",
+    "model.tiny_intermediate_size", "optim.lr", "optim.clip_grad", "trainer.heartbeat_s", "trainer.lost_after_s",
+    "trainer.stall_after_s",
 }
 
 
@@ -324,6 +331,11 @@ def validate(recipe: Recipe, context_length: int | None = None) -> None:
         raise RecipeError(f"diffusion.eps: must be in (0, 1), got {flat['diffusion.eps']}")
     if flat["trainer.seed"] < 0:
         raise RecipeError(f"trainer.seed: must be >= 0, got {flat['trainer.seed']}")
+    if flat["trainer.stall_factor"] < 0:
+        raise RecipeError(f"trainer.stall_factor: must be >= 0, got {flat['trainer.stall_factor']}")
+    if flat["trainer.lost_after_s"] < 3 * flat["trainer.heartbeat_s"]:
+        raise RecipeError(f"trainer.lost_after_s: must be at least 3 x trainer.heartbeat_s "
+                          f"({3 * flat['trainer.heartbeat_s']:g}), got {flat['trainer.lost_after_s']:g}")
     if not 0 < flat["diffusion.cart_p"] <= 1:
         raise RecipeError(f"diffusion.cart_p: must be in (0, 1], got {flat['diffusion.cart_p']}")
     if len(flat["optim.betas"]) != 2 or not all(0 <= b < 1 for b in flat["optim.betas"]):

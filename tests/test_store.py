@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from dreamlab.store import SCHEMA_VERSION, RunStore, StoreError, default_db_path, validate_run_name
+from dreamlab.store import SCHEMA_VERSION, Progress, RunStore, StoreError, default_db_path, validate_run_name
 from dreamlab.store.schema import MIGRATIONS, migrate, schema_version
 
 RECIPE = {"model": {"name": "tiny", "layers": 2}, "optim": {"lr": 3e-4, "betas": [0.9, 0.95]},
@@ -140,23 +140,35 @@ def test_compare_lists_differing_params_and_final_metrics(store):
     assert comparison.metric_keys() == ["eval/acc", "train/loss"]
 
 
-def test_mark_lost_uses_the_heartbeat_and_a_heartbeat_revives(store):
+def test_mark_lost_records_the_reason_only_for_running_runs_and_a_heartbeat_revives(store):
     fresh = store.create_run(name="fresh")
     stale = store.create_run(name="stale")
     queued = store.create_run(name="queued")
     store.mark_started(fresh.id, pid=10, pgid=10)
     store.mark_started(stale.id, pid=11, pgid=11)
     beat = store.get_run(stale.id).heartbeat
-    store.heartbeat(fresh.id)
-    assert store.mark_lost(heartbeat_timeout_s=60) == []
-    lost = store.mark_lost(heartbeat_timeout_s=60, now=store.get_run(fresh.id).heartbeat + 61)
-    assert sorted(run.name for run in lost) == ["fresh", "stale"]
+    assert store.mark_lost(fresh.id, "no heartbeat for 61 s") and store.mark_lost(stale.id, "no heartbeat for 61 s")
+    assert not store.mark_lost(stale.id, "again") and not store.mark_lost(queued.id, "never ran")
     store.heartbeat(fresh.id)  # alive after all: back to running
     later = store.get_run(fresh.id)
     assert (later.status, later.ended, later.exit_reason) == ("running", None, None)
     gone = store.get_run(stale.id)
-    assert (gone.status, gone.ended, gone.exit_reason) == ("lost", beat, "no heartbeat for 60 s")
+    assert (gone.status, gone.ended, gone.exit_reason) == ("lost", beat, "no heartbeat for 61 s")
     assert store.get_run(queued.id).status == "queued"
+
+
+def test_worker_and_progress_are_recorded_and_a_new_start_forgets_the_worker(store):
+    run = store.create_run(name="beating")
+    store.mark_started(run.id, pid=10, pgid=10)
+    store.record_worker(run.id, "node-1", 4242, 1234.5)
+    store.heartbeat(run.id, Progress(step=7, time=2000.0, step_seconds=0.25))
+    store.heartbeat(run.id)  # a beat without news keeps the last progress
+    found = store.get_run(run.id)
+    assert (found.worker_host, found.worker_pid, found.worker_started) == ("node-1", 4242, 1234.5)
+    assert found.progress == Progress(7, 2000.0, 0.25)
+    store.finish(run.id, "stopped")
+    restarted = store.mark_started(run.id, pid=11, pgid=11)
+    assert (restarted.worker_host, restarted.worker_pid, restarted.progress) == (None, None, Progress(7, 2000.0, 0.25))
 
 
 def test_events_tell_a_run_s_history_in_order(store):
@@ -165,7 +177,7 @@ def test_events_tell_a_run_s_history_in_order(store):
     store.record_checkpoint(run.id, 5, "ckpt/step-5", complete=False)  # being written: not an event yet
     store.record_checkpoint(run.id, 5, "ckpt/step-5", complete=True)
     store.record_event(run.id, "resumed", "resumed from step 5")
-    store.mark_lost(heartbeat_timeout_s=60, now=store.get_run(run.id).heartbeat + 61)
+    store.mark_lost(run.id, "no heartbeat for 60 s")
     store.record_metrics(run.id, 6, {"train/loss": 0.5})  # a write from the "lost" run: it was alive
     store.finish(run.id, "diverged", exit_reason="non-finite loss (nan) at step 7")
     history = [(event.kind, event.message) for event in store.events(run.id)]

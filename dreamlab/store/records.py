@@ -1,4 +1,4 @@
-"""The plain records the store hands out: runs, metric points, checkpoints, events, comparisons."""
+"""The plain records the store hands out: runs, progress, metric points, checkpoints, events, comparisons."""
 
 from __future__ import annotations
 
@@ -30,6 +30,10 @@ class Run:
     ended: float | None = None
     heartbeat: float | None = None
     exit_reason: str | None = None
+    worker_host: str | None = None
+    worker_pid: int | None = None
+    worker_started: float | None = None
+    progress: Progress | None = None
 
     @property
     def finished(self) -> bool:
@@ -46,6 +50,15 @@ class Run:
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict of every field."""
         return asdict(self)
+
+
+@dataclass(frozen=True)
+class Progress:
+    """A run's last completed optimizer step, when it ended, and the median step time (s) so far."""
+
+    step: int
+    time: float
+    step_seconds: float | None = None
 
 
 class MetricPoint(NamedTuple):

@@ -20,7 +20,7 @@ from dreamlab.store.evals import EvalStoreMixin
 from dreamlab.store.names import generate_run_name, validate_run_name
 from dreamlab.store.params import decode_value, flatten_recipe, same_value
 from dreamlab.store.readonly import query_readonly
-from dreamlab.store.records import TERMINAL_STATUSES, Checkpoint, Comparison, Event, MetricPoint, Run
+from dreamlab.store.records import TERMINAL_STATUSES, Checkpoint, Comparison, Event, MetricPoint, Progress, Run
 from dreamlab.store.schema import STATUSES, migrate
 
 DEFAULT_DB = Path("runs") / "dreamlab.db"
@@ -160,7 +160,7 @@ class RunStore(EvalStoreMixin):
         raise StoreError("could not find an unused run name in 100 tries")
 
     def mark_started(self, run_id: int, pid: int | None = None, pgid: int | None = None) -> Run:
-        """Status running, started now, heartbeat now; pid / pgid default to this process (resuming is allowed)."""
+        """Status running, started now, heartbeat now, no worker yet; pid / pgid default to this process (resuming is allowed)."""
         pid = os.getpid() if pid is None else int(pid)
         pgid = os.getpgid(pid) if pgid is None and pid == os.getpid() else pgid
         now = time.time()
@@ -169,14 +169,24 @@ class RunStore(EvalStoreMixin):
             if run.status == "running":
                 raise StoreError(f"run {run.name} is already running (pid {run.pid})")
             conn.execute("UPDATE runs SET status = 'running', started = ?, heartbeat = ?, ended = NULL, "
-                         "exit_reason = NULL, pid = ?, pgid = ? WHERE id = ?", (now, now, pid, pgid, run.id))
+                         "exit_reason = NULL, pid = ?, pgid = ?, worker_host = NULL, worker_pid = NULL, "
+                         "worker_started = NULL WHERE id = ?", (now, now, pid, pgid, run.id))
             _add_event(conn, run.id, "started", f"pid {pid}" + (f", process group {pgid}" if pgid is not None else ""), now)
         return self._run_by_id(run_id)
 
-    def heartbeat(self, run_id: int) -> None:
-        """Heartbeat time now (a run marked lost comes back to running)."""
+    def record_worker(self, run_id: int, host: str, pid: int, pid_started: float) -> None:
+        """The process that beats for the run (rank 0): its host, pid and creation time, for liveness checks."""
+        with self._write() as conn:
+            conn.execute("UPDATE runs SET worker_host = ?, worker_pid = ?, worker_started = ? WHERE id = ?",
+                         (host, int(pid), float(pid_started), int(run_id)))
+
+    def heartbeat(self, run_id: int, progress: Progress | None = None) -> None:
+        """Heartbeat time now, and the run's progress if given (a run marked lost comes back to running)."""
         with self._write() as conn:
             _prove_alive(conn, int(run_id), time.time())
+            if progress is not None:
+                conn.execute("UPDATE runs SET progress_step = ?, progress_time = ?, step_seconds = ? WHERE id = ?",
+                             (int(progress.step), float(progress.time), progress.step_seconds, int(run_id)))
 
     def finish(self, run_id: int, status: str, exit_reason: str | None = None) -> Run:
         """End a run: completed / failed / diverged / stopped, ended now; refused if it already ended."""
@@ -202,21 +212,14 @@ class RunStore(EvalStoreMixin):
                 _add_event(conn, int(run_id), "stopped", exit_reason, now)
             return cursor.rowcount == 1
 
-    def mark_lost(self, heartbeat_timeout_s: float = 60.0, now: float | None = None) -> list[Run]:
-        """Mark running runs whose last heartbeat is older than the timeout as lost; return them."""
-        cutoff = (time.time() if now is None else now) - heartbeat_timeout_s
-        stale = "status = 'running' AND COALESCE(heartbeat, started, created) < ?"
-        with self._read() as conn:
-            if not conn.execute(f"SELECT 1 FROM runs WHERE {stale} LIMIT 1", (cutoff,)).fetchone():
-                return []  # the common case stays a read: no write lock for a table refresh
+    def mark_lost(self, run_id: int, reason: str) -> bool:
+        """Mark a running run lost with its reason (ended at its last heartbeat); False if it is no longer running."""
         with self._write() as conn:
-            ids = [row[0] for row in conn.execute(f"SELECT id FROM runs WHERE {stale}", (cutoff,))]
-            conn.execute(f"UPDATE runs SET status = 'lost', ended = COALESCE(heartbeat, started, created), "
-                         f"exit_reason = 'no heartbeat for ' || CAST(? AS INTEGER) || ' s' WHERE {stale}",
-                         (heartbeat_timeout_s, cutoff))
-            for run_id in ids:
-                _add_event(conn, run_id, "lost", f"no heartbeat for {int(heartbeat_timeout_s)} s", time.time())
-        return [self._run_by_id(run_id) for run_id in ids]
+            cursor = conn.execute("UPDATE runs SET status = 'lost', ended = COALESCE(heartbeat, started, created), "
+                                  "exit_reason = ? WHERE id = ? AND status = 'running'", (reason, int(run_id)))
+            if cursor.rowcount == 1:
+                _add_event(conn, int(run_id), "lost", reason, time.time())
+            return cursor.rowcount == 1
 
     def delete_run(self, ref: int | str, *, force: bool = False) -> Run:
         """Delete a run's rows (metrics, params, checkpoints, evals too); refused while it runs unless force."""
@@ -489,6 +492,9 @@ def _run_from_row(row: Mapping[str, Any]) -> Run:
         versions={key: row[f"{key}_version"] for key in _VERSION_KEYS}, pid=row["pid"], pgid=row["pgid"],
         run_dir=row["run_dir"], sweep_id=row["sweep_id"], created=row["created"], started=row["started"],
         ended=row["ended"], heartbeat=row["heartbeat"], exit_reason=row["exit_reason"],
+        worker_host=row["worker_host"], worker_pid=row["worker_pid"], worker_started=row["worker_started"],
+        progress=None if row["progress_step"] is None else Progress(row["progress_step"], row["progress_time"],
+                                                                     row["step_seconds"]),
     )
 
 

@@ -165,9 +165,22 @@ _V4_EVENTS = """
 """
 
 
+# Version 5: what tells a healthy run from a stalled or lost one: the process that beats for it (rank 0's
+# host, pid and creation time, so a reader on that host can tell a silent process from a gone one) and
+# its progress (the last completed optimizer step, when it ended, the median step time so far).
+_V5_LIVENESS = """
+        ALTER TABLE runs ADD COLUMN worker_host TEXT;
+        ALTER TABLE runs ADD COLUMN worker_pid INTEGER;
+        ALTER TABLE runs ADD COLUMN worker_started REAL;
+        ALTER TABLE runs ADD COLUMN progress_step INTEGER;
+        ALTER TABLE runs ADD COLUMN progress_time REAL;
+        ALTER TABLE runs ADD COLUMN step_seconds REAL;
+"""
+
+
 # Ordered: MIGRATIONS[i] takes a database from version i to version i + 1. Never edit a released
 # migration; append a new one.
-MIGRATIONS: tuple[str, ...] = (_V1_INITIAL, _V2_LATEST_METRICS, _V3_EVALS, _V4_EVENTS)
+MIGRATIONS: tuple[str, ...] = (_V1_INITIAL, _V2_LATEST_METRICS, _V3_EVALS, _V4_EVENTS, _V5_LIVENESS)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
