@@ -113,12 +113,13 @@ class Trainer:
     """One process's share of a run; every rank runs the same loop."""
 
     def __init__(self, recipe: Recipe, run_dir: Path, metrics: MetricsSink | None = None,
-                 on_checkpoint: Callable[[int, Path], None] | None = None, heartbeat: Callable[[], None] | None = None):
+                 on_checkpoint: Callable[[int, Path], None] | None = None,
+                 on_step: Callable[[int, float], None] | None = None):
         self.recipe = recipe
         self.run_dir = run_dir
         self.metrics = metrics or (lambda step, values: None)
         self.on_checkpoint = on_checkpoint or (lambda step, path: None)
-        self.heartbeat = heartbeat or (lambda: None)
+        self.on_step = on_step or (lambda step, seconds: None)  # rank 0: (optimizer step completed, its seconds)
         self.rank = dist.get_rank()
         self.world = dist.get_world_size()
         self.device = self._device()
@@ -318,6 +319,8 @@ class Trainer:
             self.optimizer.zero_grad(set_to_none=True)
             self.step += 1
             seconds = time.perf_counter() - started
+            if self.rank == 0:
+                self.on_step(self.step, seconds)
             values = {"train/loss": mean_loss, "train/lr": lr, "train/grad_norm": grad_norm,
                       "train/masked_tokens": masked_total, "train/masked_fraction": masked_total / max(maskable_total, 1),
                       "train/tokens_per_s": tokens_total / seconds,
@@ -328,8 +331,6 @@ class Trainer:
             if self.rank == 0 and (self.step % r.trainer.log_every == 0 or self.step == self.total_steps or "val/loss" in values):
                 values.update(self._memory())
                 self.metrics(self.step, {k: v for k, v in values.items() if v is not None})
-            elif self.rank == 0:
-                self.heartbeat()
             every = r.trainer.save_checkpoint_steps
             if stop:
                 self.checkpoint()

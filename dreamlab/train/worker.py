@@ -1,7 +1,7 @@
 """The process torchrun starts on every rank: `python -m dreamlab.train.worker --run-dir DIR [--db DB]`.
 
-Rank 0 records metrics, checkpoints, heartbeats and the final status in the run store (the launcher
-already marked the run started with torchrun's process group).
+Rank 0 records metrics, checkpoints and the final status in the run store (the launcher already marked
+the run started with torchrun's process group); its heartbeat thread beats from the start of the process.
 """
 
 from __future__ import annotations
@@ -10,7 +10,6 @@ import argparse
 import json
 import os
 import sys
-import time
 import traceback
 from pathlib import Path
 
@@ -19,9 +18,8 @@ import torch.distributed as dist
 from torch.distributed.checkpoint.api import CheckpointException  # a BaseException: `except Exception` misses it
 
 from dreamlab.config import recipe_from_dict
+from dreamlab.train.heartbeat import HeartbeatThread
 from dreamlab.train.trainer import Trainer
-
-HEARTBEAT_SECONDS = 5.0
 
 
 def say(text: str) -> None:
@@ -47,7 +45,6 @@ class StoreReporter:
     def __init__(self, db: str | None, run_id: int | None) -> None:
         self.store = None
         self.run_id = run_id
-        self.last_beat = 0.0
         if db and run_id is not None:
             from dreamlab.store import RunStore
 
@@ -57,12 +54,6 @@ class StoreReporter:
         say(f"step {step} " + " ".join(f"{k}={v:.5g}" for k, v in values.items()))
         if self.store:
             self.store.record_metrics(self.run_id, step, values)
-            self.last_beat = time.monotonic()
-
-    def heartbeat(self) -> None:
-        if self.store and time.monotonic() - self.last_beat > HEARTBEAT_SECONDS:
-            self.store.heartbeat(self.run_id)
-            self.last_beat = time.monotonic()
 
     def checkpoint(self, step: int, path: Path) -> None:
         say(f"checkpoint step {step}: {path}")
@@ -100,6 +91,15 @@ def die_with_torchrun() -> None:
         os._exit(1)
 
 
+def start_heartbeat(db: str | None, run_id: int | None, interval_s: float) -> HeartbeatThread | None:
+    """Rank 0's heartbeat thread, beating from before the model loads until the worker ends (None elsewhere)."""
+    if not db or run_id is None or int(os.environ.get("RANK", "0")) != 0:
+        return None
+    beat = HeartbeatThread(db, run_id, interval_s)
+    beat.start()
+    return beat
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run one rank of a training run described by DIR/run.json."""
     die_with_torchrun()
@@ -110,6 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     spec = json.loads((args.run_dir / "run.json").read_text())
     recipe = recipe_from_dict(spec["recipe"])
+    beat = start_heartbeat(args.db, spec.get("run_id"), recipe.trainer.heartbeat_s)
     use_cuda = recipe.trainer.device == "cuda" or (recipe.trainer.device == "auto" and torch.cuda.is_available())
     if not use_cuda:
         # torchrun pins OMP_NUM_THREADS=1; give each CPU process its share of the cores instead.
@@ -120,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     status, reason = "failed", None
     try:
         trainer = Trainer(recipe, args.run_dir, metrics=reporter.metrics, on_checkpoint=reporter.checkpoint,
-                          heartbeat=reporter.heartbeat)
+                          on_step=beat.step_done if beat else None)
         trainer.setup()
         if rank == 0:
             visible = os.environ.get("CUDA_VISIBLE_DEVICES")
@@ -140,6 +141,8 @@ def main(argv: list[str] | None = None) -> int:
         reason = f"{type(error).__name__}: {error}"
         print_traceback()
     finally:
+        if beat:
+            beat.stop()
         if rank == 0:
             reporter.finish(status, reason)
         dist.destroy_process_group()
