@@ -8,7 +8,8 @@ from datetime import datetime
 from typing import Any
 
 STATUS_STYLES = {"queued": "dim", "running": "bold cyan", "completed": "green", "failed": "bold red",
-                 "diverged": "magenta", "stopped": "yellow", "lost": "red"}
+                 "diverged": "magenta", "stopped": "yellow", "lost": "red",
+                 "stalled": "bold yellow"}
 
 
 def fmt_value(value: Any) -> str:

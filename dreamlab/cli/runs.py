@@ -23,6 +23,7 @@ from dreamlab.display import fmt_value as _text
 from dreamlab.display import fmt_when as _when
 from dreamlab.store import Run, RunStore, StoreError
 from dreamlab.store.control import stop_run
+from dreamlab.store.health import Health, assess
 
 app = typer.Typer(help="Runs in the run store: list, show, compare, stop, remove, query.", no_args_is_help=True)
 
@@ -30,6 +31,13 @@ app = typer.Typer(help="Runs in the run store: list, show, compare, stop, remove
 MODEL_KEYS = ("model.partial_pretrain",)
 LR_KEYS = ("optim.lr",)
 LOSS_KEY = "train/loss"
+
+LostAfterOption = Annotated[float | None, typer.Option(
+    min=0, help="Seconds without a heartbeat before a running run whose process is not seen alive reads lost "
+                "[default: the run's trainer.lost_after_s, 60].")]
+StallAfterOption = Annotated[float | None, typer.Option(
+    min=0, help="Least seconds without an optimizer step before a running run reads stalled (raised to "
+                "trainer.stall_factor x its median step time) [default: the run's trainer.stall_after_s, 600].")]
 
 
 @contextmanager
@@ -56,14 +64,19 @@ def list_command(
     sweep: Annotated[str | None, typer.Option(help="Only runs of this sweep id.")] = None,
     limit: Annotated[int, typer.Option(min=1, help="Show the newest this many runs.")] = 50,
     all_runs: Annotated[bool, typer.Option("--all", help="Show every run (overrides --limit).")] = False,
-    lost_after: Annotated[float, typer.Option(min=0, help="Mark running runs lost after this many seconds without a heartbeat.")] = 60.0,
+    lost_after: LostAfterOption = None,
+    stall_after: StallAfterOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Runs, newest first: status, steps, latest train/loss, start, duration, model and lr."""
+    """Runs, newest first: status (and why a run is stalled or lost), steps, latest train/loss, start, duration,
+    model and lr. A running run that reads lost is marked lost in the store."""
     with _errors():
         store = _open(db)
-        store.mark_lost(heartbeat_timeout_s=lost_after)
         runs = store.list_runs(status=status, sweep_id=sweep, limit=None if all_runs else limit)
+        health = {run.id: assess(run, lost_after, stall_after) for run in runs}
+        for run in runs:
+            if run.status == "running" and health[run.id].status == "lost":
+                store.mark_lost(run.id, health[run.id].reason or "lost")
         total = len(runs) if all_runs or len(runs) < limit else store.count_runs(status=status, sweep_id=sweep)
         ids = [run.id for run in runs]
         steps = store.max_steps(ids)
@@ -72,7 +85,8 @@ def list_command(
     for run in runs:
         flat = _flatten(run.recipe)
         loss = losses.get(run.id, {}).get(LOSS_KEY)
-        rows.append({"name": run.name, "status": run.status, "steps": steps.get(run.id),
+        rows.append({"name": run.name, "status": health[run.id].status, "reason": health[run.id].reason,
+                     "steps": steps.get(run.id),
                      "train_loss": None if loss is None else _json_number(loss[1]), "started": run.started,
                      "duration_s": run.duration(), "model": _first(flat, MODEL_KEYS), "lr": _first(flat, LR_KEYS),
                      "sweep_id": run.sweep_id, "id": run.id})
@@ -83,9 +97,13 @@ def list_command(
     for column, justify in (("name", "left"), ("status", "left"), ("steps", "right"), (LOSS_KEY, "right"),
                             ("started", "left"), ("duration", "right"), ("model", "left"), ("lr", "right")):
         table.add_column(column, justify=justify, no_wrap=column in ("name", "status"))  # type: ignore[arg-type]
+    reasons = any(row["reason"] for row in rows)
+    if reasons:
+        table.add_column("why")
     for row in rows:
         table.add_row(row["name"], _status(row["status"]), _text(row["steps"]), _number(row["train_loss"]),
-                      _when(row["started"]), _duration(row["duration_s"]), _text(row["model"]), _number(row["lr"]))
+                      _when(row["started"]), _duration(row["duration_s"]), _text(row["model"]), _number(row["lr"]),
+                      *([row["reason"] or ""] if reasons else []))
     if len(rows) < total:
         table.caption = f"the newest {len(rows)} of {total} runs (--limit N or --all for more)"
     _console().print(table if rows else "no runs", soft_wrap=not rows)
@@ -95,26 +113,31 @@ def list_command(
 def show_command(
     run: Annotated[str, typer.Argument(help="Run name, unique name prefix or id.")],
     db: DbOption = None,
+    lost_after: LostAfterOption = None,
+    stall_after: StallAfterOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """One run: its record, params, latest metrics, checkpoints, history (events) and evals."""
+    """One run: its record and status (why it is stalled or lost), params, latest metrics, checkpoints, history
+    (events) and evals."""
     with _errors():
         store = _open(db)
         found = store.get_run(run)
+        health = assess(found, lost_after, stall_after)
         params = store.params(found.id)
         latest = store.latest_metrics(found.id)
         checkpoints = store.checkpoints(found.id)
         events = store.events(found.id)
         evals = store.list_evals(run_ref=found.id)
     if as_json:
-        payload = {"run": found.to_dict(), "params": params, "evals": [record.to_dict() for record in evals],
+        payload = {"run": found.to_dict(), "health": vars(health), "params": params,
+                   "evals": [record.to_dict() for record in evals],
                    "latest_metrics": {key: {"step": step, "value": _json_number(value)} for key, (step, value) in latest.items()},
                    "checkpoints": [vars(checkpoint) for checkpoint in checkpoints],
                    "events": [vars(event) for event in events]}
         typer.echo(json.dumps(payload, indent=2, default=str))
         return
     console = _console()
-    console.print(_run_table(found))
+    console.print(_run_table(found, health))
     params_table = Table("param", "value", title="params", title_justify="left")
     for key, value in params.items():
         params_table.add_row(key, _text(value))
@@ -293,19 +316,32 @@ def _console() -> Console:
     return Console(highlight=False)
 
 
-def _run_table(run: Run) -> Table:
+def _run_table(run: Run, health: Health) -> Table:
     table = Table("field", "value", title=f"run {run.name}", title_justify="left", show_header=False)
     table.add_row("id", str(run.id))
-    table.add_row("status", _status(run.status))
+    table.add_row("status", _status(health.status))
+    if health.reason and health.reason != run.exit_reason:
+        table.add_row("why", health.reason)
     for label, value in (("exit reason", run.exit_reason), ("sweep", run.sweep_id), ("created", _when(run.created)),
                          ("started", _when(run.started)), ("ended", _when(run.ended)),
                          ("duration", _duration(run.duration())), ("heartbeat", _when(run.heartbeat)),
-                         ("host", run.host), ("gpus", ", ".join(run.gpus) or None), ("pid / pgid", _pids(run)),
-                         ("git commit", run.git_commit), ("folder", run.run_dir)):
+                         ("last step", _progress(run)), ("host", run.host), ("gpus", ", ".join(run.gpus) or None), ("pid / pgid", _pids(run)),
+                         ("worker", _worker(run)), ("git commit", run.git_commit), ("folder", run.run_dir)):
         table.add_row(label, _text(value))
     versions = ", ".join(f"{key} {value}" for key, value in run.versions.items() if value)
     table.add_row("versions", versions or "—")
     return table
+
+
+def _progress(run: Run) -> str | None:
+    if run.progress is None:
+        return None
+    median = run.progress.step_seconds
+    return f"{run.progress.step} at {_when(run.progress.time)}" + (f" (median step {median:.3g} s)" if median else "")
+
+
+def _worker(run: Run) -> str | None:
+    return None if run.worker_pid is None else f"rank 0, pid {run.worker_pid} on {run.worker_host}"
 
 
 def _pids(run: Run) -> str | None:

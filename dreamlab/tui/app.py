@@ -44,7 +44,7 @@ class DreamlabApp(App):
             super().__init__()
             self.name, self.summary, self.error = name, summary, error
 
-    def __init__(self, store: RunStore, *, lost_after_s: float = 60.0, poll_s: float = 2.0) -> None:
+    def __init__(self, store: RunStore, *, lost_after_s: float | None = None, poll_s: float = 2.0) -> None:
         super().__init__()
         self.store = store
         self.lost_after_s = lost_after_s
@@ -137,7 +137,7 @@ class DreamlabApp(App):
 
     def confirm_stop(self, run_id: int, name: str, status: str) -> None:
         """Ask, then stop the run (SIGTERM, a checkpoint, stopped; SIGKILL after the grace)."""
-        if status not in ("running", "lost"):
+        if status not in ("running", "stalled", "lost"):
             self.notify(f"{name} is not running ({status})", severity="warning")
             return
 
@@ -178,6 +178,6 @@ class DreamlabApp(App):
                     widget.poll_now()
 
 
-def build_app(db: str | Path, *, lost_after_s: float = 60.0, poll_s: float = 2.0) -> DreamlabApp:
-    """The console on the store at `db` (created if missing, so a first launch works from the console)."""
+def build_app(db: str | Path, *, lost_after_s: float | None = None, poll_s: float = 2.0) -> DreamlabApp:
+    """The console on the store at `db` (created if missing); lost_after_s None: each run's trainer.lost_after_s."""
     return DreamlabApp(RunStore(db), lost_after_s=lost_after_s, poll_s=poll_s)

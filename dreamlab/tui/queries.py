@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from dreamlab.store import Checkpoint, Comparison, Event, MetricPoint, Run, RunStore
+from dreamlab.store.health import Health, assess
 
 LOSS_KEY = "train/loss"
 VAL_LOSS_KEY = "val/loss"
@@ -38,15 +39,15 @@ class RunRow:
     duration_s: float | None
     sweep_id: str | None
     best_eval: float | None = None
+    reason: str | None = None  # why the status reads stalled or lost (or a note on a running run)
 
     def text(self) -> str:
         """Everything the filter box matches against, lower-cased."""
         return " ".join(str(part) for part in (self.name, self.status, self.model, self.lr, self.sweep_id)).lower()
 
 
-def load_runs(store: RunStore, lost_after_s: float) -> list[RunRow]:
-    """Every run, newest first, with its highlights; running runs silent for lost_after_s become lost."""
-    store.mark_lost(heartbeat_timeout_s=lost_after_s)
+def load_runs(store: RunStore, lost_after_s: float | None = None) -> list[RunRow]:
+    """Every run, newest first, with its highlights and its status as `assess` reads it (never written here)."""
     runs = store.list_runs()
     ids = [run.id for run in runs]
     steps = store.max_steps(ids)
@@ -56,8 +57,9 @@ def load_runs(store: RunStore, lost_after_s: float) -> list[RunRow]:
     rows = []
     for run in runs:
         loss = losses.get(run.id, {}).get(LOSS_KEY)
+        health = assess(run, lost_after_s=lost_after_s, now=now)
         rows.append(RunRow(
-            id=run.id, name=run.name, status=run.status,
+            id=run.id, name=run.name, status=health.status, reason=health.reason,
             model=_nested(run.recipe, "model", "partial_pretrain"), lr=_nested(run.recipe, "optim", "lr"),
             steps=steps.get(run.id), loss=None if loss is None else loss[1], started=run.started,
             duration_s=run.duration(now), sweep_id=run.sweep_id, best_eval=best_evals.get(run.id),
@@ -79,12 +81,15 @@ class RunSummary:
     checkpoints: list[Checkpoint]
     latest: dict[str, tuple[int, float]]
     events: list[Event]
+    health: Health
 
 
-def load_summary(store: RunStore, run_id: int) -> RunSummary:
-    """A run's record, flattened recipe, checkpoints, latest metrics and events."""
-    return RunSummary(run=store.get_run(run_id), params=store.params(run_id), checkpoints=store.checkpoints(run_id),
-                      latest=store.latest_metrics(run_id), events=store.events(run_id))
+def load_summary(store: RunStore, run_id: int, lost_after_s: float | None = None) -> RunSummary:
+    """A run's record, flattened recipe, checkpoints, latest metrics, events and status as `assess` reads it."""
+    run = store.get_run(run_id)
+    return RunSummary(run=run, params=store.params(run_id), checkpoints=store.checkpoints(run_id),
+                      latest=store.latest_metrics(run_id), events=store.events(run_id),
+                      health=assess(run, lost_after_s=lost_after_s))
 
 
 @dataclass(frozen=True)

@@ -56,14 +56,15 @@ class RunsScreen(Screen):
 
     @on(RunsTable.Highlighted)
     def highlighted(self, event: RunsTable.Highlighted) -> None:
-        """Title line: how many runs, how many shown, how many running."""
+        """Title line: how many runs, how many shown, how many running; why the highlighted run is stalled or lost."""
         table = self.table
         running = sum(row.status == "running" for row in table.all_rows)
         shown = len(table.visible_rows())
         counts = f"{shown} of {len(table.all_rows)} runs" if shown != len(table.all_rows) else f"{shown} runs"
         marked = f", {len(table.marked)} marked" if table.marked else ""
-        self.query_one("#title", Static).update(
-            f"dreamlab · {counts}, {running} running{marked} · {self.app.store.path}")
+        run = event.run
+        where = f"{run.name} {run.status}: {run.reason}" if run and run.reason else str(self.app.store.path)
+        self.query_one("#title", Static).update(f"dreamlab · {counts}, {running} running{marked} · {where}")
 
     @on(DataTable.RowSelected, "#runs")
     def row_selected(self) -> None:

@@ -13,20 +13,22 @@ from dreamlab.tui.widgets.polling import Polling
 
 
 def header_text(summary: RunSummary, now: float | None = None) -> Text:
-    """`name  status  step N/T  loss  heartbeat 3 s ago  running 2m10s` (plus the exit reason if any)."""
+    """`name  status  step N/T  loss  heartbeat 3 s ago  running 2m10s` (plus why it is stalled, lost or ended)."""
     run = summary.run
     now = time.time() if now is None else now
     steps = max((step for step, _ in summary.latest.values()), default=None)
     total = summary.latest.get("trainer/total_steps")
     loss = summary.latest.get(LOSS_KEY)
-    text = Text.assemble((run.name, "bold"), "  ", (run.status, STATUS_STYLES.get(run.status, "")))
+    health = summary.health
+    text = Text.assemble((run.name, "bold"), "  ", (health.status, STATUS_STYLES.get(health.status, "")))
     text.append(f"  step {fmt_number(steps)}" + (f"/{int(total[1])}" if total else ""))
     if loss is not None:
         text.append(f"  loss {fmt_number(loss[1])}")
     text.append(f"  heartbeat {age(run.heartbeat, now)} ago" if run.heartbeat else "  no heartbeat yet")
     text.append(f"  {fmt_duration(run.duration(now))}")
-    if run.exit_reason:
-        text.append(f"\n{run.exit_reason}", style="italic")
+    reason = health.reason or run.exit_reason
+    if reason:
+        text.append(f"\n{reason}", style="italic")
     return text
 
 
@@ -44,7 +46,7 @@ class RunSummaryView(Polling, Static):
 
     def load(self) -> RunSummary:
         """Record, params, checkpoints, latest metrics (worker thread)."""
-        return load_summary(self.app.store, self.run_id)
+        return load_summary(self.app.store, self.run_id, self.app.lost_after_s)
 
     def apply(self, data: RunSummary) -> None:
         """Header now; recipe, checkpoints and history when they changed."""

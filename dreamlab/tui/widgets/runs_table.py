@@ -52,7 +52,7 @@ class RunsTable(Polling, DataTable):
             super().__init__()
             self.run = run
 
-    def __init__(self, lost_after_s: float, **kwargs: Any) -> None:
+    def __init__(self, lost_after_s: float | None, **kwargs: Any) -> None:
         super().__init__(cursor_type="row", zebra_stripes=True, **kwargs)
         self.lost_after_s = lost_after_s
         self.rows_by_id: dict[int, RunRow] = {}
