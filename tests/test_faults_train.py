@@ -24,6 +24,7 @@ from dreamlab.cli import app
 from dreamlab.config import load_recipe
 from dreamlab.data.sources import read_source
 from dreamlab.store import RunStore
+from dreamlab.store.health import assess
 from dreamlab.train.checkpoint import complete_checkpoints
 from dreamlab.models.loading import load_model_and_tokenizer
 from dreamlab.train.launcher import write_run_spec
@@ -138,8 +139,9 @@ def test_kill_minus_9_at_random_points_twenty_times_then_resume_to_the_end(tmp_p
         reopened = RunStore(db)
         assert [r.name for r in reopened.list_runs()] == ["victim"]
         if child.exitcode == -9:
-            lost = reopened.mark_lost(heartbeat_timeout_s=0.0, now=time.time() + 1)
-            assert [r.name for r in lost] == ["victim"] and reopened.get_run("victim").status == "lost"
+            health = assess(reopened.get_run("victim"), lost_after_s=0.0, now=time.time() + 1)
+            assert health.status == "lost", health
+            assert reopened.mark_lost(run.id, health.reason) and reopened.get_run("victim").status == "lost"
         else:  # it finished before the signal landed: its true final status
             assert reopened.get_run("victim").status == "completed"
             break

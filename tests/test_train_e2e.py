@@ -186,8 +186,12 @@ def test_a_detached_run_survives_its_launcher_stops_cleanly_and_a_killed_one_rea
     wait_for(lambda: store.latest_metrics(store.get_run("killed").id).get("train/loss"))
     os.killpg(store.get_run("killed").pgid, signal.SIGKILL)
     wait_for(lambda: not processes_mentioning(str(tmp_path / "runs" / "killed")), timeout=30)  # no orphan rank
-    lost = store.mark_lost(heartbeat_timeout_s=0.0, now=time.time() + 1)
-    assert [r.name for r in lost] == ["killed"] and store.get_run("killed").status == "lost"
+    time.sleep(0.1)  # `--lost-after 0` needs the last heartbeat in the past
+    listed = runner.invoke(app, ["runs", "list", "--lost-after", "0", "--json", "--db", str(db)])
+    assert listed.exit_code == 0, listed.output
+    assert {row["name"]: row["status"] for row in json.loads(listed.output)} == {"killed": "lost", "detached": "stopped"}
+    killed = store.get_run("killed")
+    assert killed.status == "lost" and "is gone" in killed.exit_reason
     assert RunStore.query_readonly(db, "SELECT count(*) FROM runs")[1][0][0] == 2
 
 

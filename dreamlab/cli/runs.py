@@ -97,16 +97,16 @@ def list_command(
     for column, justify in (("name", "left"), ("status", "left"), ("steps", "right"), (LOSS_KEY, "right"),
                             ("started", "left"), ("duration", "right"), ("model", "left"), ("lr", "right")):
         table.add_column(column, justify=justify, no_wrap=column in ("name", "status"))  # type: ignore[arg-type]
-    reasons = any(row["reason"] for row in rows)
-    if reasons:
-        table.add_column("why")
     for row in rows:
         table.add_row(row["name"], _status(row["status"]), _text(row["steps"]), _number(row["train_loss"]),
-                      _when(row["started"]), _duration(row["duration_s"]), _text(row["model"]), _number(row["lr"]),
-                      *([row["reason"] or ""] if reasons else []))
+                      _when(row["started"]), _duration(row["duration_s"]), _text(row["model"]), _number(row["lr"]))
     if len(rows) < total:
         table.caption = f"the newest {len(rows)} of {total} runs (--limit N or --all for more)"
-    _console().print(table if rows else "no runs", soft_wrap=not rows)
+    console = _console()
+    console.print(table if rows else "no runs", soft_wrap=not rows)
+    for row in rows:  # below the table: a reason is a sentence, too long for a column
+        if row["reason"]:
+            console.print(Text.assemble((row["name"], "bold"), " ", _status(row["status"]), f": {row['reason']}"))
 
 
 @app.command("show")
