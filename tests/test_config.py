@@ -71,6 +71,9 @@ def test_overrides_take_dreams_dotted_keys_with_typed_values():
     ("data.perbatch_cutoff_type=dynamic", "data.perbatch_cutoff_type"),
     ("optim.betas=[0.9]", "optim.betas: expected two numbers"),
     ("optim", "expected section.key=value"),
+    ("trainer.lost_after_s=10", "trainer.lost_after_s: must be at least 3 x trainer.heartbeat_s"),
+    ("trainer.stall_after_s=0", "trainer.stall_after_s: must be > 0"),
+    ("trainer.stall_factor=-1", "trainer.stall_factor: must be >= 0"),
 ])
 def test_bad_overrides_are_refused_naming_the_key(override, message):
     with pytest.raises(RecipeError, match=message.replace("(", r"\(").replace("[", r"\[")):
