@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 
+import psutil
 import pytest
 from typer.testing import CliRunner
 
@@ -79,6 +80,23 @@ def test_list_marks_silent_running_runs_lost(db):
     time.sleep(0.01)
     rows = json.loads(runs("list", "--db", str(db), "--json", "--lost-after", "0").output)
     assert {row["name"]: row["status"] for row in rows} == {"alpha": "lost", "beta": "completed", "gamma": "queued"}
+
+
+def test_list_and_show_say_why_a_running_run_is_stalled_and_status_stalled_finds_it(db):
+    with RunStore(db) as store:  # alpha's rank 0 is this (alive) process
+        store.record_worker(store.get_run("alpha").id, socket.gethostname(), os.getpid(), psutil.Process().create_time())
+    time.sleep(0.01)
+    rows = json.loads(runs("list", "--db", str(db), "--json", "--stall-after", "0", "--status", "stalled").output)
+    assert [(row["name"], row["status"]) for row in rows] == [("alpha", "stalled")]
+    assert rows[0]["reason"].startswith("no optimizer step since the start for ")
+    table = runs("list", "--db", str(db), "--stall-after", "0")
+    assert "alpha stalled: no optimizer step since the start for " in table.output, table.output
+    shown = runs("show", "alpha", "--db", str(db), "--stall-after", "0")
+    assert "stalled" in shown.output and "no optimizer step since the start" in shown.output, shown.output
+    assert "rank 0, pid" in shown.output
+    assert json.loads(runs("list", "--db", str(db), "--json").output)[2]["status"] == "running"  # 600 s by default
+    with RunStore(db) as store:
+        assert store.get_run("alpha").status == "running"  # stalled is shown, never stored
 
 
 def test_show(db):

@@ -60,7 +60,8 @@ def _open(db: Path | None) -> RunStore:
 @app.command("list")
 def list_command(
     db: DbOption = None,
-    status: Annotated[str | None, typer.Option(help="Only runs with this status.")] = None,
+    status: Annotated[str | None, typer.Option(
+        help="Only runs with this status (stalled: the running runs that read stalled).")] = None,
     sweep: Annotated[str | None, typer.Option(help="Only runs of this sweep id.")] = None,
     limit: Annotated[int, typer.Option(min=1, help="Show the newest this many runs.")] = 50,
     all_runs: Annotated[bool, typer.Option("--all", help="Show every run (overrides --limit).")] = False,
@@ -72,12 +73,15 @@ def list_command(
     model and lr. A running run that reads lost is marked lost in the store."""
     with _errors():
         store = _open(db)
-        runs = store.list_runs(status=status, sweep_id=sweep, limit=None if all_runs else limit)
+        _record_lost(store, lost_after, stall_after)
+        if status == "stalled":  # derived, never stored
+            found = [run for run in store.list_runs(status="running", sweep_id=sweep)
+                     if assess(run, lost_after, stall_after).status == "stalled"]
+            runs, total = (found if all_runs else found[:limit]), len(found)
+        else:
+            runs = store.list_runs(status=status, sweep_id=sweep, limit=None if all_runs else limit)
+            total = len(runs) if all_runs or len(runs) < limit else store.count_runs(status=status, sweep_id=sweep)
         health = {run.id: assess(run, lost_after, stall_after) for run in runs}
-        for run in runs:
-            if run.status == "running" and health[run.id].status == "lost":
-                store.mark_lost(run.id, health[run.id].reason or "lost")
-        total = len(runs) if all_runs or len(runs) < limit else store.count_runs(status=status, sweep_id=sweep)
         ids = [run.id for run in runs]
         steps = store.max_steps(ids)
         losses = store.latest_metrics_for(ids, keys=[LOSS_KEY])
@@ -157,6 +161,14 @@ def show_command(
     console.print(events_table)
     if evals:
         console.print(_evals_table(evals))
+
+
+def _record_lost(store: RunStore, lost_after: float | None, stall_after: float | None) -> None:
+    """Mark lost every running run that reads lost: the CLI records what the console only shows."""
+    for run in store.list_runs(status="running"):
+        health = assess(run, lost_after, stall_after)
+        if health.status == "lost":
+            store.mark_lost(run.id, health.reason or "lost")
 
 
 def _evals_table(evals: list[Any], names: dict[int, str] | None = None) -> Table:
