@@ -243,6 +243,19 @@ def test_a_v3_store_gets_events_backfilled_from_its_runs(tmp_path):
             (2.0, "queued", None), (3.0, "started", None), (4.0, "failed", "torchrun exited with code 1")]
 
 
+def test_a_v4_store_gains_worker_and_progress_columns_empty(tmp_path):
+    path = tmp_path / "v4.db"
+    conn = sqlite3.connect(path, isolation_level=None)
+    assert migrate(conn, target=4) == 4
+    conn.execute("INSERT INTO runs (id, name, status, created, started, heartbeat, pid) "
+                 "VALUES (1, 'busy', 'running', 1.0, 2.0, 3.0, 77)")
+    conn.close()
+    with RunStore(path) as store:
+        run = store.get_run("busy")
+        assert (run.status, run.heartbeat, run.pid) == ("running", 3.0, 77)
+        assert (run.worker_host, run.worker_pid, run.worker_started, run.progress) == (None, None, None, None)
+
+
 def test_a_newer_schema_is_refused(tmp_path):
     path = tmp_path / "new.db"
     RunStore(path).close()
