@@ -104,6 +104,16 @@ def test_the_optimizer_gets_the_scheduled_rate_at_each_step(tmp_path, one_proces
     assert recorded[1] == pytest.approx(5e-4) and recorded[2] == pytest.approx(1e-3) and recorded[3] == pytest.approx(1e-3)
 
 
+def test_bf16_autocast_on_the_cpu_runs_the_forward_in_bf16_and_fp32_does_not(tmp_path, one_process):
+    seen = {}
+    for precision in ("bf16", "fp32"):
+        run = trainer(tmp_path, precision, f"trainer.precision={precision}", "data.micro_batch_size_per_gpu=2")
+        run.model.lm_head.register_forward_hook(lambda module, args, out, p=precision: seen.update({p: out.dtype}))
+        loss_share = run.accumulate(0)[0]
+        assert math.isfinite(loss_share) and all(p.grad.dtype == torch.float32 for p in run.model.parameters())
+    assert seen == {"bf16": torch.bfloat16, "fp32": torch.float32}
+
+
 def test_precision_resolves_per_device():
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     assert compute_dtype("auto", cpu) == torch.float32 and compute_dtype("auto", cuda) == torch.bfloat16

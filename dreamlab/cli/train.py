@@ -33,7 +33,14 @@ def train(
 ) -> None:
     """Train a model with Dream's diffusion SFT (no recipe: the tiny model on the built-in task, CPU)."""
     from dreamlab.config import RecipeError, load_recipe, recipe_from_dict, split_recipe_args  # torch: keep it out of start-up
-    from dreamlab.train.launcher import launch, memory_estimate, start_process, torchrun_command
+    from dreamlab.train.launcher import (
+        launch,
+        memory_estimate,
+        relayout,
+        start_process,
+        torchrun_command,
+        write_run_spec,
+    )
 
     console = Console()
     if estimate:
@@ -58,11 +65,13 @@ def train(
     try:
         store = RunStore(store_path)
         if resume:
-            if args:
-                raise RecipeError("--resume takes no recipe or overrides: it continues the run as recorded")
             run = store.get_run(resume)
             run_dir = Path(run.run_dir)
             recipe = recipe_from_dict(json.loads((run_dir / "run.json").read_text())["recipe"])
+            changes = relayout(recipe, list(args or []))
+            if changes:
+                write_run_spec(run_dir, recipe, run.id, store_path.resolve())
+                store.record_event(run.id, "relayout", ", ".join(changes))
             command = torchrun_command(recipe, run_dir, store_path.resolve(), resume=True)
             process = start_process(command, run_dir, capture=foreground)
             store.mark_started(run.id, pid=process.pid, pgid=process.pid)

@@ -126,6 +126,27 @@ def write_run_spec(run_dir: Path, recipe: Recipe, run_id: int, db: Path) -> None
     (run_dir / "run.json").write_text(json.dumps(spec, indent=2))
 
 
+# What `--resume RUN key=value` may change: where and how wide the run is laid out, nothing it learns.
+RELAYOUT_KEYS = ("trainer.nproc_per_node", "trainer.nnodes", "trainer.rdzv_endpoint", "data.micro_batch_size_per_gpu",
+                 "data.gradient_accumulation_steps")
+
+
+def relayout(recipe: Recipe, overrides: list[str]) -> list[str]:
+    """Apply layout overrides for a resume (refusing any other key); returns the `key=value` changes."""
+    from dreamlab.config import parse_override, set_value
+
+    changes = []
+    for text in overrides:
+        key, value = parse_override(text)
+        if key not in RELAYOUT_KEYS:
+            raise RecipeError(f"--resume continues the run as recorded: {key} cannot change; a resume may set "
+                              f"only {', '.join(RELAYOUT_KEYS)}")
+        set_value(recipe, key, value)
+        changes.append(f"{key}={value}")
+    validate(recipe)
+    return changes
+
+
 def torchrun_command(recipe: Recipe, run_dir: Path, db: Path, *, resume: bool) -> list[str]:
     """The torchrun command line for this recipe's launch settings."""
     t = recipe.trainer

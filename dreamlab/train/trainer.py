@@ -236,11 +236,28 @@ class Trainer:
         trainer_state, rank_state = load_checkpoint(path, model=self.raw_model, optimizer=self.optimizer)
         self.scheduler.load_state_dict(trainer_state["scheduler"])
         self.step = trainer_state["step"]
+        self.resume_note = self._relayout_note(trainer_state)
         if rank_state is not None:
             self.collator.load_state_dict(rank_state["collator"])
             self.mask_generator.set_state(rank_state["mask_generator"])
             torch.set_rng_state(rank_state["torch"])
         return step
+
+    def _global_batch(self) -> int:
+        d = self.recipe.data
+        return self.world * d.micro_batch_size_per_gpu * d.gradient_accumulation_steps
+
+    def _relayout_note(self, state: dict[str, Any]) -> str:
+        """What a resume on another layout than the checkpoint's keeps and loses ('' on the same layout)."""
+        notes = []
+        if state["world_size"] != self.world:
+            notes.append(f"written by {state['world_size']} processes, read by {self.world}: model and optimizer "
+                         "resharded; each rank's random streams (masks, cutoffs, torch) restart from the seed")
+        written = state.get("global_batch")
+        if written is not None and written != self._global_batch():
+            notes.append(f"global batch {written} -> {self._global_batch()} rows: the data order does not continue "
+                         "where it stopped")
+        return "".join(f"; {note}" for note in notes)
 
     def _rank_state(self) -> dict[str, Any]:
         return {"collator": self.collator.state_dict(), "mask_generator": self.mask_generator.get_state(),
@@ -252,6 +269,7 @@ class Trainer:
             run_dir=self.run_dir, step=self.step, model=self.raw_model, optimizer=self.optimizer,
             tokenizer=self.tokenizer, keep=self.recipe.trainer.max_checkpoints, save_bf16=self.device.type == "cuda",
             trainer_state={"step": self.step, "epoch": self.step // self.steps_per_epoch, "world_size": self.world,
+                           "global_batch": self._global_batch(),
                            "scheduler": self.scheduler.state_dict(), "total_steps": self.total_steps},
             rank_state=self._rank_state(),
         )
