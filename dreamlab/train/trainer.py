@@ -2,7 +2,8 @@
 
 Parallelism, stated plainly: data parallel over every process (torchrun), parameters, gradients and
 optimizer state sharded by FSDP2 (FULL_SHARD); NCCL on GPUs with bf16 parameters and fp32 reductions,
-gloo on CPUs in fp32. Each optimizer step consumes world x micro_batch x accumulation rows.
+gloo on CPUs in fp32 (bf16 autocast with trainer.precision=bf16). Each optimizer step consumes
+world x micro_batch x accumulation rows, and its loss is divided by the masked tokens of all of them.
 """
 
 from __future__ import annotations
