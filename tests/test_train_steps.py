@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import math
-import signal
 import zlib
 
 import pytest
 import torch
-import torch.distributed as dist
 
 from dreamlab.config import load_recipe
 from dreamlab.train.trainer import NoisedBatch, Trainer, compute_dtype, lr_lambda
@@ -16,17 +14,6 @@ from dreamlab.train.trainer import NoisedBatch, Trainer, compute_dtype, lr_lambd
 TINY = ["model.tiny_hidden_size=32", "model.tiny_num_layers=2", "model.tiny_num_heads=2",
         "model.tiny_intermediate_size=64", "model.enable_gradient_checkpointing=false", "data.val_files=[]",
         "data.perbatch_cutoff_type=none", "data.max_length=81", "diffusion.time_reweighting=cart", "trainer.device=cpu"]
-
-
-@pytest.fixture
-def one_process(tmp_path):
-    """A 1-process gloo group, as torchrun gives a worker; the trainer's signal handlers are undone after."""
-    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
-    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'group'}", rank=0, world_size=1)
-    yield
-    dist.destroy_process_group()
-    for sig, handler in handlers.items():
-        signal.signal(sig, handler)
 
 
 def trainer(tmp_path, name: str, *overrides: str) -> Trainer:

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from dreamlab import __version__
-from dreamlab.config import Recipe, RecipeError, validate
+from dreamlab.config import Recipe, RecipeError, parse_override, set_value, validate
 from dreamlab.data.sources import BUILTIN_PREFIX, HUB_ID
 from dreamlab.models.tiny import TINY_NAME
 from dreamlab.store import Run, RunStore
@@ -133,8 +133,6 @@ RELAYOUT_KEYS = ("trainer.nproc_per_node", "trainer.nnodes", "trainer.rdzv_endpo
 
 def relayout(recipe: Recipe, overrides: list[str]) -> list[str]:
     """Apply layout overrides for a resume (refusing any other key); returns the `key=value` changes."""
-    from dreamlab.config import parse_override, set_value
-
     changes = []
     for text in overrides:
         key, value = parse_override(text)
