@@ -27,7 +27,10 @@ def train(
     )] = None,
     name: Annotated[str | None, typer.Option(help="Run name (letters, digits, - _ .); generated if absent.")] = None,
     foreground: Annotated[bool, typer.Option(help="Stay attached: stream the log and a progress bar.")] = False,
-    resume: Annotated[str | None, typer.Option(help="Continue RUN from its newest complete checkpoint.")] = None,
+    resume: Annotated[str | None, typer.Option(
+        help="Continue RUN from its newest complete checkpoint; overrides may change only its layout "
+             "(trainer.nproc_per_node, trainer.nnodes, trainer.rdzv_endpoint, micro batch, accumulation).",
+    )] = None,
     estimate: Annotated[bool, typer.Option("--estimate", help="Print the per-GPU memory estimate and exit.")] = False,
     db: DbOption = None,
 ) -> None:
