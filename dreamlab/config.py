@@ -44,6 +44,7 @@ class DataConfig:
     train_on_padding: bool = True
     system_prompt: str | None = None
     val_size: int | None = 256
+    val_fraction: float | None = None
 
 
 @dataclass
@@ -100,9 +101,11 @@ class TrainerConfig:
     total_training_steps: int | None = None
     save_checkpoint_steps: int | None = None
     val_check_interval: int | None = None
+    checks_per_epoch: int | None = None
     log_every: int = 1
     seed: int = 0
     device: str = "auto"
+    precision: str = "auto"
     nproc_per_node: int = 1
     nnodes: int = 1
     rdzv_endpoint: str | None = None
@@ -139,12 +142,13 @@ CHOICES = {
     "optim.lr_scheduler": ("cosine", "constant"),
     "diffusion.time_reweighting": TIME_REWEIGHTINGS,
     "trainer.device": ("auto", "cpu", "cuda"),
+    "trainer.precision": ("auto", "fp32", "bf16"),
 }
 POSITIVE = {
     "data.max_length", "data.micro_batch_size_per_gpu", "data.gradient_accumulation_steps", "data.val_size",
     "trainer.total_epochs", "trainer.total_training_steps", "trainer.save_checkpoint_steps",
-    "trainer.val_check_interval", "trainer.log_every", "trainer.nproc_per_node", "trainer.nnodes",
-    "trainer.max_checkpoints", "model.tiny_hidden_size", "model.tiny_num_layers", "model.tiny_num_heads",
+    "trainer.val_check_interval", "trainer.checks_per_epoch", "trainer.log_every", "trainer.nproc_per_node",
+    "trainer.nnodes", "trainer.max_checkpoints", "model.tiny_hidden_size", "model.tiny_num_layers", "model.tiny_num_heads",
     "model.tiny_intermediate_size", "optim.lr", "optim.clip_grad", "trainer.heartbeat_s", "trainer.lost_after_s",
     "trainer.stall_after_s",
 }
@@ -308,6 +312,18 @@ def recipe_from_dict(values: dict[str, Any]) -> Recipe:
     return recipe
 
 
+def _validate_held_out(flat: dict[str, Any]) -> None:
+    """data.val_fraction in [0, 1), and not beside val_files: one source of validation rows."""
+    fraction = flat["data.val_fraction"]
+    if fraction is None:
+        return
+    if not 0 <= fraction < 1:
+        raise RecipeError(f"data.val_fraction: must be in [0, 1), got {fraction}")
+    if fraction > 0 and flat["data.val_files"]:
+        raise RecipeError("data.val_fraction holds out training rows for validation, but data.val_files also names "
+                          "validation rows: set data.val_files=[] or data.val_fraction=null")
+
+
 def validate(recipe: Recipe, context_length: int | None = None) -> None:
     """Refuse values that cannot run: wrong choices, zero or negative sizes, max_length over the context."""
     flat = recipe.flat()
@@ -342,6 +358,12 @@ def validate(recipe: Recipe, context_length: int | None = None) -> None:
         raise RecipeError(f"optim.betas: expected two numbers in [0, 1), got {flat['optim.betas']}")
     if not flat["data.train_files"]:
         raise RecipeError("data.train_files: name at least one file (or builtin:arithmetic)")
+    _validate_held_out(flat)
+    if flat["trainer.checks_per_epoch"] is not None:
+        for key in ("trainer.save_checkpoint_steps", "trainer.val_check_interval"):
+            if flat[key] is not None:
+                raise RecipeError(f"trainer.checks_per_epoch sets the checkpoint and validation intervals: "
+                                  f"set {key}=null, or trainer.checks_per_epoch=null to use {key}")
     if context_length is not None and flat["data.max_length"] > context_length:
         raise RecipeError(
             f"data.max_length: {flat['data.max_length']} is above the model's context of {context_length} "

@@ -27,13 +27,23 @@ def train(
     )] = None,
     name: Annotated[str | None, typer.Option(help="Run name (letters, digits, - _ .); generated if absent.")] = None,
     foreground: Annotated[bool, typer.Option(help="Stay attached: stream the log and a progress bar.")] = False,
-    resume: Annotated[str | None, typer.Option(help="Continue RUN from its newest complete checkpoint.")] = None,
+    resume: Annotated[str | None, typer.Option(
+        help="Continue RUN from its newest complete checkpoint; overrides may change only its layout "
+             "(trainer.nproc_per_node, trainer.nnodes, trainer.rdzv_endpoint, micro batch, accumulation).",
+    )] = None,
     estimate: Annotated[bool, typer.Option("--estimate", help="Print the per-GPU memory estimate and exit.")] = False,
     db: DbOption = None,
 ) -> None:
     """Train a model with Dream's diffusion SFT (no recipe: the tiny model on the built-in task, CPU)."""
     from dreamlab.config import RecipeError, load_recipe, recipe_from_dict, split_recipe_args  # torch: keep it out of start-up
-    from dreamlab.train.launcher import launch, memory_estimate, start_process, torchrun_command
+    from dreamlab.train.launcher import (
+        launch,
+        memory_estimate,
+        relayout,
+        start_process,
+        torchrun_command,
+        write_run_spec,
+    )
 
     console = Console()
     if estimate:
@@ -58,11 +68,13 @@ def train(
     try:
         store = RunStore(store_path)
         if resume:
-            if args:
-                raise RecipeError("--resume takes no recipe or overrides: it continues the run as recorded")
             run = store.get_run(resume)
             run_dir = Path(run.run_dir)
             recipe = recipe_from_dict(json.loads((run_dir / "run.json").read_text())["recipe"])
+            changes = relayout(recipe, list(args or []))
+            if changes:
+                write_run_spec(run_dir, recipe, run.id, store_path.resolve())
+                store.record_event(run.id, "relayout", ", ".join(changes))
             command = torchrun_command(recipe, run_dir, store_path.resolve(), resume=True)
             process = start_process(command, run_dir, capture=foreground)
             store.mark_started(run.id, pid=process.pid, pgid=process.pid)

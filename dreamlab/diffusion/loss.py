@@ -114,8 +114,13 @@ def masked_diffusion_loss(
     t: torch.Tensor,
     settings: LossSettings,
     attention_mask: torch.Tensor | None = None,
+    denominator: float | None = None,
 ) -> LossOutput:
-    """Weighted cross-entropy on masked positions, divided by their count (0 when there are none)."""
+    """Weighted cross-entropy on masked positions, divided by their count (0 when there are none).
+
+    `denominator` replaces the count: under gradient accumulation, the masked tokens of the whole
+    step, so that the step's gradient is the one of a single batch of all its rows.
+    """
     num_masked = int(masked.sum())
     if num_masked == 0:
         # Dream divides 0 by 0 here; keep the graph so every rank still runs backward.
@@ -129,7 +134,7 @@ def masked_diffusion_loss(
     per_token = ce
     if settings.focal:
         per_token = settings.focal_alpha * (1.0 - torch.exp(-ce)) ** settings.focal_gamma * ce
-    loss = (weights[masked] * per_token).sum() / num_masked
+    loss = (weights[masked] * per_token).sum() / (denominator or num_masked)
     return LossOutput(loss=loss, num_masked=num_masked, t=t, token_ce_mean=float(ce.detach().mean()))
 
 
@@ -146,6 +151,23 @@ def sft_loss(
 ) -> LossOutput:
     """Noise the response positions, run the model, and score the masked tokens."""
     masked, t = sample_masks(loss_mask, eps=settings.eps, generator=generator)
+    return noised_loss(model, input_ids, masked, t, mask_token_id=mask_token_id, settings=settings,
+                       attention_mask=attention_mask, position_ids=position_ids)
+
+
+def noised_loss(
+    model: torch.nn.Module,
+    input_ids: torch.Tensor,
+    masked: torch.Tensor,
+    t: torch.Tensor,
+    *,
+    mask_token_id: int,
+    settings: LossSettings = LossSettings(),
+    attention_mask: torch.Tensor | None = None,
+    position_ids: torch.Tensor | None = None,
+    denominator: float | None = None,
+) -> LossOutput:
+    """The loss for masks already drawn (`sample_masks`): replace them with the mask token, run the model, score."""
     noisy = input_ids.masked_fill(masked, mask_token_id)
     logits = model(input_ids=noisy, attention_mask=attention_mask, position_ids=position_ids).logits
-    return masked_diffusion_loss(logits, input_ids, masked, t, settings, attention_mask)
+    return masked_diffusion_loss(logits, input_ids, masked, t, settings, attention_mask, denominator)

@@ -3,8 +3,9 @@
 Layout of `runs/<run>/checkpoints/step-000100/`:
   model/            config.json, safetensors shard(s), tokenizer: loads with `from_pretrained`
   state/            torch.distributed.checkpoint of model + optimizer (any world size can load it)
-  rank-<r>.pt       that rank's RNG states (collator cutoffs, diffusion masks, torch)
-  trainer.json      step, epoch, world size, scheduler state
+  rank-<r>.pt       that rank's RNG states (collator cutoffs, diffusion masks, torch); restored only on
+                    the same world size (docs/reliability.md)
+  trainer.json      step, epoch, world size, global batch, scheduler state
 Everything is written into `step-000100.tmp/` and renamed when complete, so a process killed while
 writing leaves only a `.tmp` folder behind, never a half checkpoint that looks whole.
 """

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from collections.abc import Sequence
 
 import torch
@@ -22,6 +23,12 @@ def load_rows(files: Sequence[str], *, split: str, system_prompt: str | None) ->
         converter = CONVERTERS[resolve_format("auto", set(records[0].record))]
         rows.extend(converter(record, options) for record in records)
     return rows
+
+
+def split_held_out(rows: Sequence[DreamRow], count: int, *, seed: int) -> tuple[list[DreamRow], list[DreamRow]]:
+    """(training rows, `count` held-out validation rows) drawn by a seeded shuffle; both keep file order."""
+    held = set(random.Random(seed).sample(range(len(rows)), count))
+    return ([row for i, row in enumerate(rows) if i not in held], [row for i, row in enumerate(rows) if i in held])
 
 
 def tokenize_rows(

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from dreamlab import __version__
-from dreamlab.config import Recipe, RecipeError, validate
+from dreamlab.config import Recipe, RecipeError, parse_override, set_value, validate
 from dreamlab.data.sources import BUILTIN_PREFIX, HUB_ID
 from dreamlab.models.tiny import TINY_NAME
 from dreamlab.store import Run, RunStore
@@ -124,6 +124,25 @@ def write_run_spec(run_dir: Path, recipe: Recipe, run_id: int, db: Path) -> None
     run_dir.mkdir(parents=True, exist_ok=True)
     spec = {"run_id": run_id, "db": str(db), "recipe": recipe.to_dict()}
     (run_dir / "run.json").write_text(json.dumps(spec, indent=2))
+
+
+# What `--resume RUN key=value` may change: where and how wide the run is laid out, nothing it learns.
+RELAYOUT_KEYS = ("trainer.nproc_per_node", "trainer.nnodes", "trainer.rdzv_endpoint", "data.micro_batch_size_per_gpu",
+                 "data.gradient_accumulation_steps")
+
+
+def relayout(recipe: Recipe, overrides: list[str]) -> list[str]:
+    """Apply layout overrides for a resume (refusing any other key); returns the `key=value` changes."""
+    changes = []
+    for text in overrides:
+        key, value = parse_override(text)
+        if key not in RELAYOUT_KEYS:
+            raise RecipeError(f"--resume continues the run as recorded: {key} cannot change; a resume may set "
+                              f"only {', '.join(RELAYOUT_KEYS)}")
+        set_value(recipe, key, value)
+        changes.append(f"{key}={value}")
+    validate(recipe)
+    return changes
 
 
 def torchrun_command(recipe: Recipe, run_dir: Path, db: Path, *, resume: bool) -> list[str]:

@@ -2,7 +2,8 @@
 
 Parallelism, stated plainly: data parallel over every process (torchrun), parameters, gradients and
 optimizer state sharded by FSDP2 (FULL_SHARD); NCCL on GPUs with bf16 parameters and fp32 reductions,
-gloo on CPUs in fp32. Each optimizer step consumes world x micro_batch x accumulation rows.
+gloo on CPUs in fp32 (bf16 autocast with trainer.precision=bf16). Each optimizer step consumes
+world x micro_batch x accumulation rows, and its loss is divided by the masked tokens of all of them.
 """
 
 from __future__ import annotations
@@ -25,13 +26,20 @@ from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 from dreamlab import gpu
 from dreamlab.config import Recipe
 from dreamlab.data.collate import CollateSettings, Example, SFTCollator
-from dreamlab.diffusion.loss import LossSettings, sft_loss
+from dreamlab.diffusion.loss import LossSettings, noised_loss, sample_masks
 from dreamlab.models import build_tiny_model
 from dreamlab.models.loading import load_tokenizer
 from dreamlab.models.tiny import TINY_NAME
 from dreamlab.models.tokenizer import build_char_tokenizer
 from dreamlab.train.checkpoint import complete_checkpoints, load_checkpoint, save_checkpoint
-from dreamlab.train.data import epoch_order, load_rows, rank_batches, tokenize_rows
+from dreamlab.train.data import epoch_order, load_rows, rank_batches, split_held_out, tokenize_rows
+from dreamlab.train.schedule import (
+    checkpoint_due,
+    held_out_count,
+    resolved_intervals,
+    steps_per_epoch,
+    validation_due,
+)
 
 MetricsSink = Callable[[int, dict[str, float]], None]
 
@@ -43,6 +51,15 @@ class Outcome:
     status: str
     step: int
     reason: str | None = None
+
+
+@dataclass
+class NoisedBatch:
+    """A collated micro-batch (tensors on the device) with its drawn masks and times."""
+
+    batch: dict[str, torch.Tensor]
+    masked: torch.Tensor
+    t: torch.Tensor
 
 
 class StopFlag:
@@ -83,11 +100,18 @@ def build_model(recipe: Recipe, seed: int) -> tuple[torch.nn.Module, Any]:
     return model, load_tokenizer(spec, trust_remote_code=recipe.model.trust_remote_code)
 
 
-def shard(model: torch.nn.Module, device: torch.device, world: int) -> None:
-    """FSDP2 in place: `fully_shard` each decoder layer, then the root (bf16 compute on CUDA)."""
+def compute_dtype(precision: str, device: torch.device) -> torch.dtype:
+    """The dtype forward passes compute in: `auto` is bf16 on CUDA and fp32 on the CPU."""
+    if precision == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    return torch.bfloat16 if precision == "bf16" else torch.float32
+
+
+def shard(model: torch.nn.Module, device: torch.device, world: int, dtype: torch.dtype = torch.float32) -> None:
+    """FSDP2 in place: `fully_shard` each decoder layer, then the root (bf16 parameters on CUDA when asked)."""
     mesh = init_device_mesh(device.type, (world,))
     policy = (MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
-              if device.type == "cuda" else MixedPrecisionPolicy())
+              if device.type == "cuda" and dtype == torch.bfloat16 else MixedPrecisionPolicy())
     for layer in model.model.layers:
         fully_shard(layer, mesh=mesh, mp_policy=policy)
     fully_shard(model, mesh=mesh, mp_policy=policy)
@@ -143,10 +167,13 @@ class Trainer:
         if r.model.enable_gradient_checkpointing:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.to(self.device)
+        self.compute_dtype = compute_dtype(r.trainer.precision, self.device)
+        # bf16 on CUDA comes from FSDP's bf16 parameters; on the CPU from autocast around each forward.
+        self.autocast = self.device.type == "cpu" and self.compute_dtype == torch.bfloat16
         # One CPU process has nothing to shard and no bf16 policy to apply: FSDP's per-layer
         # gather/reshard copies would only cost time (2.2x slower steps on the tiny preset, measured).
         if self.world > 1 or self.device.type == "cuda":
-            shard(model, self.device, self.world)
+            shard(model, self.device, self.world, self.compute_dtype)
         self.notes: list[str] = []  # what the user should know about how this run trains
         self.model = model
         if r.model.compile:
@@ -156,17 +183,9 @@ class Trainer:
         self.optimizer = torch.optim.AdamW(
             model.parameters(), lr=r.optim.lr, betas=tuple(r.optim.betas), weight_decay=r.optim.weight_decay,
         )
-        system = r.data.system_prompt
-        train_rows = load_rows(r.data.train_files, split="train", system_prompt=system)
-        self.train, self.data_counts = tokenize_rows(
-            train_rows, self.tokenizer, max_length=r.data.max_length, truncation=r.data.truncation
-        )
-        val_rows = load_rows(r.data.val_files, split="validation", system_prompt=system) if r.data.val_files else []
-        if r.data.val_size is not None:
-            val_rows = val_rows[: r.data.val_size]
-        self.val = tokenize_rows(val_rows, self.tokenizer, max_length=r.data.max_length,
-                                 truncation="drop")[0] if val_rows else []
-        per_epoch = len(self.train) // (self.world * r.data.micro_batch_size_per_gpu * r.data.gradient_accumulation_steps)
+        self._setup_data()
+        per_epoch = steps_per_epoch(len(self.train), world=self.world, micro_batch=r.data.micro_batch_size_per_gpu,
+                                    accumulation=r.data.gradient_accumulation_steps)
         if per_epoch == 0:
             raise ValueError(
                 f"{len(self.train)} training rows cannot fill one step of {self.world} x "
@@ -174,6 +193,9 @@ class Trainer:
             )
         self.steps_per_epoch = per_epoch
         self.total_steps = r.trainer.total_training_steps or per_epoch * r.trainer.total_epochs
+        self.checkpoint_every, self.val_every = resolved_intervals(
+            per_epoch, checks_per_epoch=r.trainer.checks_per_epoch, checkpoint_every=r.trainer.save_checkpoint_steps,
+            val_every=r.trainer.val_check_interval)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(r, self.total_steps))
         self.collator = SFTCollator(CollateSettings(
             max_length=r.data.max_length, pad_token_id=self.tokenizer.pad_token_id,
@@ -190,6 +212,23 @@ class Trainer:
         self.step = 0
         self._epoch_batches: tuple[int, list[list[int]]] = (-1, [])
 
+    def _setup_data(self) -> None:
+        """Training and validation examples: val_files, or a seeded held-out share of the training rows."""
+        r = self.recipe
+        system = r.data.system_prompt
+        train_rows = load_rows(r.data.train_files, split="train", system_prompt=system)
+        held_out = held_out_count(len(train_rows), r.data.val_fraction)
+        train_rows, val_rows = split_held_out(train_rows, held_out, seed=r.trainer.seed)
+        if not held_out and r.data.val_files:
+            val_rows = load_rows(r.data.val_files, split="validation", system_prompt=system)
+        if r.data.val_size is not None:
+            val_rows = val_rows[: r.data.val_size]
+        self.train, self.data_counts = tokenize_rows(
+            train_rows, self.tokenizer, max_length=r.data.max_length, truncation=r.data.truncation
+        )
+        self.val = tokenize_rows(val_rows, self.tokenizer, max_length=r.data.max_length,
+                                 truncation="drop")[0] if val_rows else []
+
     def resume(self) -> int | None:
         """Continue from the newest complete checkpoint, if there is one; returns its step."""
         found = complete_checkpoints(self.run_dir)
@@ -199,11 +238,28 @@ class Trainer:
         trainer_state, rank_state = load_checkpoint(path, model=self.raw_model, optimizer=self.optimizer)
         self.scheduler.load_state_dict(trainer_state["scheduler"])
         self.step = trainer_state["step"]
+        self.resume_note = self._relayout_note(trainer_state)
         if rank_state is not None:
             self.collator.load_state_dict(rank_state["collator"])
             self.mask_generator.set_state(rank_state["mask_generator"])
             torch.set_rng_state(rank_state["torch"])
         return step
+
+    def _global_batch(self) -> int:
+        d = self.recipe.data
+        return self.world * d.micro_batch_size_per_gpu * d.gradient_accumulation_steps
+
+    def _relayout_note(self, state: dict[str, Any]) -> str:
+        """What a resume on another layout than the checkpoint's keeps and loses ('' on the same layout)."""
+        notes = []
+        if state["world_size"] != self.world:
+            notes.append(f"written by {state['world_size']} processes, read by {self.world}: model and optimizer "
+                         "resharded; each rank's random streams (masks, cutoffs, torch) restart from the seed")
+        written = state.get("global_batch")
+        if written is not None and written != self._global_batch():
+            notes.append(f"global batch {written} -> {self._global_batch()} rows: the data order does not continue "
+                         "where it stopped")
+        return "".join(f"; {note}" for note in notes)
 
     def _rank_state(self) -> dict[str, Any]:
         return {"collator": self.collator.state_dict(), "mask_generator": self.mask_generator.get_state(),
@@ -215,6 +271,7 @@ class Trainer:
             run_dir=self.run_dir, step=self.step, model=self.raw_model, optimizer=self.optimizer,
             tokenizer=self.tokenizer, keep=self.recipe.trainer.max_checkpoints, save_bf16=self.device.type == "cuda",
             trainer_state={"step": self.step, "epoch": self.step // self.steps_per_epoch, "world_size": self.world,
+                           "global_batch": self._global_batch(),
                            "scheduler": self.scheduler.state_dict(), "total_steps": self.total_steps},
             rank_state=self._rank_state(),
         )
@@ -236,15 +293,42 @@ class Trainer:
             batches.append([self.train[i] for i in self._epoch_batches[1][within]])
         return batches
 
-    def _batch_loss(self, examples: list[Example], generator: torch.Generator) -> tuple[torch.Tensor, int, int, int]:
-        """(loss, masked tokens, tokens, response tokens that could be masked) of one micro-batch."""
+    def _noised(self, examples: list[Example], generator: torch.Generator) -> NoisedBatch:
+        """Collate a micro-batch and draw its masks."""
         batch = {k: v.to(self.device) for k, v in self.collator(examples).items()}
-        out = sft_loss(
-            self.model, batch["input_ids"], batch["loss_mask"].bool(), mask_token_id=self.mask_token_id,
-            settings=self.loss_settings, attention_mask=batch["attention_mask"], position_ids=batch["position_ids"],
-            generator=generator,
-        )
-        return out.loss, out.num_masked, int(batch["attention_mask"].sum()), int(batch["loss_mask"].sum())
+        masked, t = sample_masks(batch["loss_mask"].bool(), eps=self.loss_settings.eps, generator=generator)
+        return NoisedBatch(batch, masked, t)
+
+    def _loss(self, noised: NoisedBatch, denominator: float | None = None) -> torch.Tensor:
+        """The forward pass and loss of a noised micro-batch, in the run's compute dtype."""
+        batch = noised.batch
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
+            return noised_loss(
+                self.model, batch["input_ids"], noised.masked, noised.t, mask_token_id=self.mask_token_id,
+                settings=self.loss_settings, attention_mask=batch["attention_mask"],
+                position_ids=batch["position_ids"], denominator=denominator,
+            ).loss
+
+    def accumulate(self, step: int) -> tuple[float, int, int, int]:
+        """Forward and backward over step `step`'s micro-batches: (loss share, masked, tokens, maskable tokens).
+
+        Every micro-batch's loss is divided by the masked tokens of the whole step (all micro-batches,
+        all ranks), so the step's gradient is the one of a single batch of all its rows; Dream divides
+        by each micro-batch's own count, which weighs a micro-batch's tokens by how few were masked.
+        """
+        noised = [self._noised(examples, self.mask_generator) for examples in self._micro_batches(step)]
+        masked = sum(int(n.masked.sum()) for n in noised)
+        (step_masked,) = self._all_reduce([masked])
+        # FSDP averages gradients over ranks: x world turns that average into the step's sum / its count.
+        denominator = max(step_masked, 1.0) / self.world
+        loss_share = 0.0
+        for batch in noised:
+            loss = self._loss(batch, denominator)
+            loss.backward()
+            loss_share += float(loss.detach())
+        tokens = sum(int(n.batch["attention_mask"].sum()) for n in noised)
+        maskable = sum(int(n.batch["loss_mask"].sum()) for n in noised)
+        return loss_share, masked, tokens, maskable
 
     def _all_reduce(self, values: list[float], op=dist.ReduceOp.SUM) -> list[float]:
         tensor = torch.tensor(values, dtype=torch.float64, device=self.device)
@@ -263,7 +347,7 @@ class Trainer:
         total, count = 0.0, 0
         saved = self.collator.state_dict()
         for start in range(0, len(shard), size):
-            loss = self._batch_loss(shard[start:start + size], generator)[0]
+            loss = self._loss(self._noised(shard[start:start + size], generator))
             total += float(loss) * len(shard[start:start + size])
             count += len(shard[start:start + size])
         self.collator.load_state_dict(saved)  # validation must not move the training draws
@@ -291,23 +375,17 @@ class Trainer:
         self.model.train()
         if self.rank == 0:
             self.metrics(self.step, {"trainer/total_steps": float(self.total_steps),
+                                     "trainer/bf16": float(self.compute_dtype == torch.bfloat16),
                                      "data/train_rows": float(len(self.train)),
                                      "data/truncated": float(self.data_counts["truncated"]),
                                      "data/dropped": float(self.data_counts["dropped"])})
         while self.step < self.total_steps:
             started = time.perf_counter()
-            loss_sum, masked, tokens, maskable = 0.0, 0, 0, 0
-            for examples in self._micro_batches(self.step):
-                loss, n_masked, n_tokens, n_maskable = self._batch_loss(examples, self.mask_generator)
-                (loss / r.data.gradient_accumulation_steps).backward()
-                loss_sum += float(loss.detach())
-                masked += n_masked
-                tokens += n_tokens
-                maskable += n_maskable
+            loss_share, masked, tokens, maskable = self.accumulate(self.step)
             grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), r.optim.clip_grad)
             grad_norm = float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm)
             loss_total, masked_total, tokens_total, maskable_total, stop = self._all_reduce(
-                [loss_sum / r.data.gradient_accumulation_steps, masked, tokens, maskable, float(self.stop.raised)]
+                [loss_share, masked, tokens, maskable, float(self.stop.raised)]
             )
             mean_loss = loss_total / self.world
             if not math.isfinite(mean_loss) or not math.isfinite(grad_norm):
@@ -325,17 +403,15 @@ class Trainer:
                       "train/masked_tokens": masked_total, "train/masked_fraction": masked_total / max(maskable_total, 1),
                       "train/tokens_per_s": tokens_total / seconds,
                       "train/step_seconds": seconds, "train/epoch": self.step / self.steps_per_epoch}
-            interval = r.trainer.val_check_interval
-            if interval and (self.step % interval == 0 or self.step == self.total_steps):
+            if validation_due(self.step, self.val_every, self.total_steps):
                 values["val/loss"] = self.validate()
             if self.rank == 0 and (self.step % r.trainer.log_every == 0 or self.step == self.total_steps or "val/loss" in values):
                 values.update(self._memory())
                 self.metrics(self.step, {k: v for k, v in values.items() if v is not None})
-            every = r.trainer.save_checkpoint_steps
             if stop:
                 self.checkpoint()
                 return Outcome("stopped", self.step, "stop requested (SIGTERM/SIGINT)")
-            if every and self.step % every == 0 and self.step < self.total_steps:
+            if checkpoint_due(self.step, self.checkpoint_every, self.total_steps):
                 self.checkpoint()
         self.checkpoint()
         return Outcome("completed", self.step)

@@ -133,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.resume:
             resumed = trainer.resume()
             if rank == 0:
-                reporter.event("resumed", f"resumed from step {resumed}" if resumed is not None
+                reporter.event("resumed", f"resumed from step {resumed}{trainer.resume_note}" if resumed is not None
                                else "no checkpoint: starting fresh")
         outcome = trainer.fit()
         status, reason = outcome.status, outcome.reason
