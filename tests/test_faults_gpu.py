@@ -95,7 +95,7 @@ def test_the_gpu_panel_says_why_and_keeps_polling_after_nvml_fails(lost_gpu, tmp
             assert isinstance(app.screen, RunDetailScreen)
             await pilot.press("g")
             panel = app.screen.query_one(GpuPanel)
-            deadline = time.monotonic() + 30
+            deadline = time.monotonic() + 120  # generous: a busy machine is slow, not wrong
             while "NVML stopped answering" not in str(app.screen.query_one("#gpu-devices").render()):
                 assert time.monotonic() < deadline, str(app.screen.query_one("#gpu-devices").render())
                 await pilot.pause(0.1)
