@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sqlite3
 import time
+from pathlib import Path
 
 from dreamlab.store.errors import StoreError
 
@@ -180,6 +181,22 @@ def schema_version(conn: sqlite3.Connection) -> int:
     return int(row[0] or 0)
 
 
+SQLITE_HEADER = b"SQLite format 3\x00"
+
+
+def check_sqlite_file(path: Path) -> None:
+    """Refuse a file that is not SQLite before SQLite opens it: it would take a short one for an empty store."""
+    try:
+        with path.open("rb") as handle:
+            head = handle.read(len(SQLITE_HEADER))
+    except FileNotFoundError:
+        return
+    except OSError as error:
+        raise StoreError(f"cannot open run store {path}: {error.strerror or error}") from None
+    if head and head != SQLITE_HEADER:
+        raise StoreError(f"cannot open run store {path}: not a SQLite database")
+
+
 def migrate(conn: sqlite3.Connection, target: int = SCHEMA_VERSION) -> int:
     """Apply the missing migrations up to `target` in one immediate transaction; return the new version.
 
@@ -187,6 +204,9 @@ def migrate(conn: sqlite3.Connection, target: int = SCHEMA_VERSION) -> int:
     """
     conn.execute("BEGIN IMMEDIATE")
     try:
+        tables = {name for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        if tables and "schema_version" not in tables:  # another program's database: leave it as it is
+            raise StoreError(f"not a dreamlab run store (its tables are {', '.join(sorted(tables)[:5])})")
         conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER PRIMARY KEY, applied REAL NOT NULL)")
         current = schema_version(conn)
         if current > SCHEMA_VERSION:
