@@ -1,8 +1,10 @@
-"""Reading the user's text files (data, recipes, tasks, generations) as UTF-8, failing on one line."""
+"""Reading the user's text files (data, recipes, tasks, generations, model configs) as UTF-8, failing on one line."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from typing import Any
 
 
 def read_utf8(path: Path, error: type[Exception]) -> str:
@@ -19,3 +21,14 @@ def read_utf8(path: Path, error: type[Exception]) -> str:
 def text_lines(text: str) -> list[str]:
     """Lines split at newlines only: JSON strings may hold U+2028 and friends, which `str.splitlines` splits at."""
     return text.split("\n")
+
+
+def read_json_object(path: Path, error: type[Exception]) -> dict[str, Any]:
+    """A JSON file holding one object; bytes that are not UTF-8, bad JSON or another type raise `error` naming it."""
+    try:
+        value = json.loads(read_utf8(path, error))
+    except json.JSONDecodeError as bad:
+        raise error(f"{path} line {bad.lineno}: malformed JSON ({bad.msg} at column {bad.colno})") from None
+    if not isinstance(value, dict):
+        raise error(f"{path}: expected a JSON object, got {type(value).__name__}")
+    return value

@@ -218,18 +218,21 @@ def test_a_parquet_file_of_random_bytes_is_one_error_line(data, reader):
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(data=not_utf8, how=st.sampled_from(["train", "estimate", "extends"]))
-def test_a_recipe_that_is_not_utf8_is_one_error_line_naming_it(data, how):
+@given(data=not_utf8, how=st.sampled_from(["train", "estimate", "extends", "model config"]))
+def test_a_recipe_or_model_config_that_is_not_utf8_is_one_error_line_naming_it(data, how):
     with tempfile.TemporaryDirectory() as folder:
         recipe = Path(folder) / "bad.yaml"
-        recipe.write_bytes(data)
+        (Path(folder) / "model").mkdir()
+        hostile = Path(folder) / "model" / "config.json" if how == "model config" else recipe
+        hostile.write_bytes(data)
         db = Path(folder) / "runs" / "dreamlab.db"
         if how == "extends":
             child = Path(folder) / "child.yaml"
             child.write_text(f"extends: {recipe}\ntrainer:\n  seed: 1\n")
         args = {"train": ["train", str(recipe), "--db", str(db)], "estimate": ["train", "--estimate", str(recipe)],
-                "extends": ["train", str(Path(folder) / "child.yaml"), "--db", str(db)]}[how]
-        assert "not UTF-8 text" in one_error_line(args, recipe)
+                "extends": ["train", str(Path(folder) / "child.yaml"), "--db", str(db)],
+                "model config": ["train", f"model.partial_pretrain={hostile.parent}", "--db", str(db)]}[how]
+        assert "not UTF-8 text" in one_error_line(args, hostile)
         assert not db.exists() or RunStore(db).list_runs() == []
 
 
