@@ -181,20 +181,21 @@ def schema_version(conn: sqlite3.Connection) -> int:
     return int(row[0] or 0)
 
 
-SQLITE_HEADER = b"SQLite format 3\x00"
-
-
 def check_sqlite_file(path: Path) -> None:
-    """Refuse a file that is not SQLite before SQLite opens it: it would take a short one for an empty store."""
+    """Refuse a one-byte file, which SQLite reads as an empty database and would overwrite with a new store.
+
+    Other files that are not SQLite, SQLite refuses itself. Only the size is looked at: opening and closing
+    the file here would drop the POSIX locks this process's connections hold on it, and SQLite would then
+    read a store that another process writes as malformed.
+    """
     try:
-        with path.open("rb") as handle:
-            head = handle.read(len(SQLITE_HEADER))
+        size = path.stat().st_size
     except FileNotFoundError:
         return
     except OSError as error:
         raise StoreError(f"cannot open run store {path}: {error.strerror or error}") from None
-    if head and head != SQLITE_HEADER:
-        raise StoreError(f"cannot open run store {path}: not a SQLite database")
+    if size == 1:
+        raise StoreError(f"cannot open run store {path}: not a SQLite database (one byte)")
 
 
 def migrate(conn: sqlite3.Connection, target: int = SCHEMA_VERSION) -> int:
