@@ -21,6 +21,7 @@ import yaml
 from dreamlab.data.collate import CUTOFF_MODES
 from dreamlab.diffusion.loss import TIME_REWEIGHTINGS
 from dreamlab.store.health import HEARTBEAT_S, LOST_AFTER_S, STALL_AFTER_S, STALL_FACTOR
+from dreamlab.textfiles import read_utf8
 
 RECIPES_DIR = Path(__file__).parent / "recipes"
 DEFAULT_RECIPE = "tiny-arithmetic"
@@ -276,11 +277,14 @@ def _apply_recipe_file(recipe: Recipe, path: Path, seen: tuple[Path, ...]) -> No
         chain = " -> ".join(str(p) for p in (*seen, path.resolve()))
         raise RecipeError(f"{path}: extends itself through {chain}")
     try:
-        document = yaml.safe_load(path.read_text()) or {}
+        document = yaml.safe_load(read_utf8(path, RecipeError)) or {}
+    except OSError as error:
+        raise RecipeError(f"{path}: cannot read ({error.strerror or error})") from None
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark else ""
-        raise RecipeError(f"{path}{where}: not valid YAML ({getattr(error, 'problem', error)})") from None
+        problem = " ".join(str(getattr(error, "problem", None) or error).split())  # a ReaderError's text has lines
+        raise RecipeError(f"{path}{where}: not valid YAML ({problem})") from None
     if not isinstance(document, dict):
         raise RecipeError(f"{path}: expected sections data / model / optim / diffusion / trainer")
     base = document.pop("extends", None)

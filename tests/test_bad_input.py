@@ -1,11 +1,16 @@
-"""Bad input, property-based: random and adversarial rows, generations and recipes never end in a traceback."""
+"""Bad input, property-based: random and adversarial rows, generations, recipes and hostile files (not UTF-8,
+not SQLite, a truncated store) never end in a traceback: one `error:` line naming the file, exit code 2."""
 
 from __future__ import annotations
 
 import json
 import math
+import sqlite3
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
+from unittest.mock import patch
 
 import pytest
 import yaml
@@ -159,3 +164,179 @@ def test_bad_recipes_are_refused_before_any_process_or_run_exists(tmp_path, over
     assert result.exit_code == 2 and message in " ".join(result.output.split()), result.output
     assert not db.exists() or RunStore(db).list_runs() == []
     assert not (tmp_path / "runs" / "never").exists()
+
+
+# -- hostile files: bytes that are not UTF-8, files that are not SQLite, truncated stores ------------------------
+
+# Each can never be read as UTF-8 where it stands (an invalid byte, an overlong form, a surrogate, a cut sequence).
+NEVER_UTF8 = [b"\xff", b"\xfe", b"\xc0\xaf", b"\xed\xa0\x80", b"\xf8\x88\x80\x80\x80", b"\x80", b"\xc3", b"\xe2\x82"]
+
+
+def _is_utf8(data: bytes) -> bool:
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+text_bytes = st.one_of(st.binary(max_size=30), texts.map(str.encode),
+                       records.map(lambda record: (json.dumps(record, ensure_ascii=False) + "\n").encode()))
+not_utf8 = st.builds(lambda head, bad, tail: head + bad + tail, text_bytes, st.sampled_from(NEVER_UTF8),
+                     text_bytes).filter(lambda data: not _is_utf8(data))
+
+
+def one_error_line(args: list[str], names: Path | str) -> str:
+    """Run the CLI: exit code 2 and a single `error:` line on stderr that names the file; returns the line."""
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 2, (result.exit_code, result.output, result.exception)
+    assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and str(names) in lines[0], result.stderr
+    return lines[0]
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=not_utf8, suffix=st.sampled_from([".jsonl", ".json"]))
+def test_data_prepare_on_bytes_that_are_not_utf8_names_the_file_and_line(data, suffix):
+    with tempfile.TemporaryDirectory() as folder:
+        source = Path(folder) / f"rows{suffix}"
+        source.write_bytes(data)
+        line = one_error_line(["data", "prepare", str(source), "--out", str(Path(folder) / "out.jsonl")], source)
+    assert "not UTF-8 text" in line
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.binary(max_size=200), reader=st.sampled_from(["prepare", "eval"]))
+def test_a_parquet_file_of_random_bytes_is_one_error_line(data, reader):
+    with tempfile.TemporaryDirectory() as folder:
+        source = Path(folder) / "rows.parquet"
+        source.write_bytes(data)
+        args = (["data", "prepare", str(source), "--out", str(Path(folder) / "out.jsonl")] if reader == "prepare"
+                else ["eval", "--task", "jsonl", "--data", str(source), "--db", str(Path(folder) / "d.db")])
+        one_error_line(args, source)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=not_utf8, how=st.sampled_from(["train", "estimate", "extends", "model config"]))
+def test_a_recipe_or_model_config_that_is_not_utf8_is_one_error_line_naming_it(data, how):
+    with tempfile.TemporaryDirectory() as folder:
+        recipe = Path(folder) / "bad.yaml"
+        (Path(folder) / "model").mkdir()
+        hostile = Path(folder) / "model" / "config.json" if how == "model config" else recipe
+        hostile.write_bytes(data)
+        db = Path(folder) / "runs" / "dreamlab.db"
+        if how == "extends":
+            child = Path(folder) / "child.yaml"
+            child.write_text(f"extends: {recipe}\ntrainer:\n  seed: 1\n")
+        args = {"train": ["train", str(recipe), "--db", str(db)], "estimate": ["train", "--estimate", str(recipe)],
+                "extends": ["train", str(Path(folder) / "child.yaml"), "--db", str(db)],
+                "model config": ["train", f"model.partial_pretrain={hostile.parent}", "--db", str(db)]}[how]
+        assert "not UTF-8 text" in one_error_line(args, hostile)
+        assert not db.exists() or RunStore(db).list_runs() == []
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=not_utf8, which=st.sampled_from(["generations", "task", "data.jsonl", "data.json", "data.csv"]))
+def test_eval_files_that_are_not_utf8_are_one_error_line_naming_them(data, which):
+    with tempfile.TemporaryDirectory() as folder:
+        hostile = Path(folder) / {"generations": "gens.jsonl", "task": "task.yaml"}.get(which, which)
+        hostile.write_bytes(data)
+        generations = Path(folder) / "ok.jsonl"
+        generations.write_text(json.dumps({"question": "q", "gold": "1", "generation": "1"}) + "\n")
+        args = {"generations": ["eval", "score", str(hostile), "--task", "arithmetic"],
+                "task": ["eval", "score", str(generations), "--task", str(hostile)]}.get(
+            which, ["eval", "--task", "jsonl", "--data", str(hostile), "--db", str(Path(folder) / "d.db")])
+        one_error_line(args, hostile)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(lines=st.lists(st.one_of(json_values.map(json.dumps), records.map(json.dumps), texts), min_size=1, max_size=4))
+def test_eval_score_on_garbage_generations_scores_or_says_why_in_one_line(lines):
+    with tempfile.TemporaryDirectory() as folder:
+        source = Path(folder) / "gens.jsonl"
+        source.write_text("\n".join(lines) + "\n")
+        result = CliRunner().invoke(app, ["eval", "score", str(source), "--task", "arithmetic"])
+    assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
+    assert result.exit_code in (0, 2), result.output
+    if result.exit_code == 2:
+        assert len(result.stderr.strip().splitlines()) == 1 and result.stderr.startswith(f"error: {source}")
+
+
+# Every command that opens the store (the empty list is the console), with arguments that would reach it.
+STORE_COMMANDS = [
+    ["runs", "list"], ["runs", "show", "alpha"], ["runs", "compare", "alpha", "beta"], ["runs", "stop", "alpha"],
+    ["runs", "rm", "alpha", "--yes"], ["runs", "query", "SELECT COUNT(*) FROM runs"], ["eval", "compare", "1", "2"],
+    ["eval", "--run", "latest"], ["eval", "--limit", "1"], ["generate", "--run", "latest"], ["train", "--name", "never"],
+    ["sweep", "optim.lr=1e-3,2e-3"], [],
+]
+
+
+@pytest.fixture(scope="module")
+def store_bytes(tmp_path_factory) -> bytes:
+    """A real store of several pages: runs, params, metrics and events."""
+    path = tmp_path_factory.mktemp("store") / "dreamlab.db"
+    with RunStore(path) as store:
+        for name in ("alpha", "beta", "gamma"):
+            run = store.create_run(name=name, recipe=Recipe().to_dict())
+            for step in range(1, 301):
+                store.record_metrics(run.id, step, {"train/loss": 1 / step, "lr": 1e-4})
+    conn = sqlite3.connect(path)
+    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # everything in the one file, as a copied store would be
+    conn.close()
+    return path.read_bytes()
+
+
+def refused_store(args: list[str], path: Path) -> str:
+    """The command refuses the store on one line naming it, and leaves the file as it was."""
+    before = path.read_bytes()
+    with patch("dreamlab.tui.app.build_app", side_effect=AssertionError("the console would open this store")):
+        line = one_error_line([*args, "--db", str(path)], f"cannot open run store {path}: ")
+    assert path.read_bytes() == before
+    return line
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.binary(min_size=1, max_size=300).filter(lambda data: not data.startswith(b"SQLite format 3\0")),
+       args=st.sampled_from(STORE_COMMANDS))
+def test_a_store_file_that_is_not_sqlite_is_refused_on_one_line_and_left_alone(data, args):
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "dreamlab.db"
+        path.write_bytes(data)
+        assert refused_store(args, path).endswith(("not a SQLite database (one byte)", "file is not a database"))
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(cut=st.floats(0, 1, exclude_max=True), args=st.sampled_from(STORE_COMMANDS))
+def test_a_truncated_store_is_refused_on_one_line_and_left_alone(store_bytes, cut, args):
+    page = 4096  # at least a whole page is missing
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "dreamlab.db"
+        path.write_bytes(store_bytes[:1 + int(cut * (len(store_bytes) - page - 1))])
+        refused_store(args, path)
+
+
+def test_the_cases_of_the_issue_are_one_error_line_each(tmp_path):
+    rows = tmp_path / "rows.jsonl"
+    rows.write_bytes(b'{"question": "a", "answer": "x\\n#### 1"}\n{"question": "caf\xe9"}\n')
+    assert one_error_line(["data", "prepare", str(rows), "--out", str(tmp_path / "out.jsonl")], rows) == (
+        f"error: {rows} line 2: not UTF-8 text (byte 0xe9 at column 18)")
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_bytes(b"optim:\n  lr: 1e-3  # \xb5\n")
+    assert one_error_line(["train", str(recipe), "--db", str(tmp_path / "runs" / "dreamlab.db")], recipe) == (
+        f"error: {recipe} line 2: not UTF-8 text (byte 0xb5 at column 15)")
+    store = tmp_path / "dreamlab.db"
+    store.write_bytes(b"x")  # SQLite alone would take this for an empty database and overwrite it
+    for args in (["runs", "list"], []):
+        assert refused_store(args, store) == f"error: cannot open run store {store}: not a SQLite database (one byte)"
+
+
+def test_the_console_on_a_bad_store_exits_2_with_one_line_and_no_traceback(tmp_path, store_bytes):
+    for name, data in (("not-sqlite.db", b"not a database\n" * 40), ("truncated.db", store_bytes[:len(store_bytes) // 2])):
+        store = tmp_path / name
+        store.write_bytes(data)
+        done = subprocess.run([sys.executable, "-c", "from dreamlab.cli import main; main()", "--db", str(store)],
+                              capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
+        assert done.returncode == 2, done.stderr
+        assert done.stderr.startswith(f"error: cannot open run store {store}: ") and done.stderr.count("\n") == 1
+        assert store.read_bytes() == data

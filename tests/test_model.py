@@ -13,6 +13,10 @@ from dreamlab.models import DreamConfig, DreamModel, build_tiny_model
 # Dream-v0-7B (docs/dream-reference.md §1): hidden 3584, intermediate 18944, 28 layers,
 # 28 query heads / 4 KV heads of 128, vocab 152064, untied lm_head.
 HIDDEN, INTER, LAYERS, VOCAB, KV = 3584, 18944, 28, 152064, 4 * 128
+# Two model instances with the same weights give logits equal up to rounding, not bit for bit (about 4e-16
+# apart in float64 on some CPUs): bitwise equality is asserted only for the very same computation.
+FLOAT32_ROUNDING = {"rtol": 1e-5, "atol": 1e-5}
+FLOAT64_ROUNDING = {"rtol": 0, "atol": 1e-12}
 
 
 def dream_7b_expected_shapes() -> dict[str, tuple[int, ...]]:
@@ -49,7 +53,10 @@ def test_save_and_load_round_trip_in_safetensors(tmp_path, tiny_model):
     assert (tmp_path / "model.safetensors").exists()
     loaded = DreamModel.from_pretrained(tmp_path).eval()
     x = torch.randint(0, tiny_model.config.vocab_size, (2, 11))
-    assert torch.equal(loaded(x).logits, tiny_model(x).logits)
+    saved = tiny_model.state_dict()
+    assert all(torch.equal(value, saved[name]) for name, value in loaded.state_dict().items())  # the weights are exact
+    # Another instance: its kernels may take other paths (alignment, CPU), so logits agree to rounding only.
+    torch.testing.assert_close(loaded(x).logits, tiny_model(x).logits, **FLOAT32_ROUNDING)
 
 
 def test_dream_style_checkpoint_folder_loads_without_remote_code(tmp_path, tiny_model):
@@ -65,7 +72,7 @@ def test_dream_style_checkpoint_folder_loads_without_remote_code(tmp_path, tiny_
     loaded = AutoModel.from_pretrained(tmp_path)
     assert type(loaded) is DreamModel
     x = torch.randint(0, tiny_model.config.vocab_size, (1, 7))
-    assert torch.equal(loaded.eval()(x).logits, tiny_model(x).logits)
+    torch.testing.assert_close(loaded.eval()(x).logits, tiny_model(x).logits, **FLOAT32_ROUNDING)
 
 
 def test_attention_is_bidirectional(tiny_model):
@@ -165,7 +172,7 @@ def test_learned_absolute_positions_are_off_for_dream_and_round_trip_for_the_tin
     model.save_pretrained(tmp_path)
     loaded = DreamModel.from_pretrained(tmp_path, torch_dtype=torch.float64).eval()
     assert loaded.config.absolute_position_embeddings
-    assert torch.equal(loaded(x).logits, model(x).logits)
+    torch.testing.assert_close(loaded(x).logits, model(x).logits, **FLOAT64_ROUNDING)
     too_long = torch.zeros(1, model.config.max_position_embeddings + 1, dtype=torch.long)
     with pytest.raises(ValueError, match="learned positions"):
         model(too_long)

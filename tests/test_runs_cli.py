@@ -202,7 +202,8 @@ def test_stop_signals_the_process_group_and_marks_the_run_stopped(tmp_path, igno
         assert result.exit_code == 0, result.output
         assert child.wait(timeout=5) == (-9 if ignores_sigterm else -15)
         assert ("sent SIGKILL" in result.output) is ignores_sigterm
-        assert elapsed >= 1.0 if ignores_sigterm else elapsed < 1.0
+        if ignores_sigterm:  # a lower bound only: how fast a SIGTERM is obeyed depends on the machine's load
+            assert elapsed >= 1.0
         run = RunStore(path).get_run(run_id)
         assert run.status == "stopped"
         assert run.exit_reason == ("stopped by user (SIGKILL after 1 s grace)" if ignores_sigterm

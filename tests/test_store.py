@@ -335,3 +335,35 @@ def test_query_readonly_refuses_every_write(store):
     assert not attached.exists()
     with pytest.raises(StoreError, match="no run store at"):
         RunStore.query_readonly(store.path.parent / "missing.db", "SELECT 1")
+
+
+
+def _write_then_wait(path: str, written, release) -> None:
+    store = RunStore(path)
+    run = store.create_run()
+    for step in range(200):
+        store.record_metrics(run.id, step, {"train/loss": 1.0})
+    written.set()
+    release.wait(60)
+    store.close()
+
+
+def test_opening_the_store_again_keeps_this_processs_locks_while_another_process_writes(tmp_path):
+    """Nothing outside SQLite may open and close the database file: closing drops every POSIX lock this
+    process holds on it, and SQLite then reads a store another process writes as malformed."""
+    path = tmp_path / "runs" / "dreamlab.db"
+    first = RunStore(path)
+    context = multiprocessing.get_context("spawn")
+    for count in range(1, 4):
+        written, release = context.Event(), context.Event()
+        writer = context.Process(target=_write_then_wait, args=(str(path), written, release))
+        writer.start()
+        assert written.wait(120)
+        RunStore(path).close()  # opened again while the writer is connected (the eval command opens it twice)
+        release.set()
+        writer.join(60)
+        assert writer.exitcode == 0
+        with RunStore(path) as again:
+            assert again.count_runs() == count
+    assert len(first.list_runs()) == 3
+    first.close()

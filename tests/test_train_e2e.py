@@ -94,7 +94,8 @@ def test_compile_follows_the_eager_curve_and_without_a_compiler_trains_eagerly_s
     run = store.get_run("no-compiler")
     notes = [e.message for e in store.events(run.id) if e.kind == "note"]
     assert len(notes) == 1 and "needs a C++ compiler" in notes[0] and "no-such-compiler not found" in notes[0]
-    assert losses(store, run.id) == reference  # eager after all: the same arithmetic as the eager run
+    # Eager after all: the same arithmetic as the eager run, in another process (rounding may differ by alignment).
+    assert losses(store, run.id) == pytest.approx(reference, rel=1e-5)
     assert "training without torch.compile" in (Path(run.run_dir) / "train.log").read_text()
 
 

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
+from textual.command import CommandList
 from typer.testing import CliRunner
 
 from dreamlab.cli import app as cli
@@ -75,7 +76,7 @@ def _save(app, tmp_path: Path, name: str) -> None:
         shutil.copy(tmp_path / f"console-{name}.svg", DOCS / f"console-{name}.svg")
 
 
-async def _until(pilot, predicate, timeout: float = 30.0) -> None:
+async def _until(pilot, predicate, timeout: float = 120.0) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
         assert time.monotonic() < deadline, "condition not reached in time"
@@ -217,7 +218,9 @@ def test_help_lists_the_keys_and_the_palette_opens_a_run(store_path, tmp_path):
             _save(app, tmp_path, "help")
             await pilot.press("escape", "ctrl+p")
             await pilot.press(*"Open run beta")
-            await pilot.pause(0.5)
+            hits = app.screen.query_one(CommandList)
+            await _until(pilot, lambda: hits.highlighted is not None
+                         and "beta" in str(hits.get_option_at_index(hits.highlighted).prompt))
             await pilot.press("enter")
             await _until(pilot, lambda: isinstance(app.screen, RunDetailScreen))
             assert app.screen.run.name == "beta"

@@ -18,4 +18,7 @@ def serve_console(db: Path, port: int) -> None:
     """Serve until interrupted; reachable only from this machine (tunnel with `ssh -L PORT:localhost:PORT`)."""
     from textual_serve.server import Server
 
+    from dreamlab.tui import open_store
+
+    open_store(db).close()  # refused here, once, rather than in every browser tab
     Server(serve_command(db), host=LOCALHOST, port=port, title="dreamlab").serve()

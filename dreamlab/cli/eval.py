@@ -239,19 +239,22 @@ def score_command(
     from dreamlab.evals.scoring import score_generation
     from dreamlab.evals.stats import wilson_interval
     from dreamlab.evals.tasks import load_task
+    from dreamlab.textfiles import read_utf8, text_lines
 
     with _errors():
         spec = load_task(task)
         if not file.is_file():
             raise FileNotFoundError(f"no generations file {file}")
         rows = []
-        for number, line in enumerate(file.read_text().splitlines(), 1):
+        for number, line in enumerate(text_lines(read_utf8(file, ValueError)), 1):
             if not line.strip():
                 continue
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as error:
                 raise ValueError(f"{file}:{number}: not valid JSON: {error.msg}") from None
+            if not isinstance(row, dict):
+                raise ValueError(f"{file}:{number}: expected a JSON object, got {type(row).__name__}")
             missing = [key for key in ("gold", "generation") if key not in row]
             if missing:
                 raise ValueError(f"{file}:{number}: missing field {missing[0]!r} (need question, gold, generation)")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, NoReturn
 
 import typer
 from rich.console import Console
@@ -29,6 +29,13 @@ def newest_checkpoint_model(ref: str, db: Path) -> str:
         if checkpoint is not None and Path(checkpoint.path).is_dir():
             return checkpoint.path
     raise FileNotFoundError(f"no complete checkpoint for {ref!r} in {db} yet: train first (`dreamlab train --foreground`)")
+
+
+def _fail(error: Exception) -> NoReturn:
+    """One `error:` line on stderr (the first line of the message), exit code 2."""
+    message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(2)
 
 
 def generate(
@@ -64,14 +71,12 @@ def generate(
         try:
             model = newest_checkpoint_model(run, resolve_db(db))
         except (StoreError, FileNotFoundError) as error:
-            console.print(f"[red]error:[/red] {error}")
-            raise typer.Exit(2) from None
+            _fail(error)
         console.print(f"[dim]run {run}: {model}[/dim]")
     try:
         net, tokenizer = load_model_and_tokenizer(model, device=device, dtype=dtype, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as error:
-        console.print(f"[red]error:[/red] {error}")
-        raise typer.Exit(2) from None
+        _fail(error)
     mask_id = net.config.mask_token_id
     text = prompt if raw else tokenizer.apply_chat_template(
         [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=False
@@ -96,8 +101,7 @@ def generate(
             threshold=threshold, elide_noop_steps=elide, hooks=SamplerHooks(tokens=show),
         )
     except ValueError as error:
-        console.print(f"[red]error:[/red] {error}")
-        raise typer.Exit(2) from None
+        _fail(error)
     finally:
         if live is not None:
             live.stop()

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import json
+import logging
 import re
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from dreamlab.data.errors import DataError
+from dreamlab.textfiles import read_utf8, text_lines
 
 DATA_SUFFIXES = (".jsonl", ".json", ".parquet")
 # Hub data sets whose loader needs a configuration name; the first one is the default.
@@ -66,20 +69,26 @@ def _read_file(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
 
 
 def _read_json_lines(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
-    with path.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            where = f"{path.name} line {number}"
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise DataError(f"{path} line {number}: malformed JSON ({error.msg} at column {error.colno})") from None
-            yield where, _as_object(record, where)
+    for number, line in enumerate(text_lines(_read_text(path)), start=1):
+        if not line.strip():
+            continue
+        where = f"{path.name} line {number}"
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise DataError(f"{path} line {number}: malformed JSON ({error.msg} at column {error.colno})") from None
+        yield where, _as_object(record, where)
+
+
+def _read_text(path: Path) -> str:
+    try:
+        return read_utf8(path, DataError)
+    except OSError as error:
+        raise DataError(f"{path}: cannot read ({error.strerror or error})") from None
 
 
 def _read_json(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
-    text = path.read_text(encoding="utf-8")
+    text = _read_text(path)
     try:
         document = json.loads(text)
     except json.JSONDecodeError as error:
@@ -105,11 +114,28 @@ def _read_parquet(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
     import datasets
 
     try:
-        table = datasets.Dataset.from_parquet(str(path), keep_in_memory=True)
+        with quiet_datasets():
+            table = datasets.Dataset.from_parquet(str(path), keep_in_memory=True)
     except Exception as error:  # pyarrow and datasets raise many types for a corrupt file
         raise DataError(f"{path}: cannot read parquet ({type(error).__name__}: {_first_line(error)})") from None
     for position, record in enumerate(table):
         yield f"{path.name} row {position}", record
+
+
+@contextmanager
+def quiet_datasets() -> Iterator[None]:
+    """datasets' log lines and progress bars off while it reads a local file: we report a failure, once."""
+    import datasets
+
+    level, bars_were_off = datasets.logging.get_verbosity(), datasets.are_progress_bars_disabled()
+    datasets.logging.set_verbosity(logging.CRITICAL)
+    datasets.disable_progress_bars()
+    try:
+        yield
+    finally:
+        datasets.logging.set_verbosity(level)
+        if not bars_were_off:
+            datasets.enable_progress_bars()
 
 
 def _read_hub(source: str, *, split: str, subset: str | None) -> Iterator[tuple[str, dict[str, Any]]]:

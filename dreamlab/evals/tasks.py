@@ -18,6 +18,7 @@ import yaml
 
 from dreamlab.evals.extract import EXTRACTORS
 from dreamlab.evals.scoring import SCORERS
+from dreamlab.textfiles import read_utf8, text_lines
 
 TEMPLATES = ("base", "chat")
 SAMPLER_KEYS = {"max_new_tokens": int, "steps": int, "alg": str, "temperature": float, "top_p": float,
@@ -159,14 +160,15 @@ def find_task(ref: str) -> Path:
 def load_task(ref: str) -> Task:
     """Read and validate a task file (by name or path)."""
     path = find_task(ref)
+    text = read_utf8(path, TaskError)
     try:
-        text = path.read_text()
         node = yaml.compose(text)
         raw = yaml.safe_load(text)
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         where = f"{path}:{mark.line + 1}" if mark else str(path)
-        raise TaskError(f"{where}: not valid YAML: {getattr(error, 'problem', error)}") from None
+        problem = " ".join(str(getattr(error, "problem", None) or error).split())  # a ReaderError's text has lines
+        raise TaskError(f"{where}: not valid YAML: {problem}") from None
     if not isinstance(raw, dict):
         raise TaskError(f"{path}:1: a task file is a mapping of fields (name, source, prompt, ...)")
     return _parse(path, raw, node)
@@ -286,22 +288,33 @@ def _read_local(task: Task, path: Path) -> list[dict[str, Any]]:
         raise TaskError(f"{task.name}: no data file {path}")
     if path.suffix == ".jsonl":
         rows = []
-        with path.open() as handle:
-            for number, line in enumerate(handle, 1):
-                if line.strip():
-                    try:
-                        rows.append(json.loads(line))
-                    except json.JSONDecodeError as error:
-                        raise TaskError(f"{path}:{number}: not valid JSON: {error.msg}") from None
+        for number, line in enumerate(text_lines(read_utf8(path, TaskError)), 1):
+            if line.strip():
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError as error:
+                    raise TaskError(f"{path}:{number}: not valid JSON: {error.msg}") from None
         return rows
     if path.suffix == ".json":
-        rows = json.loads(path.read_text())
+        try:
+            rows = json.loads(read_utf8(path, TaskError))
+        except json.JSONDecodeError as error:
+            raise TaskError(f"{path}:{error.lineno}: not valid JSON: {error.msg}") from None
         if not isinstance(rows, list):
             raise TaskError(f"{path}: expected a JSON list of objects")
         return rows
     import datasets
 
+    from dreamlab.data.sources import quiet_datasets
+
     kind = {".parquet": "parquet", ".csv": "csv"}.get(path.suffix)
     if kind is None:
         raise TaskError(f"{path}: unsupported data file type {path.suffix} (use .jsonl, .json, .parquet or .csv)")
-    return [dict(row) for row in datasets.load_dataset(kind, data_files=str(path), split="train")]
+    try:
+        with quiet_datasets():
+            return [dict(row) for row in datasets.load_dataset(kind, data_files=str(path), split="train")]
+    except Exception as error:  # noqa: BLE001 - pyarrow, pandas and datasets raise many types for a bad file
+        while error.__cause__ is not None:  # datasets wraps the reader's error in a generic one
+            error = error.__cause__
+        first = str(error).strip().splitlines()[0] if str(error).strip() else "no message"
+        raise TaskError(f"{path}: cannot read {kind} ({type(error).__name__}: {first})") from None

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
@@ -11,6 +10,7 @@ from transformers import AutoModel, AutoTokenizer, PreTrainedTokenizerBase, PreT
 import dreamlab.models  # noqa: F401  (registers the Dream classes with the Auto factories)
 from dreamlab.models.tiny import TINY_NAME, build_tiny_model
 from dreamlab.models.tokenizer import build_char_tokenizer
+from dreamlab.textfiles import read_json_object
 
 
 def pick_device(device: str = "auto") -> torch.device:
@@ -62,7 +62,7 @@ def _names_remote_tokenizer(folder: Path) -> bool:
     config_file = folder / "tokenizer_config.json"
     if not config_file.is_file():
         return False
-    return "AutoTokenizer" in json.loads(config_file.read_text()).get("auto_map", {})
+    return "AutoTokenizer" in read_json_object(config_file, ValueError).get("auto_map", {})
 
 
 def load_tokenizer(source: str, *, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:

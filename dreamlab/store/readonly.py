@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from dreamlab.store.errors import StoreError
+from dreamlab.store.schema import check_sqlite_file
 
 # What one SELECT needs; everything else (writes, ATTACH, PRAGMA assignments, DDL) is denied.
 _ALLOWED_ACTIONS = {sqlite3.SQLITE_SELECT, sqlite3.SQLITE_READ, sqlite3.SQLITE_FUNCTION, sqlite3.SQLITE_RECURSIVE}
@@ -31,9 +32,14 @@ def query_readonly(path: str | os.PathLike[str], sql: str, *, max_rows: int | No
     path = Path(path)
     if not path.is_file():
         raise StoreError(f"no run store at {path}")
+    check_sqlite_file(path)
     uri = f"file:{urllib.parse.quote(str(path.resolve()))}?mode=ro"
     conn = sqlite3.connect(uri, uri=True, timeout=timeout_s, isolation_level=None)
     try:
+        try:
+            conn.execute("SELECT COUNT(*) FROM sqlite_master")  # a truncated file fails here, not as a refused query
+        except sqlite3.DatabaseError as error:
+            raise StoreError(f"cannot open run store {path}: {error}") from None
         conn.execute("PRAGMA query_only = 1")
         conn.set_authorizer(_authorize)
         deadline = time.monotonic() + timeout_s

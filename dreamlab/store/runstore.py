@@ -21,7 +21,7 @@ from dreamlab.store.names import generate_run_name, validate_run_name
 from dreamlab.store.params import decode_value, flatten_recipe, same_value
 from dreamlab.store.readonly import query_readonly
 from dreamlab.store.records import TERMINAL_STATUSES, Checkpoint, Comparison, Event, MetricPoint, Progress, Run
-from dreamlab.store.schema import STATUSES, migrate
+from dreamlab.store.schema import STATUSES, check_sqlite_file, migrate
 
 DEFAULT_DB = Path("runs") / "dreamlab.db"
 DB_ENV = "DREAMLAB_DB"
@@ -52,6 +52,7 @@ class RunStore(EvalStoreMixin):
     def __init__(self, path: str | os.PathLike[str], *, busy_timeout_s: float = 10.0) -> None:
         """Open the store at `path`, creating it (and its folder) or migrating it to the current schema."""
         self.path = Path(path)
+        check_sqlite_file(self.path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         conn = sqlite3.connect(str(self.path), timeout=busy_timeout_s, isolation_level=None,
                                check_same_thread=False)
@@ -64,7 +65,7 @@ class RunStore(EvalStoreMixin):
             self.db.enable_wal()
             conn.execute("PRAGMA synchronous = NORMAL")  # durable across app crashes in WAL mode
             migrate(conn)
-        except sqlite3.DatabaseError as error:
+        except (sqlite3.DatabaseError, StoreError) as error:
             conn.close()
             raise StoreError(f"cannot open run store {self.path}: {error}") from None
         except BaseException:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sqlite3
 import time
+from pathlib import Path
 
 from dreamlab.store.errors import StoreError
 
@@ -193,6 +194,23 @@ def schema_version(conn: sqlite3.Connection) -> int:
     return int(row[0] or 0)
 
 
+def check_sqlite_file(path: Path) -> None:
+    """Refuse a one-byte file, which SQLite reads as an empty database and would overwrite with a new store.
+
+    Other files that are not SQLite, SQLite refuses itself. Only the size is looked at: opening and closing
+    the file here would drop the POSIX locks this process's connections hold on it, and SQLite would then
+    read a store that another process writes as malformed.
+    """
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:
+        return
+    except OSError as error:
+        raise StoreError(f"cannot open run store {path}: {error.strerror or error}") from None
+    if size == 1:
+        raise StoreError(f"cannot open run store {path}: not a SQLite database (one byte)")
+
+
 def migrate(conn: sqlite3.Connection, target: int = SCHEMA_VERSION) -> int:
     """Apply the missing migrations up to `target` in one immediate transaction; return the new version.
 
@@ -200,6 +218,9 @@ def migrate(conn: sqlite3.Connection, target: int = SCHEMA_VERSION) -> int:
     """
     conn.execute("BEGIN IMMEDIATE")
     try:
+        tables = {name for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        if tables and "schema_version" not in tables:  # another program's database: leave it as it is
+            raise StoreError(f"not a dreamlab run store (its tables are {', '.join(sorted(tables)[:5])})")
         conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER PRIMARY KEY, applied REAL NOT NULL)")
         current = schema_version(conn)
         if current > SCHEMA_VERSION:

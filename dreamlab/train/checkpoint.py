@@ -8,14 +8,21 @@ Layout of `runs/<run>/checkpoints/step-000100/`:
   trainer.json      step, epoch, world size, global batch, scheduler state
 Everything is written into `step-000100.tmp/` and renamed when complete, so a process killed while
 writing leaves only a `.tmp` folder behind, never a half checkpoint that looks whole.
+
+Test hook: with `DREAMLAB_TEST_HOLD_CHECKPOINT_WRITE=MARKER` set, rank 0 creates the file MARKER
+(holding the `.tmp` folder's path) once the folder is written but not yet renamed, then blocks there
+until killed, so a fault test kills a writer that is certainly inside the write. Unset, it costs one
+environment lookup per checkpoint.
 """
 
 from __future__ import annotations
 
 import errno
 import json
+import os
 import re
 import shutil
+import time
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +40,7 @@ from torch.distributed.checkpoint.state_dict import (
 )
 
 STEP_DIR = re.compile(r"^step-(\d+)$")
+HOLD_WRITE_ENV = "DREAMLAB_TEST_HOLD_CHECKPOINT_WRITE"
 
 
 class CheckpointError(OSError):
@@ -137,10 +145,21 @@ def _write(tmp: Path, final: Path, *, run_dir: Path, rank: int, model: torch.nn.
     dist.barrier()
     if rank == 0:
         (tmp / "trainer.json").write_text(json.dumps(trainer_state, indent=2))
+        _hold_if_testing(tmp)
         shutil.rmtree(final, ignore_errors=True)
         tmp.rename(final)
         for _, old in complete_checkpoints(run_dir)[:-keep]:
             shutil.rmtree(old, ignore_errors=True)
+
+
+def _hold_if_testing(tmp: Path) -> None:
+    """The test hook of the module docstring: write the marker, then wait to be killed."""
+    marker = os.environ.get(HOLD_WRITE_ENV)
+    if not marker:
+        return
+    Path(marker).write_text(str(tmp))
+    while True:
+        time.sleep(60)
 
 
 def load_checkpoint(

@@ -22,6 +22,7 @@ from dreamlab.config import Recipe, RecipeError, parse_override, set_value, vali
 from dreamlab.data.sources import BUILTIN_PREFIX, HUB_ID
 from dreamlab.models.tiny import TINY_NAME
 from dreamlab.store import Run, RunStore
+from dreamlab.textfiles import read_json_object
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
@@ -38,7 +39,7 @@ def model_context_length(recipe: Recipe) -> int | None:
         return config.max_position_embeddings
     config_file = Path(spec).expanduser() / "config.json"
     if config_file.is_file():
-        return json.loads(config_file.read_text()).get("max_position_embeddings")
+        return read_json_object(config_file, RecipeError).get("max_position_embeddings")
     if Path(spec).expanduser().exists() or spec.startswith((".", "/", "~")):
         raise RecipeError(f"model.partial_pretrain: no model at {spec} (expected a folder with config.json)")
     return None  # a hub id: checked when the worker loads it
