@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 
 from dreamlab.cli import app as cli
 from dreamlab.store import RunStore
-from dreamlab.store.control import group_alive
+from dreamlab.train.processes import group_alive
 from dreamlab.tui.app import build_app
 from tests.test_faults_train import TINY, small_rows
 

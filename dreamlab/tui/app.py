@@ -151,7 +151,7 @@ class DreamlabApp(App):
 
     @work(thread=True, group="stop")
     def _stop_worker(self, run_id: int, name: str) -> None:
-        from dreamlab.store.control import stop_run
+        from dreamlab.train.processes import stop_run
 
         try:
             result = stop_run(self.store, run_id, grace_s=STOP_GRACE_S)

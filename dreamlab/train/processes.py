@@ -1,4 +1,4 @@
-"""Stopping a run's processes: SIGTERM to its process group, a grace period, then SIGKILL (no shell)."""
+"""Stopping a run's processes: SIGTERM to its process group, a grace period, then SIGKILL (no shell); psutil looks."""
 
 from __future__ import annotations
 
@@ -8,14 +8,15 @@ import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 
-from dreamlab.store.errors import StoreError
-from dreamlab.store.records import Run
-from dreamlab.store.runstore import RunStore
+import psutil
+
+from dreamlab.store import Run, RunStore, StoreError
 
 STOPPABLE = ("running", "lost")  # lost: silent for a while, but its processes may still be alive
-_PROC = Path("/proc")
+_GONE = (psutil.STATUS_ZOMBIE, psutil.STATUS_DEAD)
+# psutil's creation time is exact to a clock tick; a reused pid was created after the run started.
+_REUSE_SLACK_S = 2.0
 
 
 @dataclass
@@ -75,14 +76,14 @@ def _checked_group(run: Run) -> int:
     here = socket.gethostname()
     if run.host and run.host != here:
         raise StoreError(f"run {run.name} runs on {run.host}, not on this machine ({here}): stop it there")
-    if run.pid is not None and _pid_alive(run.pid):
+    if run.pid is not None:
         try:
-            pid_group = os.getpgid(run.pid)
-        except ProcessLookupError:
-            pid_group = None
-        started = process_start_time(run.pid)
-        reused = (pid_group is not None and pid_group != pgid) or (
-            started is not None and run.started is not None and started > run.started + 2.0)
+            process = psutil.Process(run.pid)
+            reused = process.status() not in _GONE and (
+                os.getpgid(run.pid) != pgid
+                or (run.started is not None and process.create_time() > run.started + _REUSE_SLACK_S))
+        except (psutil.Error, ProcessLookupError):
+            reused = False  # gone: the group check below decides
         if reused:
             raise StoreError(f"pid {run.pid} of run {run.name} now belongs to another process: refusing to signal")
     return pgid
@@ -107,54 +108,11 @@ def _wait_gone(pgid: int, timeout_s: float, poll_s: float) -> bool:
 
 
 def group_alive(pgid: int) -> bool:
-    """Whether any live (not zombie) process is in the group; reads /proc where it exists."""
-    if _PROC.is_dir():
-        for entry in os.scandir(_PROC):
-            if not entry.name.isdigit():
-                continue
-            fields = _stat_fields(int(entry.name))
-            if fields is not None and int(fields[2]) == pgid and fields[0] not in ("Z", "X"):
+    """Whether any live (not zombie) process is in the group."""
+    for process in psutil.process_iter():
+        try:
+            if os.getpgid(process.pid) == pgid and process.status() not in _GONE:
                 return True
-        return False
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _pid_alive(pid: int) -> bool:
-    fields = _stat_fields(pid) if _PROC.is_dir() else None
-    if fields is not None:
-        return fields[0] not in ("Z", "X")
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def process_start_time(pid: int) -> float | None:
-    """Unix time a process started (Linux /proc), or None where unknown."""
-    fields = _stat_fields(pid)
-    if fields is None:
-        return None
-    try:
-        boot = next(float(line.split()[1]) for line in (_PROC / "stat").read_text().splitlines()
-                    if line.startswith("btime "))
-        return boot + int(fields[19]) / os.sysconf("SC_CLK_TCK")
-    except (OSError, StopIteration, ValueError, IndexError):
-        return None
-
-
-def _stat_fields(pid: int) -> list[str] | None:
-    """Fields of /proc/PID/stat after the command name: [state, ppid, pgrp, ...]."""
-    try:
-        text = (_PROC / str(pid) / "stat").read_text()
-    except OSError:
-        return None
-    return text[text.rfind(")") + 2:].split()
+        except (psutil.Error, ProcessLookupError):
+            continue
+    return False
