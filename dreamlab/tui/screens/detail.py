@@ -14,7 +14,6 @@ from dreamlab.store import Run
 from dreamlab.tui.widgets.gpu_panel import GpuPanel
 from dreamlab.tui.widgets.log_tail import LogTail
 from dreamlab.tui.widgets.plots import LossPlot
-from dreamlab.tui.widgets.polling import Polling
 from dreamlab.tui.widgets.run_summary import RunSummaryView
 
 TABS = ("loss", "gpu", "recipe", "log", "checkpoints", "history")
@@ -57,15 +56,6 @@ class RunDetailScreen(Screen):
             with TabPane("History", id="history-tab"):
                 yield DataTable(id="history", cursor_type="row")
         yield Footer()
-
-    def pollers(self) -> list[Polling]:
-        """Every polling widget of this screen."""
-        return [widget for widget in self.query("*") if isinstance(widget, Polling)]
-
-    def refresh_all(self) -> None:
-        """Poll every widget now (after a stop, for instance)."""
-        for widget in self.pollers():
-            widget.poll_now()
 
     def action_tab(self, tab: str) -> None:
         """Switch tab by key."""

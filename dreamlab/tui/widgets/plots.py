@@ -8,7 +8,7 @@ from dreamlab.tui.queries import LOSS_KEY, LR_KEY, VAL_LOSS_KEY, Curves, load_cu
 from dreamlab.tui.widgets.polling import Polling
 
 
-class LossPlot(Polling, PlotextPlot):
+class LossPlot(PlotextPlot, Polling):
     """Training and validation loss of one run (left axis) with the learning rate (right axis), live."""
 
     KEYS = [LOSS_KEY, VAL_LOSS_KEY, LR_KEY]

@@ -42,7 +42,7 @@ COLUMNS: list[tuple[str, str, Callable[[RunRow], Any], Callable[[RunRow], Any]]]
 ]
 
 
-class RunsTable(Polling, DataTable):
+class RunsTable(DataTable, Polling):
     """Every run, newest first by default; `sort_by` / `filter_text` / marks change what it shows."""
 
     class Highlighted(Message):
