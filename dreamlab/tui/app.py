@@ -19,6 +19,7 @@ from dreamlab.tui.screens.evals import EvalsScreen, ReplayScreen, SamplesScreen
 from dreamlab.tui.screens.help import HelpScreen
 from dreamlab.tui.screens.launch import LaunchScreen
 from dreamlab.tui.screens.runs import RunsScreen
+from dreamlab.tui.widgets.plots import PlotView
 from dreamlab.tui.widgets.polling import Polling
 
 STOP_GRACE_S = 60.0
@@ -48,6 +49,7 @@ class DreamlabApp(App):
         self.store = store
         self.lost_after_s = lost_after_s
         self.poll_s = poll_s
+        self.plot_view = PlotView()  # log scale and smoothing of loss plots, kept for the session
 
     def on_mount(self) -> None:
         """The runs screen is home."""

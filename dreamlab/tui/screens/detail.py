@@ -32,6 +32,8 @@ class RunDetailScreen(Screen):
         Binding("o", "tab('log')", "Log"),
         Binding("k", "tab('checkpoints')", "Ckpts"),
         Binding("h", "tab('history')", "History"),
+        Binding("y", "plot('log_y')", "Log scale", show=False),
+        Binding("s", "plot('smooth')", "Smooth", show=False),
     ]
 
     def __init__(self, run: Run) -> None:
@@ -61,6 +63,10 @@ class RunDetailScreen(Screen):
         """Switch tab by key."""
         self.query_one(TabbedContent).active = {"recipe": "recipe-tab", "checkpoints": "checkpoints-tab",
                                                    "history": "history-tab"}.get(tab, tab)
+
+    def action_plot(self, setting: str) -> None:
+        """Toggle the loss plot's log scale or smoothing (kept for the session)."""
+        self.query_one(LossPlot).toggle(setting)
 
     def action_stop(self) -> None:
         """Stop this run (after confirmation)."""
