@@ -10,6 +10,7 @@ from textual.binding import Binding
 from textual.message import Message
 
 from dreamlab.store import RunStore, StoreError
+from dreamlab.train.processes import stop_run
 from dreamlab.tui.commands import ConsoleCommands
 from dreamlab.tui.queries import RunRow
 from dreamlab.tui.screens.compare import CompareScreen
@@ -146,8 +147,6 @@ class DreamlabApp(App):
 
     @work(thread=True, group="stop")
     def _stop_worker(self, run_id: int, name: str) -> None:
-        from dreamlab.train.processes import stop_run
-
         try:
             result = stop_run(self.store, run_id, grace_s=STOP_GRACE_S)
         except Exception as failure:  # noqa: BLE001 - reported in the error dialog
