@@ -22,9 +22,9 @@ from dreamlab.display import fmt_number as _number
 from dreamlab.display import fmt_value as _text
 from dreamlab.display import fmt_when as _when
 from dreamlab.store import Run, RunStore, StoreError
-from dreamlab.store.health import Health, assess
+from dreamlab.store.health import Health
 from dreamlab.store.params import flatten
-from dreamlab.train.processes import stop_run
+from dreamlab.train.processes import assess, stop_run
 
 app = typer.Typer(help="Runs in the run store: list, show, compare, stop, remove, query.", no_args_is_help=True)
 

@@ -1,4 +1,4 @@
-"""Stopping a run's processes: SIGTERM to its process group, a grace period, then SIGKILL (no shell); psutil looks."""
+"""A run's processes seen with psutil: is the worker alive (`probe`, `assess`), and stopping the group (`stop_run`)."""
 
 from __future__ import annotations
 
@@ -12,11 +12,49 @@ from dataclasses import dataclass, field
 import psutil
 
 from dreamlab.store import Run, RunStore, StoreError
+from dreamlab.store.health import Health, Liveness, Thresholds, judge
 
 STOPPABLE = ("running", "lost")  # lost: silent for a while, but its processes may still be alive
 _GONE = (psutil.STATUS_ZOMBIE, psutil.STATUS_DEAD)
-# psutil's creation time is exact to a clock tick; a reused pid was created after the run started.
-_REUSE_SLACK_S = 2.0
+# psutil derives a creation time from clock ticks since boot: the same process reads the same value
+# to within a tick, a reused pid differs by the time between the two processes' starts.
+_SAME_PROCESS_S = 1.0
+_REUSE_SLACK_S = 2.0  # stop_run's looser test: a pid created after the run started is another process
+
+
+def probe(run: Run, host: str | None = None) -> Liveness:
+    """Whether the run's rank-0 worker (else its launcher) is alive, as seen from `host` (this one by default)."""
+    host = socket.gethostname() if host is None else host
+    if run.worker_pid is not None:
+        if run.worker_host != host:
+            return Liveness.UNKNOWN
+        return _process_state(run.worker_pid, lambda created: abs(created - (run.worker_started or 0.0)) <= _SAME_PROCESS_S)
+    if run.pid is None or run.host != host or run.started is None:
+        return Liveness.UNKNOWN
+    # No worker yet (torchrun still starting it): the launcher stands in; one made after the start is a reused pid.
+    return _process_state(run.pid, lambda created: created <= run.started + _SAME_PROCESS_S)
+
+
+def assess(run: Run, lost_after_s: float | None = None, stall_after_s: float | None = None,
+           now: float | None = None) -> Health:
+    """`judge` with the run's thresholds (or these overrides) and its process probed from this host."""
+    liveness = probe(run) if run.status == "running" else Liveness.UNKNOWN
+    return judge(run, time.time() if now is None else now, liveness, Thresholds.of_run(run, lost_after_s, stall_after_s))
+
+
+def _process_state(pid: int, same: Callable[[float], bool]) -> Liveness:
+    try:
+        process = psutil.Process(pid)
+        if not same(process.create_time()):
+            return Liveness.GONE  # the pid now belongs to another process
+        state = process.status()
+    except psutil.NoSuchProcess:
+        return Liveness.GONE
+    except psutil.Error:
+        return Liveness.UNKNOWN
+    if state in _GONE:
+        return Liveness.GONE
+    return Liveness.STOPPED if state in (psutil.STATUS_STOPPED, psutil.STATUS_TRACING_STOP) else Liveness.ALIVE
 
 
 @dataclass
