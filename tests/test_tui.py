@@ -9,7 +9,6 @@ import sys
 import types
 from pathlib import Path
 
-import pytest
 from typer.testing import CliRunner
 
 from dreamlab import gpu
