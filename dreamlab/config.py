@@ -21,6 +21,7 @@ import yaml
 from dreamlab.data.collate import CUTOFF_MODES
 from dreamlab.diffusion.loss import TIME_REWEIGHTINGS
 from dreamlab.store.health import HEARTBEAT_S, LOST_AFTER_S, STALL_AFTER_S, STALL_FACTOR
+from dreamlab.store.params import flatten
 from dreamlab.textfiles import read_utf8
 
 RECIPES_DIR = Path(__file__).parent / "recipes"
@@ -134,7 +135,7 @@ class Recipe:
 
     def flat(self) -> dict[str, Any]:
         """`section.key -> value` for every setting."""
-        return {f"{section}.{key}": value for section, values in self.to_dict().items() for key, value in values.items()}
+        return flatten(self.to_dict())
 
 
 CHOICES = {

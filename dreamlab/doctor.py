@@ -149,13 +149,11 @@ def check_disk(folder: Path) -> Check:
 def check_store(path: Path) -> Check:
     """The run store opens and migrates to this dreamlab's schema (an absent one: migrations run on a blank copy)."""
     from dreamlab.store import RunStore, StoreError
-    from dreamlab.store.schema import SCHEMA_VERSION, migrate
+    from dreamlab.store.schema import SCHEMA_VERSION
 
     if not path.exists():
         try:
-            conn = sqlite3.connect(":memory:", isolation_level=None)
-            migrate(conn)
-            conn.close()
+            RunStore(":memory:").close()
         except (sqlite3.Error, StoreError) as error:
             return Check(FAIL, "store", f"the migrations fail on an empty store: {error}", "report this as a bug")
         return Check(OK, "store", f"no store yet at {path} (the first run creates it; migrations to schema "

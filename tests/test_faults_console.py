@@ -8,14 +8,13 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
 from dreamlab.cli import app as cli
 from dreamlab.store import RunStore
-from dreamlab.store.control import group_alive
+from dreamlab.train.processes import group_alive
 from dreamlab.tui.app import build_app
 from tests.test_faults_train import TINY, small_rows
 

@@ -26,10 +26,10 @@ from dreamlab.cli import app
 from dreamlab.config import load_recipe
 from dreamlab.data.sources import read_source
 from dreamlab.store import RunStore
-from dreamlab.store.health import assess
 from dreamlab.train.checkpoint import HOLD_WRITE_ENV, complete_checkpoints
 from dreamlab.models.loading import load_model_and_tokenizer
 from dreamlab.train.launcher import write_run_spec
+from dreamlab.train.processes import assess
 
 pytestmark = pytest.mark.slow
 runner = CliRunner()

@@ -1,4 +1,4 @@
-"""How a reader decides running / stalled / lost (`dreamlab.store.health`), and that the console only reads."""
+"""How a reader decides running / stalled / lost (store.health judges, train.processes probes); the console only reads."""
 
 from __future__ import annotations
 
@@ -15,7 +15,8 @@ import psutil
 import pytest
 
 from dreamlab.store import Progress, Run, RunStore
-from dreamlab.store.health import Health, Liveness, Thresholds, assess, judge, probe
+from dreamlab.store.health import Health, Liveness, Thresholds, judge
+from dreamlab.train.processes import assess, probe
 from dreamlab.tui.app import build_app
 from dreamlab.tui.queries import load_runs, load_summary
 

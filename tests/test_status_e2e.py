@@ -24,8 +24,9 @@ from dreamlab.cli import app
 from dreamlab.config import load_recipe
 from dreamlab.data.sources import read_source
 from dreamlab.store import RunStore
-from dreamlab.store.health import Liveness, Thresholds, assess, judge
+from dreamlab.store.health import Liveness, Thresholds, judge
 from dreamlab.train.launcher import write_run_spec
+from dreamlab.train.processes import assess
 
 pytestmark = pytest.mark.slow
 

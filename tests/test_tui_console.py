@@ -44,7 +44,7 @@ def _wait(predicate, timeout: float = 120.0) -> None:
 
 
 def _alive(pgid: int) -> bool:
-    from dreamlab.store.control import group_alive
+    from dreamlab.train.processes import group_alive
 
     return group_alive(pgid)
 

@@ -22,8 +22,9 @@ from dreamlab.display import fmt_number as _number
 from dreamlab.display import fmt_value as _text
 from dreamlab.display import fmt_when as _when
 from dreamlab.store import Run, RunStore, StoreError
-from dreamlab.store.control import stop_run
-from dreamlab.store.health import Health, assess
+from dreamlab.store.health import Health
+from dreamlab.store.params import flatten
+from dreamlab.train.processes import assess, stop_run
 
 app = typer.Typer(help="Runs in the run store: list, show, compare, stop, remove, query.", no_args_is_help=True)
 
@@ -87,7 +88,7 @@ def list_command(
         losses = store.latest_metrics_for(ids, keys=[LOSS_KEY])
     rows = []
     for run in runs:
-        flat = _flatten(run.recipe)
+        flat = flatten(run.recipe)
         loss = losses.get(run.id, {}).get(LOSS_KEY)
         rows.append({"name": run.name, "status": health[run.id].status, "reason": health[run.id].reason,
                      "steps": steps.get(run.id),
@@ -358,16 +359,6 @@ def _worker(run: Run) -> str | None:
 
 def _pids(run: Run) -> str | None:
     return None if run.pid is None and run.pgid is None else f"{run.pid} / {run.pgid}"
-
-
-def _flatten(recipe: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    flat: dict[str, Any] = {}
-    for key, value in recipe.items():
-        if isinstance(value, dict) and value:
-            flat.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
 
 
 def _first(flat: dict[str, Any], keys: tuple[str, ...]) -> Any:

@@ -112,8 +112,8 @@ class EvalStoreMixin:
 
     def get_eval(self, eval_id: int) -> EvalRecord:
         """One eval by id; StoreError if unknown."""
-        with self._read():  # type: ignore[attr-defined]
-            rows = list(self.db.query("SELECT * FROM evals WHERE id = ?", [int(eval_id)]))  # type: ignore[attr-defined]
+        with self._read() as conn:  # type: ignore[attr-defined]
+            rows = conn.execute("SELECT * FROM evals WHERE id = ?", (int(eval_id),)).fetchall()
         if not rows:
             raise StoreError(f"no eval with id {eval_id} in {self.path}")  # type: ignore[attr-defined]
         return _eval_from_row(rows[0])
@@ -134,7 +134,7 @@ class EvalStoreMixin:
                 where.append("checkpoint = ?")
                 args.append(checkpoint)
             sql = "SELECT * FROM evals" + (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY id"
-            return [_eval_from_row(row) for row in self.db.query(sql, args)]  # type: ignore[attr-defined]
+            return [_eval_from_row(row) for row in conn.execute(sql, args)]
 
     def eval_samples(self, eval_id: int) -> list[dict[str, Any]]:
         """Every recorded sample of an eval by idx; history decoded from JSON (None when not kept)."""

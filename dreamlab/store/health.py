@@ -9,18 +9,14 @@
 
 The thresholds come from the run's recipe (trainer section), with the defaults below for older runs;
 a reader may override them. Only the CLI persists `lost` (`runs list`); the console only shows it.
+What the process is doing comes from `dreamlab.train.processes` (`probe`, `assess`).
 """
 
 from __future__ import annotations
 
 import enum
-import socket
-import time
-from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
-
-import psutil
 
 from dreamlab.store.records import Run
 
@@ -28,9 +24,6 @@ HEARTBEAT_S = 5.0
 LOST_AFTER_S = 60.0
 STALL_AFTER_S = 600.0
 STALL_FACTOR = 20.0
-# psutil derives a creation time from clock ticks since boot: the same process reads the same value
-# to within a tick, a reused pid differs by the time between the two processes' starts.
-_SAME_PROCESS_S = 1.0
 
 
 class Liveness(enum.Enum):
@@ -93,41 +86,6 @@ def judge(run: Run, now: float, liveness: Liveness, thresholds: Thresholds) -> H
         since = "no optimizer step" if run.progress else "no optimizer step since the start"
         return Health("stalled", "; ".join([f"{since} for {_span(quiet)} (threshold {_span(limit)})", *notes]))
     return Health("running", "; ".join(notes) or None)
-
-
-def probe(run: Run, host: str | None = None) -> Liveness:
-    """Whether the run's rank-0 worker (else its launcher) is alive, as seen from `host` (this one by default)."""
-    host = socket.gethostname() if host is None else host
-    if run.worker_pid is not None:
-        if run.worker_host != host:
-            return Liveness.UNKNOWN
-        return _process_state(run.worker_pid, lambda created: abs(created - (run.worker_started or 0.0)) <= _SAME_PROCESS_S)
-    if run.pid is None or run.host != host or run.started is None:
-        return Liveness.UNKNOWN
-    # No worker yet (torchrun still starting it): the launcher stands in; one made after the start is a reused pid.
-    return _process_state(run.pid, lambda created: created <= run.started + _SAME_PROCESS_S)
-
-
-def assess(run: Run, lost_after_s: float | None = None, stall_after_s: float | None = None,
-           now: float | None = None) -> Health:
-    """`judge` with the run's thresholds (or these overrides) and its process probed from this host."""
-    liveness = probe(run) if run.status == "running" else Liveness.UNKNOWN
-    return judge(run, time.time() if now is None else now, liveness, Thresholds.of_run(run, lost_after_s, stall_after_s))
-
-
-def _process_state(pid: int, same: Callable[[float], bool]) -> Liveness:
-    try:
-        process = psutil.Process(pid)
-        if not same(process.create_time()):
-            return Liveness.GONE  # the pid now belongs to another process
-        state = process.status()
-    except psutil.NoSuchProcess:
-        return Liveness.GONE
-    except psutil.Error:
-        return Liveness.UNKNOWN
-    if state in (psutil.STATUS_ZOMBIE, psutil.STATUS_DEAD):
-        return Liveness.GONE
-    return Liveness.STOPPED if state in (psutil.STATUS_STOPPED, psutil.STATUS_TRACING_STOP) else Liveness.ALIVE
 
 
 def _span(seconds: float) -> str:

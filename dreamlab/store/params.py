@@ -8,14 +8,21 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 
-def flatten_recipe(recipe: Mapping[str, Any], prefix: str = "") -> Iterator[tuple[str, str | None, str]]:
-    """Yield (dotted key, value as text, type) for every leaf; lists and empty dicts are JSON leaves."""
+def flatten(recipe: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """`dotted.key -> value` for every leaf of a nested recipe; lists and empty dicts are leaves."""
+    flat: dict[str, Any] = {}
     for key, value in recipe.items():
-        dotted = f"{prefix}{key}"
         if isinstance(value, Mapping) and value:
-            yield from flatten_recipe(value, prefix=f"{dotted}.")
+            flat.update(flatten(value, f"{prefix}{key}."))
         else:
-            yield (dotted, *encode_value(value))
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def flatten_recipe(recipe: Mapping[str, Any]) -> Iterator[tuple[str, str | None, str]]:
+    """Yield (dotted key, value as text, type) for every leaf (see `flatten`)."""
+    for key, value in flatten(recipe).items():
+        yield (key, *encode_value(value))
 
 
 def encode_value(value: Any) -> tuple[str | None, str]:

@@ -13,8 +13,6 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from dreamlab.store.sqlite_utils_lean import sqlite_utils
-
 from dreamlab.store.errors import StoreError
 from dreamlab.store.evals import EvalStoreMixin
 from dreamlab.store.names import generate_run_name, validate_run_name
@@ -36,6 +34,20 @@ _ALIVE = """UPDATE runs SET heartbeat = :now,
 # Run just before _ALIVE in the same transaction: a lost run that writes again says so in its history.
 _REVIVED = """INSERT INTO events (run_id, time, kind, message)
             SELECT id, :now, 'revived', 'wrote again after it was marked lost' FROM runs WHERE id = :id AND status = 'lost'"""
+_INSERT_RUN = """INSERT INTO runs (name, status, recipe, git_commit, host, gpus, torch_version, transformers_version,
+                dreamlab_version, run_dir, sweep_id, created)
+            VALUES (:name, :status, :recipe, :git_commit, :host, :gpus, :torch_version, :transformers_version,
+                :dreamlab_version, :run_dir, :sweep_id, :created)"""
+# Optional filters are NULL parameters and lists travel as one JSON array: no statement is built from strings.
+_LIST_RUNS = """SELECT * FROM runs WHERE (:status IS NULL OR status = :status)
+    AND (:sweep_id IS NULL OR sweep_id = :sweep_id) ORDER BY created DESC, id DESC LIMIT :limit"""
+_COUNT_RUNS = """SELECT COUNT(*) FROM runs WHERE (:status IS NULL OR status = :status)
+    AND (:sweep_id IS NULL OR sweep_id = :sweep_id)"""
+_LATEST = """SELECT run_id, key, step, value FROM latest_metrics
+    WHERE (:run_ids IS NULL OR run_id IN (SELECT value FROM json_each(:run_ids)))
+    AND (:keys IS NULL OR key IN (SELECT value FROM json_each(:keys))) ORDER BY run_id, key"""
+_MAX_STEPS = """SELECT run_id, MAX(step) FROM latest_metrics
+    WHERE :run_ids IS NULL OR run_id IN (SELECT value FROM json_each(:run_ids)) GROUP BY run_id"""
 _UPSERT_LATEST = """INSERT INTO latest_metrics (run_id, key, step, value) VALUES (?, ?, ?, ?)
     ON CONFLICT (run_id, key) DO UPDATE SET step = excluded.step, value = excluded.value
     WHERE excluded.step >= latest_metrics.step"""
@@ -56,13 +68,12 @@ class RunStore(EvalStoreMixin):
         self.path.parent.mkdir(parents=True, exist_ok=True)
         conn = sqlite3.connect(str(self.path), timeout=busy_timeout_s, isolation_level=None,
                                check_same_thread=False)
-        conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_s * 1000)}")
+        conn.row_factory = sqlite3.Row
         conn.execute("PRAGMA foreign_keys = ON")
-        self.db = sqlite_utils.Database(conn)
         self._conn = conn
         self._lock = threading.RLock()
         try:
-            self.db.enable_wal()
+            conn.execute("PRAGMA journal_mode = WAL")
             conn.execute("PRAGMA synchronous = NORMAL")  # durable across app crashes in WAL mode
             migrate(conn)
         except (sqlite3.DatabaseError, StoreError) as error:
@@ -147,7 +158,7 @@ class RunStore(EvalStoreMixin):
                 **{f"{key}_version": versions.get(key) for key in _VERSION_KEYS},
                 "run_dir": str(folder.resolve()), "sweep_id": sweep_id, "created": time.time(),
             }
-            run_id = self.db["runs"].insert(row).last_pk
+            run_id = conn.execute(_INSERT_RUN, row).lastrowid
             _add_event(conn, run_id, "queued", None, row["created"])
             conn.executemany("INSERT INTO params (run_id, key, value, type) VALUES (?, ?, ?, ?)",
                              [(run_id, key, value, kind) for key, value, kind in flatten_recipe(normalized)])
@@ -238,34 +249,21 @@ class RunStore(EvalStoreMixin):
 
     def list_runs(self, status: str | None = None, sweep_id: str | None = None, limit: int | None = None) -> list[Run]:
         """Runs, newest first, optionally of one status and / or one sweep."""
-        where, args = self._run_filter(status, sweep_id)
-        sql = "SELECT * FROM runs" + (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY created DESC, id DESC"
-        if limit is not None:
-            sql += " LIMIT ?"
-            args.append(int(limit))
-        with self._read():
-            return [_run_from_row(row) for row in self.db.query(sql, args)]
+        args = {**self._run_filter(status, sweep_id), "limit": -1 if limit is None else int(limit)}
+        with self._read() as conn:
+            rows = conn.execute(_LIST_RUNS, args)
+            return [_run_from_row(row) for row in rows]
 
     def count_runs(self, status: str | None = None, sweep_id: str | None = None) -> int:
         """How many runs list_runs would return without a limit."""
-        where, args = self._run_filter(status, sweep_id)
         with self._read() as conn:
-            return conn.execute("SELECT COUNT(*) FROM runs" + (" WHERE " + " AND ".join(where) if where else ""),
-                                args).fetchone()[0]
+            return conn.execute(_COUNT_RUNS, self._run_filter(status, sweep_id)).fetchone()[0]
 
     @staticmethod
-    def _run_filter(status: str | None, sweep_id: str | None) -> tuple[list[str], list[Any]]:
-        where: list[str] = []
-        args: list[Any] = []
-        if status is not None:
-            if status not in STATUSES:
-                raise StoreError(f"unknown status {status!r}: use one of {', '.join(STATUSES)}")
-            where.append("status = ?")
-            args.append(status)
-        if sweep_id is not None:
-            where.append("sweep_id = ?")
-            args.append(sweep_id)
-        return where, args
+    def _run_filter(status: str | None, sweep_id: str | None) -> dict[str, Any]:
+        if status is not None and status not in STATUSES:
+            raise StoreError(f"unknown status {status!r}: use one of {', '.join(STATUSES)}")
+        return {"status": status, "sweep_id": sweep_id}
 
     # -- metrics, params, checkpoints ---------------------------------------------------------------
 
@@ -313,29 +311,17 @@ class RunStore(EvalStoreMixin):
     def latest_metrics_for(self, run_ids: Sequence[int] | None = None,
                            keys: Sequence[str] | None = None) -> dict[int, dict[str, tuple[int, float]]]:
         """latest_metrics for many runs in one query (all runs when None), optionally of some keys only."""
-        where, args = [], []
-        if run_ids is not None:
-            where.append(f"run_id IN ({', '.join('?' * len(run_ids))})")
-            args.extend(int(run_id) for run_id in run_ids)
-        if keys is not None:
-            where.append(f"key IN ({', '.join('?' * len(keys))})")
-            args.extend(keys)
-        sql = "SELECT run_id, key, step, value FROM latest_metrics" + (" WHERE " + " AND ".join(where) if where else "")
+        args = {"run_ids": _json_list(run_ids, int), "keys": _json_list(keys, str)}
         result: dict[int, dict[str, tuple[int, float]]] = {}
         with self._read() as conn:
-            for run_id, key, step, value in conn.execute(sql + " ORDER BY run_id, key", args):
+            for run_id, key, step, value in conn.execute(_LATEST, args):
                 result.setdefault(run_id, {})[key] = (step, _nan_if_none(value))
         return result
 
     def max_steps(self, run_ids: Sequence[int] | None = None) -> dict[int, int]:
         """The highest step any metric of each run reached (runs with no metrics are absent)."""
-        sql = "SELECT run_id, MAX(step) FROM latest_metrics"
-        args: list[int] = []
-        if run_ids is not None:
-            sql += f" WHERE run_id IN ({', '.join('?' * len(run_ids))})"
-            args = [int(run_id) for run_id in run_ids]
         with self._read() as conn:
-            return dict(conn.execute(sql + " GROUP BY run_id", args).fetchall())
+            return dict(conn.execute(_MAX_STEPS, {"run_ids": _json_list(run_ids, int)}).fetchall())
 
     def params(self, run_id: int) -> dict[str, Any]:
         """The flattened recipe: dotted key -> typed value."""
@@ -447,10 +433,15 @@ class RunStore(EvalStoreMixin):
     def _run_by_id(self, run_id: int) -> Run:
         if isinstance(run_id, Run):
             run_id = run_id.id
-        rows = list(self.db.query("SELECT * FROM runs WHERE id = ?", [int(run_id)]))
-        if not rows:
+        row = self._conn.execute("SELECT * FROM runs WHERE id = ?", (int(run_id),)).fetchone()
+        if row is None:
             raise StoreError(f"no run with id {run_id} in {self.path}")
-        return _run_from_row(rows[0])
+        return _run_from_row(row)
+
+
+def _json_list(values: Sequence[Any] | None, kind: type) -> str | None:
+    """A filter's values as one JSON array parameter; None (no filter) stays None."""
+    return None if values is None else json.dumps([kind(value) for value in values])
 
 
 def _now() -> float:

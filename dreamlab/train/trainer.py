@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import psutil
 import torch
 import torch.distributed as dist
 from torch.distributed.device_mesh import init_device_mesh
@@ -72,6 +73,13 @@ class StopFlag:
 
     def _handle(self, signum, frame) -> None:
         self.raised = True
+
+
+def device_type(wanted: str) -> str:
+    """The recipe's trainer.device with `auto` decided: cuda where a GPU is visible, else cpu."""
+    if wanted == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return wanted
 
 
 def compile_model(model: torch.nn.Module, device: torch.device) -> tuple[torch.nn.Module, str | None]:
@@ -150,9 +158,7 @@ class Trainer:
         self.stop = StopFlag()
 
     def _device(self) -> torch.device:
-        wanted = self.recipe.trainer.device
-        if wanted == "auto":
-            wanted = "cuda" if torch.cuda.is_available() else "cpu"
+        wanted = device_type(self.recipe.trainer.device)
         if wanted == "cuda":
             local = int(os.environ.get("LOCAL_RANK", 0))
             torch.cuda.set_device(local)
@@ -365,8 +371,6 @@ class Trainer:
             if nvml is not None:
                 values["memory/nvml_used_gb"], values["memory/nvml_total_gb"] = (mib / 1024 for mib in nvml)
             return values
-        import psutil
-
         return {"memory/rss_gb": psutil.Process().memory_info().rss / 2**30}
 
     def fit(self) -> Outcome:

@@ -19,7 +19,7 @@ from torch.distributed.checkpoint.api import CheckpointException  # a BaseExcept
 
 from dreamlab.config import recipe_from_dict
 from dreamlab.train.heartbeat import HeartbeatThread
-from dreamlab.train.trainer import Trainer
+from dreamlab.train.trainer import Trainer, device_type
 
 
 def say(text: str) -> None:
@@ -111,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     spec = json.loads((args.run_dir / "run.json").read_text())
     recipe = recipe_from_dict(spec["recipe"])
     beat = start_heartbeat(args.db, spec.get("run_id"), recipe.trainer.heartbeat_s)
-    use_cuda = recipe.trainer.device == "cuda" or (recipe.trainer.device == "auto" and torch.cuda.is_available())
+    use_cuda = device_type(recipe.trainer.device) == "cuda"
     if not use_cuda:
         # torchrun pins OMP_NUM_THREADS=1; give each CPU process its share of the cores instead.
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", 1))))

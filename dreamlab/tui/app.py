@@ -10,6 +10,7 @@ from textual.binding import Binding
 from textual.message import Message
 
 from dreamlab.store import RunStore, StoreError
+from dreamlab.train.processes import stop_run
 from dreamlab.tui.commands import ConsoleCommands
 from dreamlab.tui.queries import RunRow
 from dreamlab.tui.screens.compare import CompareScreen
@@ -19,8 +20,8 @@ from dreamlab.tui.screens.evals import EvalsScreen, ReplayScreen, SamplesScreen
 from dreamlab.tui.screens.help import HelpScreen
 from dreamlab.tui.screens.launch import LaunchScreen
 from dreamlab.tui.screens.runs import RunsScreen
+from dreamlab.tui.widgets.plots import PlotView
 from dreamlab.tui.widgets.polling import Polling
-from dreamlab.tui.widgets.runs_table import RunsTable
 
 STOP_GRACE_S = 60.0
 
@@ -49,6 +50,7 @@ class DreamlabApp(App):
         self.store = store
         self.lost_after_s = lost_after_s
         self.poll_s = poll_s
+        self.plot_view = PlotView()  # log scale and smoothing of loss plots, kept for the session
 
     def on_mount(self) -> None:
         """The runs screen is home."""
@@ -56,17 +58,14 @@ class DreamlabApp(App):
 
     # -- navigation -----------------------------------------------------------------------------
 
-    def runs_table(self) -> RunsTable | None:
-        """The runs table of the home screen (None before it mounted)."""
-        for screen in self.screen_stack:
-            if isinstance(screen, RunsScreen):
-                return screen.table
-        return None
+    def runs_screen(self) -> RunsScreen | None:
+        """The home screen (None before it mounted)."""
+        return next((screen for screen in self.screen_stack if isinstance(screen, RunsScreen)), None)
 
     def known_runs(self) -> list[RunRow]:
         """The runs the table last loaded (for the command palette)."""
-        table = self.runs_table()
-        return list(table.all_rows) if table is not None else []
+        home = self.runs_screen()
+        return list(home.table.all_rows) if home is not None else []
 
     def open_run(self, run_id: int) -> None:
         """Push the detail screen of a run."""
@@ -105,12 +104,9 @@ class DreamlabApp(App):
 
     def action_compare_marked(self) -> None:
         """Compare the runs marked in the runs table."""
-        table = self.runs_table()
-        marked = [row.id for row in self.known_runs() if table is not None and row.id in table.marked]
-        if len(marked) < 2:
-            self.notify("mark two or more runs with space in the runs table first", severity="warning")
-            return
-        self.compare_runs(marked)
+        home = self.runs_screen()
+        if home is not None:
+            home.action_compare()
 
     def action_show_runs(self) -> None:
         """Back to the runs screen."""
@@ -151,8 +147,6 @@ class DreamlabApp(App):
 
     @work(thread=True, group="stop")
     def _stop_worker(self, run_id: int, name: str) -> None:
-        from dreamlab.store.control import stop_run
-
         try:
             result = stop_run(self.store, run_id, grace_s=STOP_GRACE_S)
         except Exception as failure:  # noqa: BLE001 - reported in the error dialog
@@ -173,9 +167,8 @@ class DreamlabApp(App):
     def refresh_pollers(self) -> None:
         """Poll every polling widget of every screen now."""
         for screen in self.screen_stack:
-            for widget in screen.query("*"):
-                if isinstance(widget, Polling):
-                    widget.poll_now()
+            for widget in screen.query(Polling):
+                widget.poll_now()
 
 
 def build_app(db: str | Path, *, lost_after_s: float | None = None, poll_s: float = 2.0) -> DreamlabApp:

@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from dreamlab.store import Checkpoint, Comparison, Event, MetricPoint, Run, RunStore
-from dreamlab.store.health import Health, assess
+from dreamlab.store.health import Health
+from dreamlab.train.processes import assess
 
 LOSS_KEY = "train/loss"
 VAL_LOSS_KEY = "val/loss"

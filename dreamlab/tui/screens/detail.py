@@ -14,7 +14,6 @@ from dreamlab.store import Run
 from dreamlab.tui.widgets.gpu_panel import GpuPanel
 from dreamlab.tui.widgets.log_tail import LogTail
 from dreamlab.tui.widgets.plots import LossPlot
-from dreamlab.tui.widgets.polling import Polling
 from dreamlab.tui.widgets.run_summary import RunSummaryView
 
 TABS = ("loss", "gpu", "recipe", "log", "checkpoints", "history")
@@ -33,6 +32,8 @@ class RunDetailScreen(Screen):
         Binding("o", "tab('log')", "Log"),
         Binding("k", "tab('checkpoints')", "Ckpts"),
         Binding("h", "tab('history')", "History"),
+        Binding("y", "plot('log_y')", "Log scale", show=False),
+        Binding("s", "plot('smooth')", "Smooth", show=False),
     ]
 
     def __init__(self, run: Run) -> None:
@@ -58,19 +59,14 @@ class RunDetailScreen(Screen):
                 yield DataTable(id="history", cursor_type="row")
         yield Footer()
 
-    def pollers(self) -> list[Polling]:
-        """Every polling widget of this screen."""
-        return [widget for widget in self.query("*") if isinstance(widget, Polling)]
-
-    def refresh_all(self) -> None:
-        """Poll every widget now (after a stop, for instance)."""
-        for widget in self.pollers():
-            widget.poll_now()
-
     def action_tab(self, tab: str) -> None:
         """Switch tab by key."""
         self.query_one(TabbedContent).active = {"recipe": "recipe-tab", "checkpoints": "checkpoints-tab",
                                                    "history": "history-tab"}.get(tab, tab)
+
+    def action_plot(self, setting: str) -> None:
+        """Toggle the loss plot's log scale or smoothing (kept for the session)."""
+        self.query_one(LossPlot).toggle(setting)
 
     def action_stop(self) -> None:
         """Stop this run (after confirmation)."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 from rich.text import Text
@@ -67,6 +68,16 @@ def verdict(sample: dict[str, Any]) -> Text:
 def shown(value: Any) -> str:
     """A sample field as text: '—' for a missing one (no answer extracted, say)."""
     return "—" if value is None else str(value)
+
+
+# The samples list's filters, in the order `f` cycles through them.
+SAMPLE_FILTERS: dict[str, Callable[[dict[str, Any]], bool]] = {
+    "all": lambda sample: True,
+    "wrong": lambda sample: not sample.get("correct"),
+    "strict ≠ flexible": lambda sample: (sample.get("flexible_correct") is not None
+                                         and bool(sample.get("correct")) != bool(sample.get("flexible_correct"))),
+    "leftover masks": lambda sample: bool(sample.get("leftover_masks")),
+}
 
 
 def history_of(sample: dict[str, Any]) -> list[list[int]]:
@@ -166,7 +177,8 @@ class EvalsScreen(Screen):
 class SamplesScreen(Screen):
     """One eval's samples: a list, and the highlighted one in full (question, generation, answers, verdicts)."""
 
-    BINDINGS = [Binding("escape", "app.pop_screen", "Back"), Binding("d", "replay", "Replay denoising")]
+    BINDINGS = [Binding("escape", "app.pop_screen", "Back"), Binding("d", "replay", "Replay denoising"),
+                Binding("f", "filter", "Filter"), Binding("w", "next_wrong", "Next wrong")]
 
     class Loaded(Message):
         """The samples arrived (or why not)."""
@@ -179,10 +191,12 @@ class SamplesScreen(Screen):
         super().__init__()
         self.record = record
         self.samples: list[dict[str, Any]] = []
+        self.filter = "all"
+        self.listed: list[dict[str, Any]] = []  # the samples the filter keeps, as listed
 
     def compose(self) -> ComposeResult:
         """List above, detail below."""
-        yield Static(f"{self.record.task} · {self.record.alg} · {self.record.steps} steps", id="title")
+        yield Static(self.title_text(), id="title")
         yield DataTable(id="samples", cursor_type="row", zebra_stripes=True)
         yield Static("", id="sample-detail")
         yield Footer()
@@ -204,13 +218,42 @@ class SamplesScreen(Screen):
             self.query_one("#title", Static).update(f"cannot read samples: {message.error}")
             return
         self.samples = message.samples or []
+        self.list_samples()
+
+    def title_text(self) -> str:
+        """The eval's settings, the filter and how many samples it keeps."""
+        return (f"{self.record.task} · {self.record.alg} · {self.record.steps} steps · "
+                f"{self.filter}: {len(self.listed)} of {len(self.samples)}")
+
+    def list_samples(self) -> None:
+        """(Re)list the samples the filter keeps."""
+        self.listed = [sample for sample in self.samples if SAMPLE_FILTERS[self.filter](sample)]
         table = self.query_one("#samples", DataTable)
         table.clear(columns=True)
         table.add_columns("#", "ok", "extracted", "gold", "nfe", "replay")
-        for sample in self.samples:
+        for sample in self.listed:
             table.add_row(sample.get("idx"), verdict(sample), shown(sample.get("extracted")), shown(sample.get("gold")),
                           fmt_number(sample.get("nfe")), "yes" if sample.get("history") else "")
+        self.query_one("#title", Static).update(self.title_text())
+        self.query_one("#sample-detail", Static).update("" if self.listed else f"no sample is {self.filter}")
         self.show_sample(0)
+
+    def action_filter(self) -> None:
+        """Next filter: all, wrong, strict ≠ flexible, leftover masks."""
+        names = list(SAMPLE_FILTERS)
+        self.filter = names[(names.index(self.filter) + 1) % len(names)]
+        self.list_samples()
+
+    def action_next_wrong(self) -> None:
+        """Move the cursor to the next wrong sample in the list (wrapping around)."""
+        table = self.query_one("#samples", DataTable)
+        count = len(self.listed)
+        after = [(table.cursor_row + step) % count for step in range(1, count + 1)]
+        found = next((row for row in after if not self.listed[row].get("correct")), None)
+        if found is None:
+            self.notify("no wrong sample in this list", severity="warning")
+        else:
+            table.move_cursor(row=found)
 
     @on(DataTable.RowHighlighted, "#samples")
     def highlighted(self, event: DataTable.RowHighlighted) -> None:
@@ -219,9 +262,9 @@ class SamplesScreen(Screen):
 
     def show_sample(self, index: int) -> None:
         """Question, generation, extracted answers and verdicts of one sample."""
-        if not 0 <= index < len(self.samples):
+        if not 0 <= index < len(self.listed):
             return
-        sample = self.samples[index]
+        sample = self.listed[index]
         text = Text()
         for label, key in (("question", "question"), ("generation", "generation"), ("extracted", "extracted"),
                            ("flexible", "flexible_extracted"), ("gold", "gold")):
@@ -236,9 +279,9 @@ class SamplesScreen(Screen):
     def action_replay(self) -> None:
         """Replay the denoising of the highlighted sample, if it was generated with history."""
         table = self.query_one("#samples", DataTable)
-        if not self.samples:
+        if not self.listed:
             return
-        sample = self.samples[table.cursor_row]
+        sample = self.listed[table.cursor_row]
         if not sample.get("history"):
             self.notify("this sample was generated without history", severity="warning")
             return

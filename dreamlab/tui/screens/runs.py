@@ -32,7 +32,15 @@ class RunsScreen(Screen):
         yield Static(f"dreamlab · runs in {self.app.store.path}", id="title")
         yield Input(placeholder="/ to filter by name, status, model, lr or sweep", id="filter")
         yield RunsTable(self.app.lost_after_s, id="runs")
+        yield Static(self.empty_text(), id="empty")
         yield Footer()
+
+    def empty_text(self) -> str:
+        """What a newcomer can do in an empty store."""
+        return (f"No runs yet in {self.app.store.path.resolve()}\n\n"
+                "  n              start a run from here (the tiny CPU recipe by default)\n"
+                "  dreamlab demo  (in a shell) trains and evaluates a first small run\n\n"
+                "Another store: dreamlab --db PATH, or set DREAMLAB_DB.")
 
     def on_mount(self) -> None:
         """Keys go to the table first."""
@@ -60,7 +68,9 @@ class RunsScreen(Screen):
         table = self.table
         running = sum(row.status == "running" for row in table.all_rows)
         shown = len(table.visible_rows())
-        counts = f"{shown} of {len(table.all_rows)} runs" if shown != len(table.all_rows) else f"{shown} runs"
+        total = f"{len(table.all_rows)} run{'' if len(table.all_rows) == 1 else 's'}"
+        counts = f"{shown} of {total}" if shown != len(table.all_rows) else total
+        self.set_class(table.polls_applied > 0 and not table.all_rows, "-empty")
         marked = f", {len(table.marked)} marked" if table.marked else ""
         run = event.run
         where = f"{run.name} {run.status}: {run.reason}" if run and run.reason else str(self.app.store.path)

@@ -44,7 +44,7 @@ def describe(snapshot: gpu.GpuSnapshot) -> str:
     return "\n".join(lines)
 
 
-class GpuPanel(Polling, Vertical):
+class GpuPanel(Vertical, Polling):
     """Live NVML readings (this machine's GPUs) above the run's recorded allocated / reserved / peak memory."""
 
     DEFAULT_CSS = """

@@ -10,7 +10,7 @@ from dreamlab.tui.queries import tail_log
 from dreamlab.tui.widgets.polling import Polling
 
 
-class LogTail(Polling, Log):
+class LogTail(Log, Polling):
     """The last lines of a log file (its last 64 KiB), refreshed when the file grew."""
 
     def __init__(self, path: Path, lines: int = 200, **kwargs) -> None:

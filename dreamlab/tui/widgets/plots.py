@@ -2,13 +2,49 @@
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
+from typing import Protocol, cast
+
 from textual_plotext import PlotextPlot
 
 from dreamlab.tui.queries import LOSS_KEY, LR_KEY, VAL_LOSS_KEY, Curves, load_curves
 from dreamlab.tui.widgets.polling import Polling
 
+EMA_WEIGHT = 0.9
 
-class LossPlot(Polling, PlotextPlot):
+
+@dataclass
+class PlotView:
+    """How loss plots draw, kept for the console session: a log-scale loss axis, an EMA of the training loss."""
+
+    log_y: bool = False
+    smooth: bool = False
+
+
+class PlotViewApp(Protocol):
+    """What a loss plot needs of its app: the session's plot view."""
+
+    plot_view: PlotView
+
+
+def ema(values: list[float], weight: float = EMA_WEIGHT) -> list[float]:
+    """Exponential moving average, debiased like TensorBoard's smoothing; NaN values do not count."""
+    smoothed, average, count = [], 0.0, 0
+    for value in values:
+        if math.isfinite(value):
+            average, count = weight * average + (1 - weight) * value, count + 1
+        smoothed.append(average / (1 - weight**count) if count else value)
+    return smoothed
+
+
+def _positive(steps: list[int], values: list[float]) -> tuple[list[int], list[float]]:
+    """The points a log axis can draw."""
+    kept = [(step, value) for step, value in zip(steps, values) if value > 0 and math.isfinite(value)]
+    return [step for step, _ in kept], [value for _, value in kept]
+
+
+class LossPlot(PlotextPlot, Polling):
     """Training and validation loss of one run (left axis) with the learning rate (right axis), live."""
 
     KEYS = [LOSS_KEY, VAL_LOSS_KEY, LR_KEY]
@@ -31,19 +67,41 @@ class LossPlot(Polling, PlotextPlot):
         if data == self.curves and self.polls_applied:
             return
         self.curves = data
-        plt = self.plt
+        self.draw()
+
+    @property
+    def view(self) -> PlotView:
+        """The session's plot view (shared by every run's plot)."""
+        return cast(PlotViewApp, self.app).plot_view
+
+    def toggle(self, setting: str) -> None:
+        """Flip `log_y` or `smooth` for the session and redraw."""
+        setattr(self.view, setting, not getattr(self.view, setting))
+        self.draw()
+
+    def draw(self) -> None:
+        """Plot the curves as the session's view asks."""
+        view, plt = self.view, self.plt
         plt.clear_data()
         plt.clear_figure()
         drawn = False
         for key, color in ((LOSS_KEY, "cyan"), (VAL_LOSS_KEY, "orange")):
-            steps, values = data.get(key)
+            steps, values = self.curves.get(key)
+            label = key
+            if view.smooth and key == LOSS_KEY:
+                values, label = ema(values), f"{key} (EMA {EMA_WEIGHT:g})"
+            if view.log_y:
+                steps, values = _positive(steps, values)
             if steps:
-                plt.plot(steps, values, label=key, marker="braille", color=color)
+                plt.plot(steps, values, label=label, marker="braille", color=color)
                 drawn = True
-        steps, values = data.get(LR_KEY)
+        steps, values = self.curves.get(LR_KEY)
         if steps:
             plt.plot(steps, values, label="lr (right)", marker="braille", color="gray", yside="right")
-        plt.title("loss" if drawn else "loss: nothing recorded yet")
+        if view.log_y:
+            plt.yscale("log", yside="left")
+        scale = "log" if view.log_y else "linear"
+        plt.title(f"loss ({scale}) · y: log/linear · s: smoothing" if drawn else "loss: nothing recorded yet")
         plt.xlabel("step")
         self.refresh()
 

@@ -7,16 +7,27 @@ thread only applies results; a failed load is shown by the widget and polling go
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, Protocol, cast
 
 from textual import work
 from textual.message import Message
 from textual.timer import Timer
+from textual.widget import Widget
 from textual.worker import get_current_worker
 
 
-class Polling:
-    """Mixin for a Widget: define `load()` (worker thread) and `apply(data)` / `show_error(text)` (UI thread)."""
+class PollingApp(Protocol):
+    """What a polling widget needs of its app: the poll interval (0 or less: poll only on demand)."""
+
+    poll_s: float
+
+
+class Polling(Widget):
+    """A widget that polls: define `load()` (worker thread) and `apply(data)` / `show_error(text)` (UI thread).
+
+    Put it last among the bases (`class LossPlot(PlotextPlot, Polling)`): Textual takes CSS and component
+    classes from the first base only.
+    """
 
     _poll_timer: Timer | None = None
     polls_applied: int = 0  # results applied so far (tests and the benchmark wait on it)
@@ -46,7 +57,7 @@ class Polling:
     def show_error(self, error: str) -> None:
         """Show why the last load failed (default: a notification, once per distinct error)."""
         if error != self._last_error:
-            self.notify(error, title="refresh failed", severity="error")  # type: ignore[attr-defined]
+            self.notify(error, title="refresh failed", severity="error")
         self._last_error = error
 
     def poll_now(self) -> None:
@@ -64,7 +75,7 @@ class Polling:
         except Exception as failure:  # noqa: BLE001 - shown in the widget; polling continues
             data, error = None, f"{type(failure).__name__}: {failure}"
         if not get_current_worker().is_cancelled:
-            self.post_message(self.Loaded(data, error, time.perf_counter() - start))  # type: ignore[attr-defined]
+            self.post_message(self.Loaded(data, error, time.perf_counter() - start))
 
     def on_polling_loaded(self, message: Loaded) -> None:
         """Apply the result, then arm the next poll."""
@@ -76,6 +87,6 @@ class Polling:
             self.show_error(message.error)
         self.last_cycle_s = message.seconds + time.perf_counter() - start
         self.polls_applied += 1
-        interval = self.app.poll_s  # type: ignore[attr-defined]
-        if interval > 0 and self.is_mounted:  # type: ignore[attr-defined]
-            self._poll_timer = self.set_timer(interval, self.poll_now)  # type: ignore[attr-defined]
+        interval = cast(PollingApp, self.app).poll_s
+        if interval > 0 and self.is_mounted:
+            self._poll_timer = self.set_timer(interval, self.poll_now)

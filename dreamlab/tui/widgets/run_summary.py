@@ -32,7 +32,7 @@ def header_text(summary: RunSummary, now: float | None = None) -> Text:
     return text
 
 
-class RunSummaryView(Polling, Static):
+class RunSummaryView(Static, Polling):
     """The header line; feeds the recipe, checkpoint and history panes of the same screen."""
 
     def __init__(self, run_id: int, **kwargs) -> None:

@@ -6,7 +6,9 @@ import math
 from collections.abc import Callable
 from typing import Any
 
+from rich.cells import cell_len
 from rich.text import Text
+from textual import events
 from textual.message import Message
 from textual.widgets import DataTable
 
@@ -40,9 +42,28 @@ COLUMNS: list[tuple[str, str, Callable[[RunRow], Any], Callable[[RunRow], Any]]]
     ("model", "model", lambda r: r.model or "—", lambda r: str(r.model)),
     ("lr", "lr", lambda r: Text(fmt_number(r.lr), justify="right"), lambda r: _number_key(r.lr)),
 ]
+# What a narrow terminal keeps first; the rest show when they fit (all of them are in the run's detail).
+PRIORITY = ("name", "status", "steps", "loss", "eval", "duration", "started", "model", "lr")
+_GUTTER = 5  # the mark column with its padding, and the scrollbar
 
 
-class RunsTable(Polling, DataTable):
+def column_widths(rows: list[RunRow]) -> dict[str, int]:
+    """The cells each column needs for these rows (its label or its widest value, plus padding)."""
+    return {key: 2 + max([len(label), *(cell_len(str(render(row))) for row in rows)])
+            for key, label, render, _ in COLUMNS}
+
+
+def fitting_columns(widths: dict[str, int], room: int) -> list[str]:
+    """The columns to show in `room` cells: by PRIORITY while they fit (the name always), in table order."""
+    chosen, left = {"name"}, room - _GUTTER - widths["name"]
+    for key in PRIORITY[1:]:
+        if widths[key] <= left:
+            chosen.add(key)
+            left -= widths[key]
+    return [key for key, *_ in COLUMNS if key in chosen]
+
+
+class RunsTable(DataTable, Polling):
     """Every run, newest first by default; `sort_by` / `filter_text` / marks change what it shows."""
 
     class Highlighted(Message):
@@ -61,24 +82,30 @@ class RunsTable(Polling, DataTable):
         self.sort_by: str | None = None
         self.sort_reverse = False
         self.filter_text = ""
+        self.widths = column_widths([])
+        self.shown_columns: list[str] = []
         self._shown: list[RunRow] = []
         self._generation = 0
 
     def on_mount(self) -> None:
         """Columns, then the first poll."""
-        self.add_column(" ", key="mark", width=1)
-        for key, label, _, _ in COLUMNS:
-            self.add_column(label, key=key)
+        self.redraw()
         self.poll_now()
 
-    def load(self) -> list[RunRow]:
-        """Runs from the store (worker thread)."""
-        return load_runs(self.app.store, self.lost_after_s)
+    def on_resize(self, event: events.Resize) -> None:
+        """Show the columns that fit the new width."""
+        if fitting_columns(self.widths, event.size.width) != self.shown_columns:
+            self.redraw()
 
-    def apply(self, data: list[RunRow]) -> None:
+    def load(self) -> tuple[list[RunRow], dict[str, int]]:
+        """Runs from the store and the widths of their columns (worker thread)."""
+        rows = load_runs(self.app.store, self.lost_after_s)
+        return rows, column_widths(rows)
+
+    def apply(self, data: tuple[list[RunRow], dict[str, int]]) -> None:
         """Keep the new rows and redraw."""
-        self.all_rows = data
-        self.rows_by_id = {row.id: row for row in data}
+        self.all_rows, self.widths = data
+        self.rows_by_id = {row.id: row for row in self.all_rows}
         self.marked &= set(self.rows_by_id)
         self.redraw()
 
@@ -96,15 +123,22 @@ class RunsTable(Polling, DataTable):
     def redraw(self) -> None:
         """Update cells in place when the same runs show in the same order, else rebuild (cursor kept)."""
         rows = self.visible_rows()
-        if [row.id for row in rows] == [row.id for row in self._shown]:
+        columns = fitting_columns(self.widths, self.size.width)
+        if columns == self.shown_columns and [row.id for row in rows] == [row.id for row in self._shown]:
             for old, new in zip(self._shown, rows):
                 if old != new and str(new.id) in self.rows:  # rows still to be added get the new values
-                    for key, _, render, _ in COLUMNS:
+                    for key, render in self._renders():
                         self.update_cell(str(new.id), key, render(new))
             self._shown = rows
         else:
             current = self.current_run()
-            self.clear()
+            self.clear(columns=columns != self.shown_columns)
+            if columns != self.shown_columns:
+                self.shown_columns = columns
+                self.add_column(" ", key="mark", width=1)
+                for key, label, _, _ in COLUMNS:
+                    if key in columns:
+                        self.add_column(label, key=key)
             self._shown = rows
             self._generation += 1
             self._fill(0, self._generation, None if current is None else current.id)
@@ -116,12 +150,15 @@ class RunsTable(Polling, DataTable):
             return  # a newer rebuild took over
         end = start + (FIRST_CHUNK if start == 0 else CHUNK)
         for row in self._shown[start:end]:
-            self.add_row(MARK if row.id in self.marked else "", *(column[2](row) for column in COLUMNS),
+            self.add_row(MARK if row.id in self.marked else "", *(render(row) for _, render in self._renders()),
                          key=str(row.id))
             if row.id == cursor_id:
                 self.move_cursor(row=self.row_count - 1)
         if end < len(self._shown):
             self.call_after_refresh(self._fill, end, generation, cursor_id)
+
+    def _renders(self) -> list[tuple[str, Callable[[RunRow], Any]]]:
+        return [(key, render) for key, _, render, _ in COLUMNS if key in self.shown_columns]
 
     def current_run(self) -> RunRow | None:
         """The run under the cursor, or None."""
@@ -140,8 +177,8 @@ class RunsTable(Polling, DataTable):
 
     def cycle_sort(self) -> str:
         """Sort by the next column (newest first again after the last); returns a description."""
-        keys = [None, *(column[0] for column in COLUMNS)]
-        self.sort_by = keys[(keys.index(self.sort_by) + 1) % len(keys)]
+        keys = [None, *self.shown_columns]
+        self.sort_by = keys[(keys.index(self.sort_by) + 1) % len(keys) if self.sort_by in keys else 0]
         self.redraw()
         return "newest first" if self.sort_by is None else f"by {self.sort_by}" + (" (reversed)" if self.sort_reverse else "")
 
@@ -156,7 +193,7 @@ class RunsTable(Polling, DataTable):
     def on_data_table_header_selected(self, event: DataTable.HeaderSelected) -> None:
         """A click on a column header sorts by it."""
         event.stop()
-        if event.column_key.value in {column[0] for column in COLUMNS}:
+        if event.column_key.value in self.shown_columns:
             self.sort_on(event.column_key.value)
 
     def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:

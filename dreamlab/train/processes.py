@@ -1,4 +1,4 @@
-"""Stopping a run's processes: SIGTERM to its process group, a grace period, then SIGKILL (no shell)."""
+"""A run's processes seen with psutil: is the worker alive (`probe`, `assess`), and stopping the group (`stop_run`)."""
 
 from __future__ import annotations
 
@@ -8,14 +8,53 @@ import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 
-from dreamlab.store.errors import StoreError
-from dreamlab.store.records import Run
-from dreamlab.store.runstore import RunStore
+import psutil
+
+from dreamlab.store import Run, RunStore, StoreError
+from dreamlab.store.health import Health, Liveness, Thresholds, judge
 
 STOPPABLE = ("running", "lost")  # lost: silent for a while, but its processes may still be alive
-_PROC = Path("/proc")
+_GONE = (psutil.STATUS_ZOMBIE, psutil.STATUS_DEAD)
+# psutil derives a creation time from clock ticks since boot: the same process reads the same value
+# to within a tick, a reused pid differs by the time between the two processes' starts.
+_SAME_PROCESS_S = 1.0
+_REUSE_SLACK_S = 2.0  # stop_run's looser test: a pid created after the run started is another process
+
+
+def probe(run: Run, host: str | None = None) -> Liveness:
+    """Whether the run's rank-0 worker (else its launcher) is alive, as seen from `host` (this one by default)."""
+    host = socket.gethostname() if host is None else host
+    if run.worker_pid is not None:
+        if run.worker_host != host:
+            return Liveness.UNKNOWN
+        return _process_state(run.worker_pid, lambda created: abs(created - (run.worker_started or 0.0)) <= _SAME_PROCESS_S)
+    if run.pid is None or run.host != host or run.started is None:
+        return Liveness.UNKNOWN
+    # No worker yet (torchrun still starting it): the launcher stands in; one made after the start is a reused pid.
+    return _process_state(run.pid, lambda created: created <= run.started + _SAME_PROCESS_S)
+
+
+def assess(run: Run, lost_after_s: float | None = None, stall_after_s: float | None = None,
+           now: float | None = None) -> Health:
+    """`judge` with the run's thresholds (or these overrides) and its process probed from this host."""
+    liveness = probe(run) if run.status == "running" else Liveness.UNKNOWN
+    return judge(run, time.time() if now is None else now, liveness, Thresholds.of_run(run, lost_after_s, stall_after_s))
+
+
+def _process_state(pid: int, same: Callable[[float], bool]) -> Liveness:
+    try:
+        process = psutil.Process(pid)
+        if not same(process.create_time()):
+            return Liveness.GONE  # the pid now belongs to another process
+        state = process.status()
+    except psutil.NoSuchProcess:
+        return Liveness.GONE
+    except psutil.Error:
+        return Liveness.UNKNOWN
+    if state in _GONE:
+        return Liveness.GONE
+    return Liveness.STOPPED if state in (psutil.STATUS_STOPPED, psutil.STATUS_TRACING_STOP) else Liveness.ALIVE
 
 
 @dataclass
@@ -75,14 +114,14 @@ def _checked_group(run: Run) -> int:
     here = socket.gethostname()
     if run.host and run.host != here:
         raise StoreError(f"run {run.name} runs on {run.host}, not on this machine ({here}): stop it there")
-    if run.pid is not None and _pid_alive(run.pid):
+    if run.pid is not None:
         try:
-            pid_group = os.getpgid(run.pid)
-        except ProcessLookupError:
-            pid_group = None
-        started = process_start_time(run.pid)
-        reused = (pid_group is not None and pid_group != pgid) or (
-            started is not None and run.started is not None and started > run.started + 2.0)
+            process = psutil.Process(run.pid)
+            reused = process.status() not in _GONE and (
+                os.getpgid(run.pid) != pgid
+                or (run.started is not None and process.create_time() > run.started + _REUSE_SLACK_S))
+        except (psutil.Error, ProcessLookupError):
+            reused = False  # gone: the group check below decides
         if reused:
             raise StoreError(f"pid {run.pid} of run {run.name} now belongs to another process: refusing to signal")
     return pgid
@@ -107,54 +146,11 @@ def _wait_gone(pgid: int, timeout_s: float, poll_s: float) -> bool:
 
 
 def group_alive(pgid: int) -> bool:
-    """Whether any live (not zombie) process is in the group; reads /proc where it exists."""
-    if _PROC.is_dir():
-        for entry in os.scandir(_PROC):
-            if not entry.name.isdigit():
-                continue
-            fields = _stat_fields(int(entry.name))
-            if fields is not None and int(fields[2]) == pgid and fields[0] not in ("Z", "X"):
+    """Whether any live (not zombie) process is in the group."""
+    for process in psutil.process_iter():
+        try:
+            if os.getpgid(process.pid) == pgid and process.status() not in _GONE:
                 return True
-        return False
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _pid_alive(pid: int) -> bool:
-    fields = _stat_fields(pid) if _PROC.is_dir() else None
-    if fields is not None:
-        return fields[0] not in ("Z", "X")
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def process_start_time(pid: int) -> float | None:
-    """Unix time a process started (Linux /proc), or None where unknown."""
-    fields = _stat_fields(pid)
-    if fields is None:
-        return None
-    try:
-        boot = next(float(line.split()[1]) for line in (_PROC / "stat").read_text().splitlines()
-                    if line.startswith("btime "))
-        return boot + int(fields[19]) / os.sysconf("SC_CLK_TCK")
-    except (OSError, StopIteration, ValueError, IndexError):
-        return None
-
-
-def _stat_fields(pid: int) -> list[str] | None:
-    """Fields of /proc/PID/stat after the command name: [state, ppid, pgrp, ...]."""
-    try:
-        text = (_PROC / str(pid) / "stat").read_text()
-    except OSError:
-        return None
-    return text[text.rfind(")") + 2:].split()
+        except (psutil.Error, ProcessLookupError):
+            continue
+    return False
