@@ -56,7 +56,7 @@ def generate(
     import torch  # heavy imports stay out of the CLI's start-up
 
     from dreamlab.cli.render import cut_at_eos, render_with_masks
-    from dreamlab.diffusion import SamplerHooks, generate as diffusion_generate
+    from dreamlab.diffusion.sampler import SamplerHooks, generate as diffusion_generate
     from dreamlab.models.loading import load_model_and_tokenizer
 
     console = Console()

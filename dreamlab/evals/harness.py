@@ -125,7 +125,7 @@ def check_context(model: torch.nn.Module, prompts: dict[int, list[int]], cells: 
 def generate_and_score(model: torch.nn.Module, tokenizer: Any, task: Task, batch: Sequence[Sample],
                        prompts: dict[int, list[int]], cell: Cell, seed: int, history_for: set[int] = frozenset()) -> list[dict[str, Any]]:
     """Generate one left-padded batch, then score each sample in this (main) thread; rows for the store."""
-    from dreamlab.diffusion import generate
+    from dreamlab.diffusion.sampler import generate
 
     device = next(model.parameters()).device
     width = max(len(prompts[s.idx]) for s in batch)
