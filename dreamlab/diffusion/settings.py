@@ -7,7 +7,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import typing
+from dataclasses import dataclass, fields
 
 ALGORITHMS = ("origin", "maskgit_plus", "topk_margin", "entropy")
 TIME_REWEIGHTINGS = ("original", "linear", "cart", "none")
@@ -67,6 +68,13 @@ class SamplerSettings:
     def num_blocks(self) -> int:
         """How many semi-autoregressive blocks the generated span is split into (1 without blocks)."""
         return 1 if self.block_length is None else self.max_new_tokens // self.block_length
+
+
+def field_types(settings: type) -> dict[str, type]:
+    """Each field of a settings dataclass and its value type, None left out (`int | None` -> int), in field order."""
+    hints = typing.get_type_hints(settings)
+    return {f.name: next(a for a in typing.get_args(hints[f.name]) or (hints[f.name],) if a is not type(None))
+            for f in fields(settings)}
 
 
 @dataclass
