@@ -33,10 +33,10 @@ def test_shipped_tasks_load_and_render():
     assert chat == f"<|im_start|>user\n{samples[0].question}<|im_end|>\n<|im_start|>assistant\n"
 
 
-@pytest.mark.skipif(not SHARED_DATA.is_dir(), reason="../shared/data is not present")
-def test_gsm8k_and_math500_default_to_the_local_files():
-    assert len(load_task("gsm8k").load_samples()) == 1319
-    math500 = load_task("math500").load_samples(limit=2)
+@pytest.mark.skipif(not SHARED_DATA.is_dir(), reason="the reference data (../shared/data beside the repo) is not present")
+def test_gsm8k_and_math500_read_the_reference_files():
+    assert len(load_task("gsm8k").load_samples(data=str(SHARED_DATA / "gsm8k" / "test.jsonl"))) == 1319
+    math500 = load_task("math500").load_samples(limit=2, data=str(SHARED_DATA / "math500" / "test.jsonl"))
     assert math500[0].gold == "\\left( 3, \\frac{\\pi}{2} \\right)"
 
 

@@ -274,11 +274,8 @@ def _load_rows(task: Task, data: str | None) -> list[dict[str, Any]]:
 
         return arithmetic_rows(source.get("split", "test"), level=int(source.get("level", 1)), seed=int(source.get("seed", 0)))
     local = source.get("local")
-    if local:
-        for base in (Path.cwd(), Path(__file__).resolve().parents[2]):
-            candidate = (base / local).resolve()
-            if candidate.is_file():
-                return _read_local(task, candidate)
+    if local and Path(local).expanduser().is_file():
+        return _read_local(task, Path(local).expanduser())
     hub = source.get("hub")
     if not hub:
         if local:
