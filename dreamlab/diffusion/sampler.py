@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -117,32 +118,20 @@ def generate(
     input_ids: torch.Tensor,
     attention_mask: torch.Tensor | None = None,
     *,
-    max_new_tokens: int,
-    steps: int,
-    alg: str = "origin",
-    alg_temp: float | None = None,
-    temperature: float = 0.0,
-    top_p: float | None = None,
-    top_k: int | None = None,
-    eps: float = 1e-3,
     seed: int | Sequence[int] | None = 0,
     hooks: SamplerHooks | None = None,
     return_history: bool = False,
-    block_length: int | None = None,
-    threshold: float | None = None,
-    elide_noop_steps: bool = True,
     mask_token_id: int | None = None,
+    **values: Any,
 ) -> GenerateOutput:
     """Generate `max_new_tokens` after each (left-padded) prompt with Dream's diffusion sampler.
 
-    `seed` is an int (row r uses seed + r), one seed per row (a row's draws then do not depend on its
-    position in the batch), or None (torch's default generator state).
+    `values` are SamplerSettings' fields (max_new_tokens, steps, alg, temperature, ...). `seed` is
+    an int (row r uses seed + r), one seed per row (a row's draws then do not depend on its position
+    in the batch), or None (torch's default generator state).
     """
-    settings = SamplerSettings(
-        max_new_tokens=max_new_tokens, steps=steps, alg=alg, alg_temp=alg_temp, temperature=temperature,
-        top_p=top_p, top_k=top_k, eps=eps, block_length=block_length, threshold=threshold,
-        elide_noop_steps=elide_noop_steps,
-    )
+    settings = SamplerSettings(**values)
+    max_new_tokens = settings.max_new_tokens
     if mask_token_id is None:
         mask_token_id = getattr(getattr(model, "config", None), "mask_token_id", None)
     if mask_token_id is None:
