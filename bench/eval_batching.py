@@ -11,7 +11,8 @@ import time
 
 import torch
 
-from dreamlab.evals.harness import Cell, evaluate_in_memory
+from dreamlab.diffusion.settings import SamplerSettings
+from dreamlab.evals.harness import evaluate_in_memory
 from dreamlab.evals.tasks import load_task
 from dreamlab.models import build_char_tokenizer, build_tiny_model
 
@@ -25,7 +26,7 @@ def main() -> None:
     model, tokenizer = build_tiny_model(seed=0).eval(), build_char_tokenizer()
     task = load_task("arithmetic")
     samples = task.load_samples(args.limit)
-    cell = Cell(alg="entropy", steps=args.max_new_tokens, max_new_tokens=args.max_new_tokens)
+    cell = SamplerSettings(alg="entropy", steps=args.max_new_tokens, max_new_tokens=args.max_new_tokens)
     results = {}
     for batch_size in (1, 16):
         started = time.perf_counter()

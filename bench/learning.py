@@ -8,6 +8,7 @@ Run: python -m bench.learning [--level 1] [--steps N] [--eval-rows N] [override 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -20,7 +21,8 @@ import torch.distributed as dist
 
 from dreamlab.config import load_recipe
 from dreamlab.data.arithmetic import arithmetic_rows
-from dreamlab.evals.harness import Cell, evaluate_in_memory
+from dreamlab.diffusion.settings import SamplerSettings
+from dreamlab.evals.harness import evaluate_in_memory
 from dreamlab.evals.tasks import Sample, load_task
 from dreamlab.train.trainer import Trainer
 
@@ -64,13 +66,13 @@ def main() -> None:
     task.system = recipe.data.system_prompt
     model = trainer.raw_model.eval()
     window = args.max_new_tokens or max(len(example.response_ids) for example in trainer.train)
-    cell = Cell(alg="entropy", steps=window, max_new_tokens=window)
+    cell = SamplerSettings(alg="entropy", steps=window, max_new_tokens=window)
     started = time.perf_counter()
     result, scored = evaluate_in_memory(model, trainer.tokenizer, task, samples, cell, batch_size=128)
     eval_seconds = time.perf_counter() - started
     if args.block_length:
         blocked, _ = evaluate_in_memory(model, trainer.tokenizer, task, samples,
-                                        Cell(**{**cell.sampler_kwargs(), "block_length": args.block_length}), batch_size=128)
+                                        dataclasses.replace(cell, block_length=args.block_length), batch_size=128)
         print(f"  with block_length {args.block_length}: {blocked['n_correct']}/{blocked['n_done']} = "
               f"{100 * blocked['accuracy']:.1f}%")
     by_kind: dict[str, list[bool]] = {}

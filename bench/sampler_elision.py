@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 
 from bench._common import interleaved_medians
-from dreamlab.diffusion import generate, reveal_schedule
+from dreamlab.diffusion.sampler import generate, reveal_schedule
 from dreamlab.models import build_tiny_model
 
 SETTINGS = [(64, 64), (64, 128), (128, 256), (128, 64)]

@@ -13,7 +13,7 @@ from types import SimpleNamespace
 import torch
 from torch import nn
 
-from dreamlab.diffusion import generate
+from dreamlab.diffusion.sampler import generate
 from dreamlab.models import DreamModel, tiny_config
 
 CONFIGS = {

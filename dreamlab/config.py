@@ -18,14 +18,14 @@ from typing import Any
 
 import yaml
 
-from dreamlab.data.collate import CUTOFF_MODES
-from dreamlab.diffusion.loss import TIME_REWEIGHTINGS
+from dreamlab.diffusion.settings import TIME_REWEIGHTINGS, LossSettings
 from dreamlab.store.health import HEARTBEAT_S, LOST_AFTER_S, STALL_AFTER_S, STALL_FACTOR
 from dreamlab.store.params import flatten
 from dreamlab.textfiles import read_utf8
 
 RECIPES_DIR = Path(__file__).parent / "recipes"
 DEFAULT_RECIPE = "tiny-arithmetic"
+CUTOFF_MODES = ("none", "longest", "random", "random_with_input_pad")
 
 
 class RecipeError(ValueError):
@@ -85,14 +85,10 @@ class OptimConfig:
 
 
 @dataclass
-class DiffusionConfig:
-    """The masked-diffusion loss settings."""
+class DiffusionConfig(LossSettings):
+    """The masked-diffusion loss settings: LossSettings, with CART time reweighting by default."""
 
     time_reweighting: str = "cart"
-    cart_p: float = 0.1
-    eps: float = 1e-3
-    shift_logits: bool = True
-    focal: bool = False
 
 
 @dataclass

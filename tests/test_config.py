@@ -2,9 +2,26 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 
 from dreamlab.config import RecipeError, load_recipe, recipe_from_dict, validate
+from dreamlab.diffusion.settings import LossSettings
+
+
+def test_config_and_cli_import_without_torch_or_transformers():
+    code = "import sys, dreamlab.config, dreamlab.cli; print(sorted({'torch', 'transformers'} & set(sys.modules)))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=Path(__file__).resolve().parents[1])
+    assert out.stdout.strip() == "[]"
+
+
+def test_the_recipe_diffusion_section_is_the_loss_settings():
+    diffusion = load_recipe(overrides=["diffusion.focal_gamma=3"]).diffusion
+    assert isinstance(diffusion, LossSettings) and diffusion.focal_gamma == 3.0
 
 
 def test_the_default_recipe_is_the_tiny_cpu_run():

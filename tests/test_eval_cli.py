@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import subprocess
 import sys
@@ -10,6 +11,8 @@ import pytest
 from typer.testing import CliRunner
 
 from dreamlab.cli import app
+from dreamlab.cli.eval import eval_command
+from dreamlab.evals.grid import SAMPLER_TYPES
 from dreamlab.evals import harness
 from dreamlab.store import RunStore
 
@@ -140,3 +143,7 @@ def test_the_eval_command_does_not_import_textual():
     code = ("import sys; from dreamlab.cli import app; import dreamlab.cli.eval, dreamlab.evals.report, "
             "dreamlab.evals.harness; sys.exit(any(m.split('.')[0] == 'textual' for m in sys.modules))")
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+def test_every_sampler_setting_is_an_eval_option():
+    assert set(SAMPLER_TYPES) <= set(inspect.signature(eval_command).parameters)

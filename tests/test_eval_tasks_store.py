@@ -1,12 +1,19 @@
-"""Task files (shipped and broken ones) and the run store's eval tables."""
+"""Task files (shipped and broken ones), eval grids and the run store's eval tables."""
 
 from __future__ import annotations
 
+import sqlite3
+from pathlib import Path
+
 import pytest
 
+from dreamlab.evals.grid import grid_cells
 from dreamlab.evals.tasks import TaskError, available_tasks, load_task
 from dreamlab.models import build_char_tokenizer
-from dreamlab.store import RunStore, StoreError
+from dreamlab.store import SCHEMA_VERSION, RunStore, StoreError
+from dreamlab.store.evals import settings_key
+from dreamlab.store.models import ModelChoice, choose_model
+from dreamlab.store.schema import migrate
 from tests.conftest import SHARED_DATA
 
 
@@ -26,10 +33,10 @@ def test_shipped_tasks_load_and_render():
     assert chat == f"<|im_start|>user\n{samples[0].question}<|im_end|>\n<|im_start|>assistant\n"
 
 
-@pytest.mark.skipif(not SHARED_DATA.is_dir(), reason="../shared/data is not present")
-def test_gsm8k_and_math500_default_to_the_local_files():
-    assert len(load_task("gsm8k").load_samples()) == 1319
-    math500 = load_task("math500").load_samples(limit=2)
+@pytest.mark.skipif(not SHARED_DATA.is_dir(), reason="the reference data (../shared/data beside the repo) is not present")
+def test_gsm8k_and_math500_read_the_reference_files():
+    assert len(load_task("gsm8k").load_samples(data=str(SHARED_DATA / "gsm8k" / "test.jsonl"))) == 1319
+    math500 = load_task("math500").load_samples(limit=2, data=str(SHARED_DATA / "math500" / "test.jsonl"))
     assert math500[0].gold == "\\left( 3, \\frac{\\pi}{2} \\right)"
 
 
@@ -93,3 +100,61 @@ def test_eval_rows_resume_by_settings_and_cascade_with_their_run(tmp_path):
         store.finish_eval(first.id, "running")
     store.delete_run(run.id)
     assert store.list_evals() == [] and store.eval_samples(first.id) == []
+
+
+def test_sampler_settings_added_after_v3_keep_the_keys_of_earlier_evals():
+    assert settings_key(SETTINGS) == "ecd73d83b93fc37685709616"  # what the v3 key fields gave
+    assert settings_key({**SETTINGS, "eps": 1e-3, "elide_noop_steps": True}) == settings_key(SETTINGS)
+    assert settings_key({**SETTINGS, "eps": 0.01}) != settings_key(SETTINGS)
+
+
+def test_an_evals_table_gains_a_column_per_new_sampler_setting_with_its_default(tmp_path):
+    path = tmp_path / "v5.db"
+    conn = sqlite3.connect(path, isolation_level=None)
+    migrate(conn, target=SCHEMA_VERSION - 1)
+    conn.execute("INSERT INTO evals (id, task, settings_key, status) VALUES (1, 'arithmetic', 'k', 'completed')")
+    conn.close()
+    with RunStore(path) as store:
+        old = store.get_eval(1)
+        assert (old.eps, old.elide_noop_steps, old.alg) == (1e-3, True, None)
+        new = store.create_or_resume_eval({**SETTINGS, "eps": 0.01, "elide_noop_steps": False})
+        assert (new.eps, new.elide_noop_steps) == (0.01, False)
+
+
+def test_a_grid_is_every_combination_over_the_task_defaults_in_loop_order():
+    cells = grid_cells({"alg": "entropy,origin", "steps": "4,8", "temperature": 0.5}, {"max_new_tokens": 8, "top_p": 0.9},
+                       "t")
+    assert [(c.alg, c.steps) for c in cells] == [("entropy", 4), ("entropy", 8), ("origin", 4), ("origin", 8)]
+    assert {(c.max_new_tokens, c.temperature, c.top_p, c.eps) for c in cells} == {(8, 0.5, 0.9, 1e-3)}
+    assert [c.elide_noop_steps for c in grid_cells({"steps": "4", "elide_noop_steps": "true,false"}, {"max_new_tokens": 8},
+                                                   "t")] == [True, False]
+    with pytest.raises(ValueError, match="task t sets no default steps: pass --steps"):
+        grid_cells({}, {"max_new_tokens": 8}, "t")
+    with pytest.raises(ValueError, match="--steps must be a comma list of ints"):
+        grid_cells({"steps": "4,x"}, {"max_new_tokens": 8}, "t")
+    with pytest.raises(ValueError, match="alg must be one of"):
+        grid_cells({"alg": "greedy", "steps": "4"}, {"max_new_tokens": 8}, "t")
+
+
+def test_which_model_a_run_a_folder_or_a_name_means(tmp_path):
+    store = RunStore(tmp_path / "db.sqlite")
+    run, neighbour = store.create_run(name="r1"), store.create_run(name="r1x")
+    folder = Path(run.run_dir) / "checkpoints" / "step-1" / "model"
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text("{}")
+    assert choose_model(store.path) == ModelChoice("tiny")
+    assert choose_model(store.path, model=str(folder)) == ModelChoice(str(folder), str(folder.resolve()), run.id)
+    other = Path(neighbour.run_dir) / "model"  # r1x's folder starts with r1's name but is not inside it
+    other.mkdir(parents=True)
+    (other / "config.json").write_text("{}")
+    assert choose_model(store.path, model=str(other)).run_id == neighbour.id
+    store.record_checkpoint(run.id, 1, folder)
+    assert choose_model(store.path) == ModelChoice("latest", str(folder.resolve()), run.id)
+    assert choose_model(store.path, run="r1") == ModelChoice("r1", str(folder.resolve()), run.id)
+    assert choose_model(store.path, model="org/name") == ModelChoice("org/name")
+    with pytest.raises(FileNotFoundError, match="no model at"):
+        choose_model(store.path, model=str(tmp_path))
+    with pytest.raises(ValueError, match="give --run or --model, not both"):
+        choose_model(store.path, model="tiny", run="r1")
+    with pytest.raises(FileNotFoundError, match="no run store"):
+        choose_model(tmp_path / "none.db", run="r1")

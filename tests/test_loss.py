@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 
-from dreamlab.diffusion import LossSettings, cart_weights, masked_diffusion_loss, sft_loss
-from dreamlab.diffusion.loss import cart_kernel, sample_masks, shift_logits, token_weights
+from dreamlab.diffusion.loss import (LossSettings, cart_kernel, cart_weights, masked_diffusion_loss, sample_masks, sft_loss,
+                                     shift_logits, token_weights)
 from dreamlab.models import build_tiny_model
 
 

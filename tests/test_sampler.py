@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from dreamlab.diffusion import SamplerHooks, generate, reveal_schedule
+from dreamlab.diffusion.sampler import SamplerHooks, generate, reveal_schedule
 from tests.reference_dream import dream_generate
 
 MASK = 1

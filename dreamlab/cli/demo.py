@@ -10,7 +10,15 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from dreamlab.cli.eval import _errors, print_results, run_eval
 from dreamlab.cli.options import DbOption, resolve_db
+from dreamlab.cli.train import follow_to_end
+from dreamlab.config import RecipeError, load_recipe
+from dreamlab.data.errors import DataError
+from dreamlab.data.formats import ConvertOptions
+from dreamlab.data.prepare import PrepareOptions, prepare
+from dreamlab.data.report import report_tables
+from dreamlab.store import RunStore, StoreError
 
 RECIPE = "tiny-arithmetic"
 ALGS = ("origin", "maskgit_plus", "topk_margin", "entropy")
@@ -32,10 +40,6 @@ def demo(
     db: DbOption = None,
 ) -> None:
     """Prepare the built-in task, train the tiny model on the CPU, evaluate 4 algorithms x steps, show the results."""
-    from dreamlab.config import RecipeError, load_recipe
-    from dreamlab.data.errors import DataError
-    from dreamlab.store import RunStore, StoreError
-
     console = Console(highlight=False)
     store_path = resolve_db(db)
     started = time.monotonic()
@@ -61,11 +65,9 @@ def demo(
         raise typer.Exit(1)
     trained_s = time.monotonic() - started
     console.rule(f"[bold]3/3 evaluate[/bold] {len(ALGS)} algorithms x steps {steps} on {eval_limit} test problems")
-    from dreamlab.cli.eval import _errors, print_results, run_eval
-
     with _errors():
-        records = run_eval(task="arithmetic", run=run.name, alg=",".join(ALGS), steps=steps,
-                           max_new_tokens=str(MAX_NEW_TOKENS), limit=eval_limit, db=store_path)
+        records = run_eval("arithmetic", run=run.name, limit=eval_limit, db=store_path,
+                           sampler={"alg": ",".join(ALGS), "steps": steps, "max_new_tokens": MAX_NEW_TOKENS})
     print_results(records, console)
     best = max(records, key=lambda r: r.accuracy or 0.0)
     total_s = time.monotonic() - started
@@ -90,10 +92,7 @@ def demo(
 def _prepare(spec: str, folder: Path, max_length: int, console: Console) -> Path:
     """Convert one training source into Dream rows beside the store (as `dreamlab data prepare` does)."""
     # `.data`: run names cannot start with a dot, so no run folder can take this one's place.
-    from dreamlab.data.formats import ConvertOptions
-    from dreamlab.data.prepare import PrepareOptions, prepare
-    from dreamlab.data.report import report_tables
-    from dreamlab.models import build_char_tokenizer
+    from dreamlab.models import build_char_tokenizer  # torch, transformers
 
     out = folder / (spec.replace(":", "-").replace("/", "-").strip("-.") + "-train.jsonl")
     # No system turn: the rows then equal what the recipe's builtin source gives the trainer directly.
@@ -106,8 +105,7 @@ def _prepare(spec: str, folder: Path, max_length: int, console: Console) -> Path
 
 def _train(store, store_path: Path, recipe, name: str | None, console: Console):
     """Record and run the training as `dreamlab train --foreground` does; return the finished run."""
-    from dreamlab.cli.train import follow_to_end
-    from dreamlab.train.launcher import launch
+    from dreamlab.train.launcher import launch  # torch
 
     run, process = launch(store, store_path, recipe, name=name, capture=True)
     console.print(f"run [bold]{run.name}[/bold] in {run.run_dir} (log: train.log)")

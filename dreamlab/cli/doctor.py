@@ -7,7 +7,10 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.console import Console
+from rich.markup import escape
 
+from dreamlab import doctor as checks
 from dreamlab.cli.options import DbOption, JsonOption, resolve_db
 
 MARKS = {"ok": "[green]ok  [/green]", "warn": "[yellow]warn[/yellow]", "fail": "[red]FAIL[/red]"}
@@ -23,8 +26,6 @@ def doctor(
     as_json: JsonOption = False,
 ) -> None:
     """Check and explain, one line each with a fix; exit code 1 only when a check fails (warnings pass)."""
-    from dreamlab import doctor as checks
-
     store_path = resolve_db(db)
     found = [checks.check_python(), *checks.check_packages(), checks.check_cuda(), checks.check_gpu_memory(),
              checks.check_nccl(), checks.check_disk(store_path.parent), checks.check_store(store_path)]
@@ -41,9 +42,6 @@ def doctor(
     if as_json:
         typer.echo(json.dumps({"status": overall, "checks": [check.as_dict() for check in found]}, indent=2))
     else:
-        from rich.console import Console
-        from rich.markup import escape
-
         console = Console(highlight=False, soft_wrap=True)
         for check in found:
             line = f"{MARKS[check.status]} {check.name}: {escape(check.message)}"

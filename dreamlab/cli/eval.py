@@ -5,15 +5,27 @@ from __future__ import annotations
 import json
 import sys
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.table import Table
+from rich.text import Text
 
+from dreamlab import library_versions
 from dreamlab.cli.options import DbOption, JsonOption, resolve_db
+from dreamlab.evals.compare import compare
+from dreamlab.evals.grid import SAMPLER_TYPES, grid_cells
+from dreamlab.evals.report import RichProgress, accuracy_plot, results_table, to_csv, to_json
+from dreamlab.evals.scoring import score_generation
+from dreamlab.evals.stats import summarize
+from dreamlab.evals.tasks import TaskError, load_task
+from dreamlab.store import EvalRecord, RunStore, StoreError
+from dreamlab.store.models import choose_model
+from dreamlab.textfiles import read_utf8, text_lines
 
 app = typer.Typer(help="Evaluate models on tasks (evals/*.yaml) with the diffusion sampler; score files; compare.",
                   invoke_without_command=True)
@@ -24,69 +36,12 @@ DEFAULT_TASK = "arithmetic"
 @contextmanager
 def _errors() -> Iterator[None]:
     """Bad flags, tasks, models and store problems become one `error:` line and exit code 2."""
-    from dreamlab.evals.tasks import TaskError
-    from dreamlab.store import StoreError
-
     try:
         yield
     except (TaskError, StoreError, ValueError, FileNotFoundError, OSError) as error:
         message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         typer.echo(f"error: {message}", err=True)
         raise typer.Exit(2) from None
-
-
-def _list(value: str | None, kind: type, flag: str) -> list[Any]:
-    """`a,b,c` -> [a, b, c] converted to kind (one None when the flag was not given)."""
-    if value is None:
-        return [None]
-    items = [item.strip() for item in str(value).split(",") if item.strip()]
-    if not items:
-        raise ValueError(f"{flag} is empty")
-    try:
-        return [kind(item) for item in items]
-    except ValueError:
-        raise ValueError(f"{flag} must be a comma list of {kind.__name__}s; got {value!r}") from None
-
-
-def _pick_model(model: str | None, run: str | None, db: Path) -> tuple[str, str | None, int | None]:
-    """(model spec, checkpoint path or None, run id or None) from --model / --run / the newest run's checkpoint."""
-    from dreamlab.cli.generate import newest_checkpoint_model
-    from dreamlab.store import RunStore
-
-    if run is not None and model is not None:
-        raise ValueError("give --run or --model, not both")
-    if run is not None:
-        if not db.is_file():
-            raise FileNotFoundError(f"no run store at {db} (pass --db or set DREAMLAB_DB)")
-        path = newest_checkpoint_model(run, db)
-        store = RunStore(db)
-        run_id = store.get_run(run).id if run != "latest" else _run_owning(store, Path(path))
-        return run, str(Path(path).resolve()), run_id
-    if model is None:
-        if db.is_file():
-            try:
-                path = newest_checkpoint_model("latest", db)
-            except FileNotFoundError:
-                return "tiny", None, None
-            return "latest", str(Path(path).resolve()), _run_owning(RunStore(db), Path(path))
-        return "tiny", None, None
-    local = Path(model).expanduser()
-    if local.exists():
-        if not (local / "config.json").is_file():
-            raise FileNotFoundError(f"no model at {model}: expected a folder with config.json and safetensors weights")
-        run_id = _run_owning(RunStore(db), local) if db.is_file() else None
-        return model, str(local.resolve()), run_id
-    if model != "tiny" and (model.startswith((".", "/", "~")) or model.count("/") > 1):
-        raise FileNotFoundError(f"no model at {model}: expected a folder with config.json and safetensors weights")
-    return model, None, None
-
-
-def _run_owning(store: Any, path: Path) -> int | None:
-    resolved = path.resolve()
-    for found in store.list_runs():
-        if found.run_dir and resolved.is_relative_to(Path(found.run_dir).resolve()):
-            return found.id
-    return None
 
 
 @app.callback()
@@ -102,14 +57,16 @@ def eval_command(
     top_p: Annotated[float | None, typer.Option()] = None,
     top_k: Annotated[int | None, typer.Option()] = None,
     alg_temp: Annotated[float | None, typer.Option()] = None,
+    eps: Annotated[float | None, typer.Option(help="The last timestep (the schedule runs from 1 to eps).")] = None,
     block_length: Annotated[int | None, typer.Option(help="Semi-autoregressive blocks of this many tokens.")] = None,
     threshold: Annotated[float | None, typer.Option(help="Also reveal every position with p >= threshold.")] = None,
+    elide_noop_steps: Annotated[bool | None, typer.Option(help="Skip steps that reveal nothing (default: on).")] = None,
     template: Annotated[str | None, typer.Option(help="base (few-shot CoT as plain text) or chat (through the chat template).")] = None,
     shots: Annotated[int | None, typer.Option(help="Few-shot examples (task default).")] = None,
     limit: Annotated[int | None, typer.Option(help="Evaluate the first N problems.")] = None,
     batch_size: Annotated[int, typer.Option(help="Rows per sampler call (a speed setting: the sampler is batch-invariant).")] = 16,
     seed: Annotated[int, typer.Option(help="Sample idx uses seed + idx.")] = 0,
-    data: Annotated[str | None, typer.Option(help="The data file for --task jsonl (or to replace a task's source).")] = None,
+    data: Annotated[str | None, typer.Option(help="A data file for --task jsonl, or in place of a task's hub data set.")] = None,
     question_field: Annotated[str | None, typer.Option(help="The question field of --data rows.")] = None,
     answer_field: Annotated[str | None, typer.Option(help="The gold answer field of --data rows.")] = None,
     history: Annotated[bool, typer.Option(help="Keep the per-step sequences of the first 4 samples (for replay).")] = False,
@@ -123,105 +80,61 @@ def eval_command(
     """Evaluate a model on a task: every (alg, steps) cell of the grid, resumable, recorded in the run store."""
     if ctx.invoked_subcommand is not None:
         return
+    sampler = {name: value for name, value in locals().items() if name in SAMPLER_TYPES}  # one option per field
     with _errors():
-        records = _run_eval(locals())
+        records = run_eval(task, model=model, run=run, sampler=sampler, template=template, shots=shots, limit=limit,
+                           batch_size=batch_size, seed=seed, data=data, question_field=question_field,
+                           answer_field=answer_field, history=history, device=device, dtype=dtype,
+                           trust_remote_code=trust_remote_code, db=db)
     if as_json or as_csv:
-        from dreamlab.evals.report import to_csv, to_json
-
         typer.echo(to_json(records) if as_json else to_csv(records), nl=as_json)
         return
     print_results(records, Console(highlight=False))
 
 
-def print_results(records: list[Any], console: Console) -> None:
+def print_results(records: list[EvalRecord], console: Console) -> None:
     """The algorithms x steps table, then the accuracy-vs-steps plot when there are several step counts."""
-    from dreamlab.evals.report import accuracy_plot, results_table
-
     first = records[0]
     table = results_table(records, title=f"{first.task} · {first.model} · {first.n_samples} problems · {first.shots} shots")
     table.caption = f"eval ids {', '.join(str(r.id) for r in records)} · accuracy [95% Wilson CI] · mean NFE · tokens/s"
     console.print(table)
     if len({r.steps for r in records}) > 1:
-        from rich.text import Text
-
         console.print(Text.from_ansi(accuracy_plot(records, width=min(console.width - 1, 90))))
 
 
-def run_eval(**given: Any) -> list[Any]:
-    """Run an eval grid as `dreamlab eval` would with these options (the rest at their defaults)."""
-    import inspect
+def run_eval(task: str = DEFAULT_TASK, *, model: str | None = None, run: str | None = None,
+             sampler: Mapping[str, Any] | None = None, template: str | None = None, shots: int | None = None,
+             limit: int | None = None, batch_size: int = 16, seed: int = 0, data: str | None = None,
+             question_field: str | None = None, answer_field: str | None = None, history: bool = False,
+             device: str = "auto", dtype: str = "auto", trust_remote_code: bool = False,
+             db: Path | None = None) -> list[EvalRecord]:
+    """Run an eval grid as `dreamlab eval` does; `sampler` maps SamplerSettings fields to values or comma lists."""
+    from dreamlab.evals.harness import EvalPlan, run_plan  # torch
+    from dreamlab.models.loading import load_model_and_tokenizer  # torch, transformers
 
-    options = {name: parameter.default for name, parameter in inspect.signature(eval_command).parameters.items()
-               if name != "ctx"}
-    unknown = set(given) - set(options)
-    if unknown:
-        raise TypeError(f"unknown eval options: {sorted(unknown)}")
-    return _run_eval({**options, **given})
-
-
-def _run_eval(options: dict[str, Any]) -> list[Any]:
-    from dreamlab.diffusion.sampler import SamplerSettings
-    from dreamlab.evals.tasks import TEMPLATES, load_task
-
-    task = load_task(options["task"])
-    if options["question_field"]:
-        task.question_field = options["question_field"]
-    if options["answer_field"]:
-        task.gold_field = options["answer_field"]
-    template = options["template"] or task.template
-    if template not in TEMPLATES:
-        raise ValueError(f"--template must be base or chat; got {template!r}")
-    shots = task.shots if options["shots"] is None else options["shots"]
-    if not 0 <= shots <= len(task.fewshot):
-        raise ValueError(f"--shots must be from 0 to {len(task.fewshot)} (the task's few-shot examples); got {shots}")
-    for flag in ("limit", "batch_size"):
-        if options[flag] is not None and options[flag] < 1:
-            raise ValueError(f"--{flag.replace('_', '-')} must be >= 1; got {options[flag]}")
-    defaults = task.settings_for(template)
-    from dreamlab.evals.harness import Cell, EvalPlan, run_plan, versions
-
-    cells = []
-    for max_new in _list(options["max_new_tokens"], int, "--max-new-tokens"):
-        for alg in _list(options["alg"], str, "--alg"):
-            for count in _list(options["steps"], int, "--steps"):
-                values = {"alg": alg, "steps": count, "max_new_tokens": max_new}
-                for key in ("temperature", "top_p", "top_k", "alg_temp", "block_length", "threshold"):
-                    values[key] = options[key]
-                for key, value in defaults.items():
-                    if values.get(key) is None:
-                        values[key] = value
-                values.setdefault("alg", "entropy")
-                values = {key: value for key, value in values.items() if value is not None}
-                values.setdefault("temperature", 0.0)
-                for required in ("alg", "steps", "max_new_tokens"):
-                    if required not in values:
-                        raise ValueError(f"task {task.name} sets no default {required}: pass --{required.replace('_', '-')}")
-                SamplerSettings(**values)  # validates (unknown alg, steps 0, bad blocks...) before the model loads
-                cells.append(Cell(**values))
-    db = resolve_db(options["db"])
-    spec, checkpoint, run_id = _pick_model(options["model"], options["run"], db)
-    samples = task.load_samples(options["limit"], options["data"])
+    spec = load_task(task, question_field=question_field, answer_field=answer_field)
+    template, shots = spec.prompt_shape(template, shots)
+    for flag, value in (("limit", limit), ("batch_size", batch_size)):
+        if value is not None and value < 1:
+            raise ValueError(f"--{flag.replace('_', '-')} must be >= 1; got {value}")
+    cells = grid_cells(sampler or {}, spec.settings_for(template), spec.name)
+    store_path = resolve_db(db)
+    choice = choose_model(store_path, model, run)
+    samples = spec.load_samples(limit, data)
     if not samples:
-        raise ValueError(f"task {task.name} has no problems to evaluate")
-    label = task.name if options["data"] is None else f"{task.name}:{Path(options['data']).resolve()}"
-    from dreamlab.models.loading import load_model_and_tokenizer
-    from dreamlab.store import RunStore
-
+        raise ValueError(f"task {spec.name} has no problems to evaluate")
     err = Console(stderr=True, highlight=False)
-    err.print(f"[dim]{task.name}: {len(samples)} problems, {template} template, {shots} shots, {len(cells)} cells; "
-              f"model {spec}{' (' + checkpoint + ')' if checkpoint else ''}[/dim]")
-    net, tokenizer = load_model_and_tokenizer(checkpoint or spec, device=options["device"], dtype=options["dtype"],
-                                              trust_remote_code=options["trust_remote_code"])
-    plan = EvalPlan(task=task, samples=samples, template=template, shots=shots, cells=cells, model=spec,
-                    batch_size=options["batch_size"], seed=options["seed"], limit=options["limit"], checkpoint=checkpoint,
-                    run_id=run_id, history=options["history"], grid_id=uuid.uuid4().hex[:8], task_label=label,
-                    versions=versions())
-    from dreamlab.evals.report import RichProgress
-
-    store = RunStore(db)
+    err.print(f"[dim]{spec.name}: {len(samples)} problems, {template} template, {shots} shots, {len(cells)} cells; "
+              f"model {choice.spec}{' (' + choice.checkpoint + ')' if choice.checkpoint else ''}[/dim]")
+    net, tokenizer = load_model_and_tokenizer(choice.source, device=device, dtype=dtype, trust_remote_code=trust_remote_code)
+    plan = EvalPlan(task=spec, samples=samples, template=template, shots=shots, cells=cells, model=choice.spec,
+                    batch_size=batch_size, seed=seed, limit=limit, checkpoint=choice.checkpoint, run_id=choice.run_id,
+                    history=history, grid_id=uuid.uuid4().hex[:8],
+                    task_label=spec.name if data is None else f"{spec.name}:{Path(data).resolve()}",
+                    versions=library_versions())
     try:
         with RichProgress(err) as progress:
-            return run_plan(store, net, tokenizer, plan, progress)
+            return run_plan(RunStore(store_path), net, tokenizer, plan, progress)
     except KeyboardInterrupt:
         err.print("interrupted: finished samples are saved; run the same command again to resume")
         raise typer.Exit(130) from None
@@ -236,11 +149,6 @@ def score_command(
     as_json: JsonOption = False,
 ) -> None:
     """Re-score an existing generations file with a task's extractor and Math-Verify (plus the flexible extract)."""
-    from dreamlab.evals.scoring import score_generation
-    from dreamlab.evals.stats import wilson_interval
-    from dreamlab.evals.tasks import load_task
-    from dreamlab.textfiles import read_utf8, text_lines
-
     with _errors():
         spec = load_task(task)
         if not file.is_file():
@@ -261,12 +169,12 @@ def score_command(
             score = score_generation(str(row["generation"]), spec.gold_answer(str(row["gold"])), extractor=spec.extractor,
                                      scorer=spec.scorer, numeric=spec.numeric, mask_token=mask_token)
             rows.append({**row, **score.as_row()})
-    correct = sum(row["correct"] for row in rows)
+    strict = summarize(rows, max_new_tokens=0, total=len(rows))
+    correct, low, high = strict["n_correct"], strict["ci_low"], strict["ci_high"]
     flexible = sum(row["flexible_correct"] for row in rows)
-    low, high = wilson_interval(correct, len(rows))
-    summary = {"file": str(file), "task": spec.name, "n": len(rows), "correct": correct,
-               "accuracy": correct / len(rows) if rows else None, "ci_low": low, "ci_high": high,
-               "flexible_correct": flexible, "flexible_accuracy": flexible / len(rows) if rows else None,
+    summary = {"file": str(file), "task": spec.name, "n": len(rows), "correct": correct, "accuracy": strict["accuracy"],
+               "ci_low": low, "ci_high": high, "flexible_correct": flexible,
+               "flexible_accuracy": flexible / len(rows) if rows else None,
                "unclosed_boxed": sum(bool(row["unclosed_boxed"]) for row in rows),
                "leftover_masks": sum(row["leftover_masks"] for row in rows)}
     if out is not None:
@@ -291,9 +199,6 @@ def compare_command(
     as_json: JsonOption = False,
 ) -> None:
     """A and B side by side on their shared cells: accuracy difference and McNemar's paired p-value."""
-    from dreamlab.evals.compare import compare
-    from dreamlab.store import RunStore
-
     with _errors():
         path = resolve_db(db)
         if not path.is_file():
@@ -302,8 +207,6 @@ def compare_command(
     if as_json:
         typer.echo(json.dumps([r.to_dict() for r in results], indent=2, default=str))
         return
-    from rich.table import Table
-
     table = Table(title=f"A = {a}   B = {b}   (paired on shared samples; McNemar)", title_justify="left")
     for column in ("task", "alg", "steps", "evals A/B", "shared", "A", "B", "B − A", "only A", "only B", "p-value"):
         table.add_column(column, justify="left" if column in ("task", "alg") else "right")

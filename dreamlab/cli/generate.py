@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import sys
 import time
-from pathlib import Path
 from typing import Annotated, NoReturn
 
 import typer
@@ -14,21 +13,11 @@ from rich.panel import Panel
 from rich.table import Table
 
 from dreamlab.cli.options import DbOption, resolve_db
-from dreamlab.store import RunStore
+from dreamlab.display import render_with_masks
 from dreamlab.store.errors import StoreError
+from dreamlab.store.models import choose_model
 
 DEFAULT_PROMPT = "Solve: 27 + 45"
-
-
-def newest_checkpoint_model(ref: str, db: Path) -> str:
-    """The HF model folder of a run's newest complete checkpoint (`latest`: the newest run that has one)."""
-    store = RunStore(db)
-    runs = store.list_runs() if ref == "latest" else [store.get_run(ref)]
-    for run in runs:
-        checkpoint = store.latest_complete_checkpoint(run.id)
-        if checkpoint is not None and Path(checkpoint.path).is_dir():
-            return checkpoint.path
-    raise FileNotFoundError(f"no complete checkpoint for {ref!r} in {db} yet: train first (`dreamlab train --foreground`)")
 
 
 def _fail(error: Exception) -> NoReturn:
@@ -62,14 +51,14 @@ def generate(
     """Generate a completion and show the masks filling in step by step."""
     import torch  # heavy imports stay out of the CLI's start-up
 
-    from dreamlab.cli.render import cut_at_eos, render_with_masks
-    from dreamlab.diffusion import SamplerHooks, generate as diffusion_generate
+    from dreamlab.diffusion.sampler import SamplerHooks, generate as diffusion_generate
+    from dreamlab.evals.harness import cut_at_eos
     from dreamlab.models.loading import load_model_and_tokenizer
 
     console = Console()
     if run is not None:
         try:
-            model = newest_checkpoint_model(run, resolve_db(db))
+            model = choose_model(resolve_db(db), run=run).source
         except (StoreError, FileNotFoundError) as error:
             _fail(error)
         console.print(f"[dim]run {run}: {model}[/dim]")

@@ -15,6 +15,9 @@ import typer
 from rich.console import Console
 
 from dreamlab.cli.options import DbOption, resolve_db
+from dreamlab.config import RecipeError, split_recipe_args
+from dreamlab.gpu import free_devices
+from dreamlab.train.sweep import drive, parse_gpus, plan
 from dreamlab.store import RunStore
 from dreamlab.store.errors import StoreError
 
@@ -29,9 +32,7 @@ def sweep(
     db: DbOption = None,
 ) -> None:
     """Queue a grid (e.g. optim.lr=1e-6,2e-6,5e-6 trainer.total_epochs=2,3) as runs sharing a sweep id."""
-    from dreamlab.config import RecipeError, split_recipe_args
-    from dreamlab.train.launcher import check_before_launch, environment_meta, write_run_spec
-    from dreamlab.train.sweep import drive, plan
+    from dreamlab.train.launcher import check_before_launch, environment_meta, write_run_spec  # torch
 
     console = Console()
     store_path = resolve_db(db)
@@ -70,10 +71,6 @@ def sweep(
 
 def _devices(text: str, recipes: list) -> list[int]:
     """The GPUs the sweep runs on at once ([] = one run at a time); refuses points that cannot share them."""
-    from dreamlab.config import RecipeError
-    from dreamlab.gpu import free_devices
-    from dreamlab.train.sweep import parse_gpus
-
     if text == "none":
         return []
     devices = free_devices() if text == "auto" else parse_gpus(text)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import signal
 import sys
@@ -15,6 +16,7 @@ from rich.table import Table
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from dreamlab.cli.options import DbOption, resolve_db
+from dreamlab.config import RecipeError, load_recipe, recipe_from_dict, split_recipe_args
 from dreamlab.store import RunStore
 from dreamlab.store.errors import StoreError
 
@@ -35,8 +37,7 @@ def train(
     db: DbOption = None,
 ) -> None:
     """Train a model with Dream's diffusion SFT (no recipe: the tiny model on the built-in task, CPU)."""
-    from dreamlab.config import RecipeError, load_recipe, recipe_from_dict, split_recipe_args  # torch: keep it out of start-up
-    from dreamlab.train.launcher import (
+    from dreamlab.train.launcher import (  # torch
         launch,
         memory_estimate,
         relayout,
@@ -109,8 +110,6 @@ def follow_to_end(store: RunStore, run, process, console: Console):
 def _follow(process, run_dir: Path, console: Console) -> int:
     """Tee the run's output into train.log, draw a progress bar from its step lines, pass on Ctrl-C."""
     def forward_interrupt(signum, frame):
-        import os
-
         os.killpg(process.pid, signal.SIGTERM)
 
     previous = signal.signal(signal.SIGINT, forward_interrupt)

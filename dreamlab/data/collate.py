@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import torch
 
-CUTOFF_MODES = ("none", "longest", "random", "random_with_input_pad")
+from dreamlab.config import CUTOFF_MODES
 
 
 @dataclass(frozen=True)

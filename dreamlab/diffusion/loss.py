@@ -10,30 +10,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-TIME_REWEIGHTINGS = ("original", "linear", "cart", "none")
-
-
-@dataclass(frozen=True)
-class LossSettings:
-    """Every setting that changes the loss value; recorded with a run."""
-
-    time_reweighting: str = "original"
-    cart_p: float = 0.1
-    eps: float = 1e-3
-    shift_logits: bool = True
-    focal: bool = False
-    focal_alpha: float = 0.25
-    focal_gamma: float = 2.0
-
-    def __post_init__(self) -> None:
-        if self.time_reweighting not in TIME_REWEIGHTINGS:
-            raise ValueError(
-                f"time_reweighting must be one of {', '.join(TIME_REWEIGHTINGS)}; got {self.time_reweighting!r}"
-            )
-        if not 0.0 < self.cart_p <= 1.0:
-            raise ValueError(f"cart_p must be in (0, 1]; got {self.cart_p}")
-        if not 0.0 <= self.eps < 1.0:
-            raise ValueError(f"eps must be in [0, 1); got {self.eps}")
+from dreamlab.diffusion.settings import LossSettings
 
 
 @dataclass

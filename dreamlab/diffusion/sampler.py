@@ -22,14 +22,14 @@ max(k, 1) most confident positions plus every position whose chosen token has p 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
 from dreamlab.diffusion.loss import shift_logits
+from dreamlab.diffusion.settings import SamplerSettings
 from dreamlab.diffusion.tokens import confidence_scores, draw_tokens, token_probabilities
-
-ALGORITHMS = ("origin", "maskgit_plus", "topk_margin", "entropy")
 
 TokensHook = Callable[[int | None, torch.Tensor, torch.Tensor | None], torch.Tensor]
 LogitsHook = Callable[[int, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -42,66 +42,6 @@ class SamplerHooks:
 
     tokens: TokensHook | None = None
     logits: LogitsHook | None = None
-
-
-@dataclass(frozen=True)
-class SamplerSettings:
-    """Every sampler setting that can change an answer; recorded with each result."""
-
-    max_new_tokens: int
-    steps: int
-    alg: str = "origin"
-    alg_temp: float | None = None
-    temperature: float = 0.0
-    top_p: float | None = None
-    top_k: int | None = None
-    eps: float = 1e-3
-    block_length: int | None = None
-    threshold: float | None = None
-    elide_noop_steps: bool = True
-
-    def __post_init__(self) -> None:
-        problems = []
-        if self.alg not in ALGORITHMS:
-            problems.append(f"alg must be one of {', '.join(ALGORITHMS)}; got {self.alg!r}")
-        if not isinstance(self.steps, int) or self.steps < 1:
-            problems.append(f"steps must be an integer >= 1; got {self.steps!r}")
-        if not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:
-            problems.append(f"max_new_tokens must be an integer >= 1; got {self.max_new_tokens!r}")
-        if self.temperature < 0:
-            problems.append(f"temperature must be >= 0; got {self.temperature}")
-        if self.top_p is not None and not 0 < self.top_p <= 1:
-            problems.append(f"top_p must be in (0, 1]; got {self.top_p}")
-        if self.top_k is not None and self.top_k < 1:
-            problems.append(f"top_k must be >= 1; got {self.top_k}")
-        if self.alg_temp is not None and self.alg_temp < 0:
-            problems.append(f"alg_temp must be >= 0; got {self.alg_temp}")
-        if not 0 <= self.eps < 1:
-            problems.append(f"eps must be in [0, 1); got {self.eps}")
-        if self.threshold is not None:
-            if not 0 < self.threshold <= 1:
-                problems.append(f"threshold must be in (0, 1]; got {self.threshold}")
-            if self.alg == "origin":
-                problems.append("threshold needs a confidence-based alg (maskgit_plus, topk_margin or entropy), not origin")
-        if self.block_length is not None and not problems:
-            if self.block_length < 1 or self.max_new_tokens % self.block_length:
-                problems.append(
-                    f"block_length ({self.block_length}) must be >= 1 and divide max_new_tokens ({self.max_new_tokens})"
-                )
-            elif self.steps % (self.max_new_tokens // self.block_length):
-                blocks = self.max_new_tokens // self.block_length
-                problems.append(f"steps ({self.steps}) must be a multiple of the number of blocks ({blocks})")
-        if problems:
-            raise ValueError("; ".join(problems))
-
-    @property
-    def num_blocks(self) -> int:
-        """How many semi-autoregressive blocks the generated span is split into (1 without blocks)."""
-        return 1 if self.block_length is None else self.max_new_tokens // self.block_length
-
-    def as_record(self) -> dict:
-        """A flat dict for the run store."""
-        return asdict(self)
 
 
 @dataclass
@@ -178,32 +118,20 @@ def generate(
     input_ids: torch.Tensor,
     attention_mask: torch.Tensor | None = None,
     *,
-    max_new_tokens: int,
-    steps: int,
-    alg: str = "origin",
-    alg_temp: float | None = None,
-    temperature: float = 0.0,
-    top_p: float | None = None,
-    top_k: int | None = None,
-    eps: float = 1e-3,
     seed: int | Sequence[int] | None = 0,
     hooks: SamplerHooks | None = None,
     return_history: bool = False,
-    block_length: int | None = None,
-    threshold: float | None = None,
-    elide_noop_steps: bool = True,
     mask_token_id: int | None = None,
+    **values: Any,
 ) -> GenerateOutput:
     """Generate `max_new_tokens` after each (left-padded) prompt with Dream's diffusion sampler.
 
-    `seed` is an int (row r uses seed + r), one seed per row (a row's draws then do not depend on its
-    position in the batch), or None (torch's default generator state).
+    `values` are SamplerSettings' fields (max_new_tokens, steps, alg, temperature, ...). `seed` is
+    an int (row r uses seed + r), one seed per row (a row's draws then do not depend on its position
+    in the batch), or None (torch's default generator state).
     """
-    settings = SamplerSettings(
-        max_new_tokens=max_new_tokens, steps=steps, alg=alg, alg_temp=alg_temp, temperature=temperature,
-        top_p=top_p, top_k=top_k, eps=eps, block_length=block_length, threshold=threshold,
-        elide_noop_steps=elide_noop_steps,
-    )
+    settings = SamplerSettings(**values)
+    max_new_tokens = settings.max_new_tokens
     if mask_token_id is None:
         mask_token_id = getattr(getattr(model, "config", None), "mask_token_id", None)
     if mask_token_id is None:

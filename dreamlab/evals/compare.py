@@ -6,12 +6,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from dreamlab.diffusion.settings import SamplerSettings, field_types
 from dreamlab.evals.stats import mcnemar
 from dreamlab.store import EvalRecord, RunStore, StoreError
 
 # The settings two evals must share to be the same cell of a comparison (the model is what differs).
-CELL_FIELDS = ("task", "shots", "template_hash", "alg", "steps", "max_new_tokens", "temperature", "top_p", "top_k",
-               "alg_temp", "block_length", "threshold", "seed", "limit_n")
+CELL_FIELDS = ("task", "shots", "template_hash", *field_types(SamplerSettings), "seed", "limit_n")
 
 
 @dataclass(frozen=True)

@@ -16,30 +16,13 @@ from typing import Any, Protocol
 
 import torch
 
+from dreamlab.diffusion.sampler import generate
+from dreamlab.diffusion.settings import SamplerSettings
 from dreamlab.evals.scoring import score_generation
-from dreamlab.evals.stats import wilson_interval
+from dreamlab.evals.stats import summarize
 from dreamlab.evals.tasks import Sample, Task
 
 HISTORY_SAMPLES = 4  # --history keeps the per-step sequences of this many samples (the first by idx)
-
-
-@dataclass(frozen=True)
-class Cell:
-    """The sampler settings of one grid cell."""
-
-    alg: str
-    steps: int
-    max_new_tokens: int
-    temperature: float = 0.0
-    top_p: float | None = None
-    top_k: int | None = None
-    alg_temp: float | None = None
-    block_length: int | None = None
-    threshold: float | None = None
-
-    def sampler_kwargs(self) -> dict[str, Any]:
-        """Keyword arguments for dreamlab.diffusion.generate."""
-        return asdict(self)
 
 
 @dataclass
@@ -50,7 +33,7 @@ class EvalPlan:
     samples: list[Sample]
     template: str
     shots: int
-    cells: list[Cell]
+    cells: list[SamplerSettings]
     model: str
     batch_size: int = 16
     seed: int = 0
@@ -62,7 +45,7 @@ class EvalPlan:
     task_label: str | None = None
     versions: dict[str, str] = field(default_factory=dict)
 
-    def settings(self, cell: Cell, device: str) -> dict[str, Any]:
+    def settings(self, cell: SamplerSettings, device: str) -> dict[str, Any]:
         """The store's eval settings for one cell."""
         return {"run_id": self.run_id, "checkpoint": self.checkpoint, "model": self.model,
                 "task": self.task_label or self.task.name, "shots": self.shots,
@@ -77,16 +60,6 @@ class Progress(Protocol):
     def start_cell(self, label: str, total: int, done: int) -> None: ...
     def advance(self, count: int) -> None: ...
     def end_cell(self, record: Any) -> None: ...
-
-
-def versions() -> dict[str, str]:
-    """torch, transformers and dreamlab versions (recorded with every eval)."""
-    import transformers
-
-    import dreamlab
-
-    return {"torch": torch.__version__, "transformers": transformers.__version__,
-            "dreamlab": getattr(dreamlab, "__version__", "unknown")}
 
 
 def device_label(model: torch.nn.Module) -> str:
@@ -109,7 +82,7 @@ def tokenize_prompts(task: Task, tokenizer: Any, samples: Sequence[Sample], temp
             for s in samples}
 
 
-def check_context(model: torch.nn.Module, prompts: dict[int, list[int]], cells: Sequence[Cell]) -> None:
+def check_context(model: torch.nn.Module, prompts: dict[int, list[int]], cells: Sequence[SamplerSettings]) -> None:
     """Refuse before anything runs when the longest prompt plus max_new_tokens does not fit the model."""
     context = getattr(getattr(model, "config", None), "max_position_embeddings", None)
     if context is None or not prompts:
@@ -123,10 +96,8 @@ def check_context(model: torch.nn.Module, prompts: dict[int, list[int]], cells: 
 
 @torch.no_grad()
 def generate_and_score(model: torch.nn.Module, tokenizer: Any, task: Task, batch: Sequence[Sample],
-                       prompts: dict[int, list[int]], cell: Cell, seed: int, history_for: set[int] = frozenset()) -> list[dict[str, Any]]:
+                       prompts: dict[int, list[int]], cell: SamplerSettings, seed: int, history_for: set[int] = frozenset()) -> list[dict[str, Any]]:
     """Generate one left-padded batch, then score each sample in this (main) thread; rows for the store."""
-    from dreamlab.diffusion import generate
-
     device = next(model.parameters()).device
     width = max(len(prompts[s.idx]) for s in batch)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
@@ -134,7 +105,7 @@ def generate_and_score(model: torch.nn.Module, tokenizer: Any, task: Task, batch
     attention = torch.tensor([[0] * (width - len(prompts[s.idx])) + [1] * len(prompts[s.idx]) for s in batch], device=device)
     keep_history = any(s.idx in history_for for s in batch)
     started = time.perf_counter()
-    out = generate(model, input_ids, attention, **cell.sampler_kwargs(), seed=[seed + s.idx for s in batch],
+    out = generate(model, input_ids, attention, **asdict(cell), seed=[seed + s.idx for s in batch],
                    return_history=keep_history)
     seconds = (time.perf_counter() - started) / len(batch)
     mask_id = getattr(model.config, "mask_token_id", None)
@@ -153,19 +124,7 @@ def generate_and_score(model: torch.nn.Module, tokenizer: Any, task: Task, batch
     return rows
 
 
-def summarize(samples: Sequence[dict[str, Any]], max_new_tokens: int, total: int) -> dict[str, Any]:
-    """Accuracy with a Wilson 95% interval, mean NFE and generated tokens per second over recorded samples."""
-    done = len(samples)
-    correct = sum(1 for s in samples if s["correct"])
-    low, high = wilson_interval(correct, done)
-    seconds = sum(s["seconds"] or 0.0 for s in samples)
-    return {"n_done": done, "n_correct": correct, "n_samples": total, "accuracy": correct / done if done else None,
-            "ci_low": low if done else None, "ci_high": high if done else None,
-            "nfe_mean": sum(s["nfe"] or 0 for s in samples) / done if done else None,
-            "tokens_per_s": done * max_new_tokens / seconds if seconds > 0 else None}
-
-
-def run_cell(store: Any, model: torch.nn.Module, tokenizer: Any, plan: EvalPlan, cell: Cell,
+def run_cell(store: Any, model: torch.nn.Module, tokenizer: Any, plan: EvalPlan, cell: SamplerSettings,
              prompts: dict[int, list[int]], progress: Progress, device: str) -> Any:
     """Evaluate one cell into its store row, skipping samples already recorded; returns the finished EvalRecord."""
     record = store.create_or_resume_eval(plan.settings(cell, device))
@@ -202,7 +161,7 @@ def run_plan(store: Any, model: torch.nn.Module, tokenizer: Any, plan: EvalPlan,
     return [run_cell(store, model, tokenizer, plan, cell, prompts, progress, device) for cell in plan.cells]
 
 
-def evaluate_in_memory(model: torch.nn.Module, tokenizer: Any, task: Task, samples: Sequence[Sample], cell: Cell, *,
+def evaluate_in_memory(model: torch.nn.Module, tokenizer: Any, task: Task, samples: Sequence[Sample], cell: SamplerSettings, *,
                        template: str | None = None, shots: int | None = None, batch_size: int = 64,
                        seed: int = 0) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Score a model without a store (benchmarks, notebooks): the summary and the per-sample rows."""

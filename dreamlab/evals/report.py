@@ -12,10 +12,11 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-EXPORT_FIELDS = ("id", "task", "model", "checkpoint", "shots", "template_hash", "alg", "steps", "max_new_tokens",
-                 "temperature", "top_p", "top_k", "alg_temp", "block_length", "threshold", "batch_size", "seed",
-                 "limit_n", "device", "status", "n_samples", "n_done", "n_correct", "accuracy", "ci_low", "ci_high",
-                 "nfe_mean", "tokens_per_s", "grid_id")
+from dreamlab.diffusion.settings import SamplerSettings, field_types
+
+EXPORT_FIELDS = ("id", "task", "model", "checkpoint", "shots", "template_hash", *field_types(SamplerSettings),
+                 "batch_size", "seed", "limit_n", "device", "status", "n_samples", "n_done", "n_correct", "accuracy",
+                 "ci_low", "ci_high", "nfe_mean", "tokens_per_s", "grid_id")
 
 
 class RichProgress:

@@ -1,8 +1,10 @@
-"""Small exact statistics: Wilson score intervals and McNemar's paired test (no scipy needed)."""
+"""Small exact statistics: Wilson score intervals, McNemar's paired test, an eval's summary (no scipy needed)."""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
+from typing import Any
 
 Z95 = 1.959963984540054  # the 97.5% quantile of the standard normal
 
@@ -43,3 +45,15 @@ def mcnemar(only_a: int, only_b: int, exact_below: int = 25) -> tuple[float, str
         return binomial_two_sided(only_a, n), "exact"
     statistic = (abs(only_a - only_b) - 1) ** 2 / n
     return math.erfc(math.sqrt(statistic / 2)), "chi2"
+
+
+def summarize(samples: Sequence[dict[str, Any]], max_new_tokens: int, total: int) -> dict[str, Any]:
+    """Accuracy with a Wilson 95% interval, mean NFE and generated tokens per second over recorded samples."""
+    done = len(samples)
+    correct = sum(1 for s in samples if s["correct"])
+    low, high = wilson_interval(correct, done)
+    seconds = sum(s.get("seconds") or 0.0 for s in samples)
+    return {"n_done": done, "n_correct": correct, "n_samples": total, "accuracy": correct / done if done else None,
+            "ci_low": low if done else None, "ci_high": high if done else None,
+            "nfe_mean": sum(s.get("nfe") or 0 for s in samples) / done if done else None,
+            "tokens_per_s": done * max_new_tokens / seconds if seconds > 0 else None}

@@ -16,13 +16,13 @@ from typing import Any
 
 import yaml
 
+from dreamlab.diffusion.settings import SamplerSettings, field_types
 from dreamlab.evals.extract import EXTRACTORS
 from dreamlab.evals.scoring import SCORERS
 from dreamlab.textfiles import read_utf8, text_lines
 
 TEMPLATES = ("base", "chat")
-SAMPLER_KEYS = {"max_new_tokens": int, "steps": int, "alg": str, "temperature": float, "top_p": float,
-                "top_k": int, "alg_temp": float, "block_length": int, "threshold": float}
+SAMPLER_KEYS = field_types(SamplerSettings)  # what a task's sampler: / chat_sampler: may set
 _TOP_KEYS = {"name", "description", "source", "fields", "answer", "prompt", "fewshot", "sampler", "chat_sampler"}
 
 
@@ -87,6 +87,16 @@ class Task:
         return text.replace(",", "") if self.numeric and re.fullmatch(r"-?[\d,]+(\.\d+)?", text) else text
 
     # -- prompts --------------------------------------------------------------------------------
+
+    def prompt_shape(self, template: str | None, shots: int | None) -> tuple[str, int]:
+        """The template and shot count to use (the task's own where None), checked against the task."""
+        template = template or self.template
+        if template not in TEMPLATES:
+            raise ValueError(f"--template must be base or chat; got {template!r}")
+        shots = self.shots if shots is None else shots
+        if not 0 <= shots <= len(self.fewshot):
+            raise ValueError(f"--shots must be from 0 to {len(self.fewshot)} (the task's few-shot examples); got {shots}")
+        return template, shots
 
     def settings_for(self, template: str) -> dict[str, Any]:
         """The default sampler settings for a template (chat_sampler overrides sampler for chat)."""
@@ -157,8 +167,8 @@ def find_task(ref: str) -> Path:
     raise TaskError(f"unknown task {ref!r}: use one of {', '.join(available_tasks()) or '(none found)'} or a .yaml path")
 
 
-def load_task(ref: str) -> Task:
-    """Read and validate a task file (by name or path)."""
+def load_task(ref: str, question_field: str | None = None, answer_field: str | None = None) -> Task:
+    """Read and validate a task file (by name or path); the field names override the file's."""
     path = find_task(ref)
     text = read_utf8(path, TaskError)
     try:
@@ -171,7 +181,10 @@ def load_task(ref: str) -> Task:
         raise TaskError(f"{where}: not valid YAML: {problem}") from None
     if not isinstance(raw, dict):
         raise TaskError(f"{path}:1: a task file is a mapping of fields (name, source, prompt, ...)")
-    return _parse(path, raw, node)
+    task = _parse(path, raw, node)
+    task.question_field = question_field or task.question_field
+    task.gold_field = answer_field or task.gold_field
+    return task
 
 
 def _parse(path: Path, raw: dict[str, Any], node: yaml.Node) -> Task:
@@ -215,7 +228,7 @@ def _parse(path: Path, raw: dict[str, Any], node: yaml.Node) -> Task:
             if value is not None and not isinstance(value, (SAMPLER_KEYS[key], int) if SAMPLER_KEYS[key] is float else SAMPLER_KEYS[key]):
                 raise fail(f"{name}.{key}", f"must be {SAMPLER_KEYS[key].__name__}; got {value!r}")
         samplers[name] = values
-    strings = {"base_example": "base_example", "base_query": "base_query", "separator": "separator", "chat_user": "chat_user"}
+    strings = ("base_example", "base_query", "separator", "chat_user")
     for key in strings:
         if key in prompt and not isinstance(prompt[key], str):
             raise fail(f"prompt.{key}", "must be a string")
@@ -263,11 +276,8 @@ def _load_rows(task: Task, data: str | None) -> list[dict[str, Any]]:
 
         return arithmetic_rows(source.get("split", "test"), level=int(source.get("level", 1)), seed=int(source.get("seed", 0)))
     local = source.get("local")
-    if local:
-        for base in (Path.cwd(), Path(__file__).resolve().parents[2]):
-            candidate = (base / local).resolve()
-            if candidate.is_file():
-                return _read_local(task, candidate)
+    if local and Path(local).expanduser().is_file():
+        return _read_local(task, Path(local).expanduser())
     hub = source.get("hub")
     if not hub:
         if local:

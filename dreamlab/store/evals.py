@@ -9,6 +9,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import fields
 from typing import Any
 
+from dreamlab.diffusion.settings import SamplerSettings, field_types
 from dreamlab.store.errors import StoreError
 from dreamlab.store.records import EvalRecord
 from dreamlab.store.schema import EVAL_STATUSES
@@ -16,19 +17,26 @@ from dreamlab.store.schema import EVAL_STATUSES
 # Every setting that can change an answer; their hash is the eval's identity (resume = same hash).
 # The model spec as typed counts only when there is no checkpoint path (`--run x` and `--model
 # runs/x/...` name the same weights).
-KEY_FIELDS = ("checkpoint", "task", "shots", "template_hash", "alg", "steps", "max_new_tokens", "temperature",
-              "top_p", "top_k", "alg_temp", "block_length", "threshold", "batch_size", "seed", "limit_n",
+SAMPLER_FIELDS = tuple(field_types(SamplerSettings))
+KEY_FIELDS = ("checkpoint", "task", "shots", "template_hash", *SAMPLER_FIELDS, "batch_size", "seed", "limit_n",
               "versions", "device")
+# The sampler settings hashed since evals began; one added later counts only off its default, so the
+# evals recorded before it keep their key (and resume).
+_FIRST_SAMPLER_FIELDS = ("alg", "steps", "max_new_tokens", "temperature", "top_p", "top_k", "alg_temp", "block_length",
+                         "threshold")
+_SAMPLER_DEFAULTS = {f.name: f.default for f in fields(SamplerSettings)}
 SETTING_FIELDS = ("run_id", "model", *KEY_FIELDS, "n_samples", "grid_id")
 SAMPLE_FIELDS = ("idx", "question", "gold", "generation", "extracted", "correct", "flexible_correct",
                  "flexible_extracted", "nfe", "seconds", "leftover_masks", "unclosed_boxed", "n_boxed", "history")
 SUMMARY_FIELDS = ("accuracy", "ci_low", "ci_high", "nfe_mean", "tokens_per_s", "n_done", "n_correct", "n_samples")
 _RECORD_FIELDS = {f.name for f in fields(EvalRecord)}
+_BOOL_FIELDS = [name for name, kind in field_types(SamplerSettings).items() if kind is bool]
 
 
 def settings_key(settings: Mapping[str, Any]) -> str:
     """A stable hash of the answer-changing settings (floats as given, dicts with sorted keys)."""
-    picked = {key: settings.get(key) for key in KEY_FIELDS}
+    picked = {key: settings.get(key) for key in KEY_FIELDS if key in _FIRST_SAMPLER_FIELDS or key not in SAMPLER_FIELDS
+              or settings.get(key, _SAMPLER_DEFAULTS[key]) != _SAMPLER_DEFAULTS[key]}
     if picked["checkpoint"] is None:
         picked["model"] = settings.get("model")
     text = json.dumps(picked, sort_keys=True, default=str)
@@ -161,4 +169,6 @@ class EvalStoreMixin:
 def _eval_from_row(row: Mapping[str, Any]) -> EvalRecord:
     values = {key: row[key] for key in row.keys() if key in _RECORD_FIELDS}
     values["versions"] = json.loads(row["versions"] or "{}")
+    for name in _BOOL_FIELDS:  # SQLite keeps booleans as 0 / 1
+        values[name] = None if values[name] is None else bool(values[name])
     return EvalRecord(**values)

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, make_dataclass
 from typing import Any, NamedTuple
+
+from dreamlab.diffusion.settings import SamplerSettings, field_types
 
 TERMINAL_STATUSES = ("completed", "failed", "diverged", "stopped")
 
@@ -116,45 +118,22 @@ class Comparison:
         }
 
 
-@dataclass(frozen=True)
-class EvalRecord:
-    """One row of `evals`: a grid cell's settings, progress and summary (None until known)."""
+def _eval_record_to_dict(self: Any) -> dict[str, Any]:
+    """A JSON-ready dict of every field."""
+    return asdict(self)
 
-    id: int
-    task: str
-    status: str
-    settings_key: str
-    run_id: int | None = None
-    checkpoint: str | None = None
-    model: str | None = None
-    shots: int | None = None
-    template_hash: str | None = None
-    alg: str | None = None
-    steps: int | None = None
-    max_new_tokens: int | None = None
-    temperature: float | None = None
-    top_p: float | None = None
-    top_k: int | None = None
-    alg_temp: float | None = None
-    block_length: int | None = None
-    threshold: float | None = None
-    batch_size: int | None = None
-    seed: int | None = None
-    limit_n: int | None = None
-    versions: dict[str, Any] = field(default_factory=dict)
-    device: str | None = None
-    n_samples: int | None = None
-    n_done: int = 0
-    n_correct: int = 0
-    accuracy: float | None = None
-    ci_low: float | None = None
-    ci_high: float | None = None
-    nfe_mean: float | None = None
-    tokens_per_s: float | None = None
-    grid_id: str | None = None
-    started: float | None = None
-    ended: float | None = None
 
-    def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready dict of every field."""
-        return asdict(self)
+# Built from SamplerSettings' fields, so a new sampler setting is a new field here too.
+EvalRecord = make_dataclass("EvalRecord", [
+    ("id", int), ("task", str), ("status", str), ("settings_key", str), ("run_id", int | None, None),
+    ("checkpoint", str | None, None), ("model", str | None, None), ("shots", int | None, None),
+    ("template_hash", str | None, None),
+    *((name, kind | None, None) for name, kind in field_types(SamplerSettings).items()),
+    ("batch_size", int | None, None), ("seed", int | None, None), ("limit_n", int | None, None),
+    ("versions", dict[str, Any], field(default_factory=dict)), ("device", str | None, None),
+    ("n_samples", int | None, None), ("n_done", int, 0), ("n_correct", int, 0), ("accuracy", float | None, None),
+    ("ci_low", float | None, None), ("ci_high", float | None, None), ("nfe_mean", float | None, None),
+    ("tokens_per_s", float | None, None), ("grid_id", str | None, None), ("started", float | None, None),
+    ("ended", float | None, None),
+], frozen=True, namespace={"to_dict": _eval_record_to_dict, "__module__": __name__,
+                            "__doc__": "One row of `evals`: a grid cell's settings, progress and summary (None until known)."})

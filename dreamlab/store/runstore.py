@@ -242,6 +242,14 @@ class RunStore(EvalStoreMixin):
             conn.execute("DELETE FROM runs WHERE id = ?", (run.id,))
         return run
 
+    def run_owning(self, path: Path) -> int | None:
+        """The id of the run whose folder holds `path` (the innermost one), if any."""
+        with self._read() as conn:
+            row = conn.execute("SELECT id FROM runs WHERE run_dir = :path OR substr(:path, 1, length(run_dir) + 1) = "
+                               "run_dir || '/' ORDER BY length(run_dir) DESC LIMIT 1",
+                               {"path": str(path.resolve())}).fetchone()
+        return None if row is None else row["id"]
+
     def get_run(self, ref: int | str) -> Run:
         """A run by id, exact name or unique name prefix; StoreError if unknown or ambiguous."""
         with self._read() as conn:

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import sqlite3
 import time
+from dataclasses import MISSING, fields
 from pathlib import Path
 
+from dreamlab.diffusion.settings import SamplerSettings, field_types
 from dreamlab.store.errors import StoreError
 
 STATUSES = ("queued", "running", "completed", "failed", "diverged", "stopped", "lost")
@@ -183,6 +185,9 @@ _V5_LIVENESS = """
 # migration; append a new one.
 MIGRATIONS: tuple[str, ...] = (_V1_INITIAL, _V2_LATEST_METRICS, _V3_EVALS, _V4_EVENTS, _V5_LIVENESS)
 SCHEMA_VERSION = len(MIGRATIONS)
+# Tables that hold a settings dataclass's fields as columns: a new field becomes a column on the next open.
+SETTINGS_COLUMNS = {"evals": SamplerSettings}
+_SQL_TYPES = {int: "INTEGER", float: "REAL", str: "TEXT", bool: "INTEGER"}
 
 
 def schema_version(conn: sqlite3.Connection) -> int:
@@ -229,12 +234,30 @@ def migrate(conn: sqlite3.Connection, target: int = SCHEMA_VERSION) -> int:
         for version in range(current, target):
             _run_script(conn, MIGRATIONS[version])
             conn.execute("INSERT INTO schema_version (version, applied) VALUES (?, ?)", (version + 1, time.time()))
+        if target == SCHEMA_VERSION:
+            for table, settings in SETTINGS_COLUMNS.items():
+                add_missing_columns(conn, table, settings)
         conn.execute("COMMIT")
     except BaseException:
         if conn.in_transaction:
             conn.execute("ROLLBACK")
         raise
     return max(current, target)
+
+
+def add_missing_columns(conn: sqlite3.Connection, table: str, settings: type) -> None:
+    """Add a column for each field of the `settings` dataclass that `table` lacks.
+
+    Existing rows get the field's default: they were made before the setting existed, that is with it.
+    """
+    present = {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
+    types = field_types(settings)
+    for item in fields(settings):
+        if item.name in present:
+            continue
+        value = int(item.default) if isinstance(item.default, bool) else item.default
+        default = "" if value in (MISSING, None) else f" DEFAULT {value!r}"
+        conn.execute(f"ALTER TABLE {table} ADD COLUMN {item.name} {_SQL_TYPES[types[item.name]]}{default}")
 
 
 def _run_script(conn: sqlite3.Connection, script: str) -> None:

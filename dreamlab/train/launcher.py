@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from dreamlab import __version__
+from dreamlab import library_versions
 from dreamlab.config import Recipe, RecipeError, parse_override, set_value, validate
 from dreamlab.data.sources import BUILTIN_PREFIX, HUB_ID
 from dreamlab.models.tiny import TINY_NAME
@@ -108,15 +108,12 @@ def _git_commit() -> str | None:
 
 def environment_meta() -> dict[str, Any]:
     """Git commit, host, GPU names and library versions, recorded with every run."""
-    import transformers
-
     gpus = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else []
     return {
         "git_commit": _git_commit(),
         "host": socket.gethostname(),
         "gpus": gpus,
-        "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
-                     "dreamlab": __version__},
+        "versions": library_versions(),
     }
 
 

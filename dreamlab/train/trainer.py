@@ -208,10 +208,7 @@ class Trainer:
             perbatch_cutoff_type=r.data.perbatch_cutoff_type, train_on_padding=r.data.train_on_padding,
         ), seed=r.trainer.seed * 1000 + self.rank)
         self.mask_generator = torch.Generator(device=self.device).manual_seed(r.trainer.seed * 1000 + self.rank + 1)
-        self.loss_settings = LossSettings(
-            time_reweighting=r.diffusion.time_reweighting, cart_p=r.diffusion.cart_p, eps=r.diffusion.eps,
-            shift_logits=r.diffusion.shift_logits, focal=r.diffusion.focal,
-        )
+        self.loss_settings: LossSettings = r.diffusion
         self.mask_token_id = model.config.mask_token_id
         if self.mask_token_id is None:
             raise ValueError(f"{r.model.partial_pretrain}: the model config has no mask_token_id")
