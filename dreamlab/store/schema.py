@@ -189,6 +189,27 @@ SCHEMA_VERSION = len(MIGRATIONS)
 SETTINGS_COLUMNS = {"evals": SamplerSettings}
 _SQL_TYPES = {int: "INTEGER", float: "REAL", str: "TEXT", bool: "INTEGER"}
 
+# The eval statements, built once here from the same settings fields as the columns above: a new
+# sampler setting needs no edit. Callers pass parameter dicts; nothing is built at call time.
+EVAL_SETTING_COLUMNS = ("run_id", "model", "checkpoint", "task", "shots", "template_hash",
+                        *(item.name for item in fields(SETTINGS_COLUMNS["evals"])), "batch_size", "seed", "limit_n",
+                        "versions", "device", "n_samples", "grid_id")
+EVAL_SAMPLE_COLUMNS = ("idx", "question", "gold", "generation", "extracted", "correct", "flexible_correct",
+                       "flexible_extracted", "nfe", "seconds", "leftover_masks", "unclosed_boxed", "n_boxed", "history")
+EVAL_SUMMARY_COLUMNS = ("accuracy", "ci_low", "ci_high", "nfe_mean", "tokens_per_s", "n_done", "n_correct", "n_samples")
+
+
+def _insert(verb: str, table: str, columns: tuple[str, ...]) -> str:
+    return f"{verb} INTO {table} ({', '.join(columns)}) VALUES ({', '.join(':' + name for name in columns)})"
+
+
+INSERT_EVAL = _insert("INSERT", "evals", (*EVAL_SETTING_COLUMNS, "settings_key", "status", "started"))
+INSERT_EVAL_SAMPLE = _insert("INSERT OR REPLACE", "eval_samples", ("eval_id", *EVAL_SAMPLE_COLUMNS))
+# A summary column changes only when the summary names it (`set_<column>` true), even to NULL.
+FINISH_EVAL = ("UPDATE evals SET status = :status, ended = :ended, "
+               + ", ".join(f"{name} = CASE WHEN :set_{name} THEN :{name} ELSE {name} END" for name in EVAL_SUMMARY_COLUMNS)
+               + " WHERE id = :id")
+
 
 def schema_version(conn: sqlite3.Connection) -> int:
     """The version recorded in the database (0 for an empty file)."""
