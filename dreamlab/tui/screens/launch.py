@@ -14,6 +14,8 @@ from textual.screen import ModalScreen
 from textual.widgets import Button, Input, Label, Select, Static
 from textual.worker import get_current_worker
 
+from dreamlab.config import RECIPES_DIR, load_recipe
+
 
 @dataclass(frozen=True)
 class LaunchRequest:
@@ -30,15 +32,12 @@ class LaunchRequest:
 
 
 def recipe_names() -> list[str]:
-    """The packaged recipes, by name (imports dreamlab.config, hence torch: call it from a worker)."""
-    from dreamlab.config import RECIPES_DIR
-
+    """The packaged recipes, by name."""
     return sorted(path.stem for path in RECIPES_DIR.glob("*.yaml"))
 
 
 def check(request: LaunchRequest) -> str:
     """Everything `dreamlab train` refuses before starting, as an exception; a summary when it would start."""
-    from dreamlab.config import load_recipe
     from dreamlab.train.launcher import check_before_launch
 
     recipe = load_recipe(request.recipe, list(request.overrides))
@@ -68,13 +67,6 @@ class LaunchScreen(ModalScreen[str | None]):
             super().__init__()
             self.name, self.error = name, error
 
-    class Recipes(Message):
-        """The packaged recipe names arrived."""
-
-        def __init__(self, names: list[str]) -> None:
-            super().__init__()
-            self.names = names
-
     def __init__(self, recipe: str = "tiny-arithmetic") -> None:
         super().__init__()
         self.initial_recipe = recipe
@@ -84,8 +76,9 @@ class LaunchScreen(ModalScreen[str | None]):
         """Recipe select, overrides, name, the verdict, buttons."""
         with Vertical(id="launch-form"):
             yield Label("New run", classes="form-title")
-            yield Select([(self.initial_recipe, self.initial_recipe)], value=self.initial_recipe,
-                         allow_blank=False, id="recipe")
+            names = recipe_names()
+            yield Select([(name, name) for name in names], allow_blank=False, id="recipe",
+                         value=self.initial_recipe if self.initial_recipe in names else names[0])
             yield Input(placeholder="overrides: optim.lr=1e-3 trainer.total_training_steps=50", id="overrides")
             yield Input(placeholder="name (empty: generated)", id="name")
             yield Static("", id="launch-error")
@@ -94,23 +87,9 @@ class LaunchScreen(ModalScreen[str | None]):
                 yield Button("Cancel (esc)", id="cancel")
 
     def on_mount(self) -> None:
-        """Fetch the recipe names and check the default request."""
+        """Check the default request."""
         self.query_one("#overrides", Input).focus()
-        self.load_recipes()
         self.revalidate()
-
-    @work(thread=True, group="recipes")
-    def load_recipes(self) -> None:
-        """Read the packaged recipe names."""
-        self.post_message(self.Recipes(recipe_names()))
-
-    def on_launch_screen_recipes(self, message: Recipes) -> None:
-        """Offer every packaged recipe."""
-        select = self.query_one("#recipe", Select)
-        current = select.value
-        select.set_options([(name, name) for name in message.names])
-        if current in message.names:
-            select.value = current
 
     def request(self) -> LaunchRequest:
         """The form's current request (ValueError for unbalanced quotes)."""
@@ -169,7 +148,6 @@ class LaunchScreen(ModalScreen[str | None]):
 
     @work(thread=True, exclusive=True, group="launch")
     def _launch_worker(self, request: LaunchRequest) -> None:
-        from dreamlab.config import load_recipe
         from dreamlab.train.launcher import launch
 
         store = self.app.store
