@@ -179,6 +179,7 @@ def test_launch_with_a_bad_override_shows_the_error_and_starts_nothing(store_pat
         async with app.run_test(size=(80, 24)) as pilot:
             await pilot.press("n")
             assert isinstance(app.screen, LaunchScreen)
+            assert app.screen.query_one("#recipe").value == "tiny-arithmetic"  # listed at once, no worker
             await pilot.press(*"optim.lrr=1")
             error = app.screen.query_one("#launch-error")
             await _until(pilot, lambda: "did you mean optim.lr" in str(error.render()))
