@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import inspect
 import re
 from pathlib import Path
 
 from typer.testing import CliRunner
 
 from dreamlab.cli import app
+from dreamlab.cli.generate import generate
+from dreamlab.evals.grid import SAMPLER_TYPES
 
 ROOT = Path(__file__).resolve().parents[1]
 runner = CliRunner()
@@ -67,3 +70,8 @@ def test_generate_from_an_unknown_run_or_one_without_checkpoints_says_so(tmp_pat
     assert result.exit_code == 2 and "error" in result.output
     result = runner.invoke(app, ["generate", "--run", "latest", "--db", str(db)])
     assert result.exit_code == 2 and "no complete checkpoint" in result.output
+
+
+def test_every_sampler_setting_is_a_generate_option():
+    # A new SamplerSettings field needs a `dreamlab generate` option too (all apply to one generation).
+    assert set(SAMPLER_TYPES) <= set(inspect.signature(generate).parameters)

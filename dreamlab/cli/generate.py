@@ -13,6 +13,7 @@ from rich.panel import Panel
 from rich.table import Table
 
 from dreamlab.cli.options import DbOption, resolve_db
+from dreamlab.diffusion.settings import SamplerSettings
 from dreamlab.display import render_with_masks
 from dreamlab.store.errors import StoreError
 from dreamlab.store.models import choose_model
@@ -39,10 +40,11 @@ def generate(
     top_p: Annotated[float | None, typer.Option()] = None,
     top_k: Annotated[int | None, typer.Option()] = None,
     alg_temp: Annotated[float | None, typer.Option()] = None,
+    eps: Annotated[float, typer.Option(help="The last timestep (the schedule runs from 1 to eps).")] = SamplerSettings.eps,
     block_length: Annotated[int | None, typer.Option(help="Semi-autoregressive blocks of this many tokens.")] = None,
     threshold: Annotated[float | None, typer.Option(help="Also reveal every position with p >= threshold.")] = None,
     seed: int = 0,
-    elide: Annotated[bool, typer.Option(help="Skip steps that reveal nothing: fewer model calls, same tokens at temperature 0, same distribution when sampling.")] = True,
+    elide_noop_steps: Annotated[bool, typer.Option("--elide/--no-elide", help="Skip steps that reveal nothing: fewer model calls, same tokens at temperature 0, same distribution when sampling.")] = True,
     raw: Annotated[bool, typer.Option(help="Use the prompt as is, without the chat template.")] = False,
     device: str = "auto",
     dtype: str = "auto",
@@ -87,7 +89,7 @@ def generate(
         out = diffusion_generate(
             net, input_ids, max_new_tokens=max_new_tokens, steps=steps, alg=alg, alg_temp=alg_temp,
             temperature=temperature, top_p=top_p, top_k=top_k, seed=seed, block_length=block_length,
-            threshold=threshold, elide_noop_steps=elide, hooks=SamplerHooks(tokens=show),
+            threshold=threshold, eps=eps, elide_noop_steps=elide_noop_steps, hooks=SamplerHooks(tokens=show),
         )
     except ValueError as error:
         _fail(error)
