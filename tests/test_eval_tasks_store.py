@@ -89,10 +89,15 @@ def test_eval_rows_resume_by_settings_and_cascade_with_their_run(tmp_path):
     other = store.create_or_resume_eval({**SETTINGS, "run_id": run.id, "checkpoint": "/c/step-1", "steps": 16})
     assert other.id != first.id
     done = store.finish_eval(first.id, "completed", {"accuracy": 0.5, "ci_low": 0.1, "ci_high": 0.9})
-    assert done.status == "completed" and done.ended is not None
+    assert done.status == "completed" and done.ended is not None and (done.accuracy, done.n_done) == (0.5, 2)
+    assert store.finish_eval(other.id, "failed", {"accuracy": 0.3}).accuracy == 0.3
+    assert store.finish_eval(other.id, "failed", {"accuracy": None}).accuracy is None  # named: set, even to NULL
     assert store.create_or_resume_eval({**SETTINGS, "run_id": run.id, "checkpoint": "/c/step-1"}).status == "completed"
-    assert store.best_eval_accuracy() == {run.id: 0.5}
+    assert store.best_eval_accuracy() == store.best_eval_accuracy([run.id]) == {run.id: 0.5}
+    assert store.best_eval_accuracy([]) == {}
     assert [e.id for e in store.list_evals(run_ref="r1")] == [first.id, other.id]
+    assert [e.id for e in store.list_evals(checkpoint="/c/step-1", grid_id=None)] == [first.id, other.id]
+    assert store.list_evals(checkpoint="/elsewhere") == []
     assert store.eval_samples(first.id)[0]["correct"] == 1
     with pytest.raises(StoreError, match="unknown eval settings"):
         store.create_or_resume_eval({**SETTINGS, "colour": "red"})
