@@ -78,8 +78,8 @@ class EvalStoreMixin:
                 self._resolve(int(row["run_id"]), conn)
             found = conn.execute("SELECT id, status FROM evals WHERE settings_key = ?", (key,)).fetchone()
             if found is None:
-                eval_id = conn.execute(INSERT_EVAL, {**row, "settings_key": key, "status": "running",
-                                                     "started": time.time()}).lastrowid
+                conn.execute(INSERT_EVAL, {**row, "settings_key": key, "status": "running", "started": time.time()})
+                eval_id = conn.execute("SELECT last_insert_rowid()").fetchone()[0]
             else:
                 eval_id, status = found
                 if status != "completed":
