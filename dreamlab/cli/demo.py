@@ -21,8 +21,8 @@ MAX_NEW_TOKENS = 48
 # on the recipe's model (1 thread, measured here), so the grid needs about 2-2.5 minutes of one core.
 DEFAULT_EVAL_LIMIT = 96
 # The headline cell is `entropy` at the grid's largest step count (48 by default). Under this floor the
-# packaged recipe did not learn the task (it scores 95%+ on every seed measured, docs/learning.md), so
-# `dreamlab demo` exits 1 and CI catches a learning regression. Reduced runs pass --min-accuracy 0.
+# model did not learn the task (the demo's draw scored 97.9% on one machine, 91.7% on another;
+# docs/learning.md), so `dreamlab demo` exits 1 and CI catches it. Reduced runs pass --min-accuracy 0.
 HEADLINE_ALG = "entropy"
 MIN_HEADLINE_ACCURACY = 0.90
 
