@@ -275,8 +275,6 @@ def _apply_recipe_file(recipe: Recipe, path: Path, seen: tuple[Path, ...]) -> No
         raise RecipeError(f"{path}: extends itself through {chain}")
     try:
         document = yaml.safe_load(read_utf8(path, RecipeError)) or {}
-    except OSError as error:
-        raise RecipeError(f"{path}: cannot read ({error.strerror or error})") from None
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark else ""

@@ -25,7 +25,7 @@ from dreamlab.evals.stats import summarize
 from dreamlab.evals.tasks import TaskError, load_task
 from dreamlab.store import EvalRecord, RunStore, StoreError
 from dreamlab.store.models import choose_model
-from dreamlab.textfiles import read_utf8, text_lines
+from dreamlab.textfiles import json_lines
 
 app = typer.Typer(help="Evaluate models on tasks (evals/*.yaml) with the diffusion sampler; score files; compare.",
                   invoke_without_command=True)
@@ -154,13 +154,7 @@ def score_command(
         if not file.is_file():
             raise FileNotFoundError(f"no generations file {file}")
         rows = []
-        for number, line in enumerate(text_lines(read_utf8(file, ValueError)), 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise ValueError(f"{file}:{number}: not valid JSON: {error.msg}") from None
+        for number, row in json_lines(file, ValueError):
             if not isinstance(row, dict):
                 raise ValueError(f"{file}:{number}: expected a JSON object, got {type(row).__name__}")
             missing = [key for key in ("gold", "generation") if key not in row]

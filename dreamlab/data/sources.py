@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from dreamlab.data.errors import DataError
-from dreamlab.textfiles import read_utf8, text_lines
+from dreamlab.textfiles import json_lines, read_utf8
 
 DATA_SUFFIXES = (".jsonl", ".json", ".parquet")
 # Hub data sets whose loader needs a configuration name; the first one is the default.
@@ -69,26 +69,13 @@ def _read_file(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
 
 
 def _read_json_lines(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
-    for number, line in enumerate(text_lines(_read_text(path)), start=1):
-        if not line.strip():
-            continue
+    for number, record in json_lines(path, DataError):
         where = f"{path.name} line {number}"
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as error:
-            raise DataError(f"{path} line {number}: malformed JSON ({error.msg} at column {error.colno})") from None
         yield where, _as_object(record, where)
 
 
-def _read_text(path: Path) -> str:
-    try:
-        return read_utf8(path, DataError)
-    except OSError as error:
-        raise DataError(f"{path}: cannot read ({error.strerror or error})") from None
-
-
 def _read_json(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
-    text = _read_text(path)
+    text = read_utf8(path, DataError)
     try:
         document = json.loads(text)
     except json.JSONDecodeError as error:

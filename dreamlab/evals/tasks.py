@@ -19,7 +19,7 @@ import yaml
 from dreamlab.diffusion.settings import SamplerSettings, field_types
 from dreamlab.evals.extract import EXTRACTORS
 from dreamlab.evals.scoring import SCORERS
-from dreamlab.textfiles import read_utf8, text_lines
+from dreamlab.textfiles import json_lines, read_json, read_utf8
 
 TEMPLATES = ("base", "chat")
 SAMPLER_KEYS = field_types(SamplerSettings)  # what a task's sampler: / chat_sampler: may set
@@ -297,19 +297,9 @@ def _read_local(task: Task, path: Path) -> list[dict[str, Any]]:
     if not path.is_file():
         raise TaskError(f"{task.name}: no data file {path}")
     if path.suffix == ".jsonl":
-        rows = []
-        for number, line in enumerate(text_lines(read_utf8(path, TaskError)), 1):
-            if line.strip():
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError as error:
-                    raise TaskError(f"{path}:{number}: not valid JSON: {error.msg}") from None
-        return rows
+        return [row for _, row in json_lines(path, TaskError)]
     if path.suffix == ".json":
-        try:
-            rows = json.loads(read_utf8(path, TaskError))
-        except json.JSONDecodeError as error:
-            raise TaskError(f"{path}:{error.lineno}: not valid JSON: {error.msg}") from None
+        rows = read_json(path, TaskError)
         if not isinstance(rows, list):
             raise TaskError(f"{path}: expected a JSON list of objects")
         return rows
