@@ -39,8 +39,11 @@ def held_out_count(rows: int, fraction: float | None) -> int:
 
 
 def steps_per_epoch(train_rows: int, *, world: int, micro_batch: int, accumulation: int) -> int:
-    """Optimizer steps in one epoch; the remainder rows that cannot fill a global batch are skipped."""
-    return train_rows // (world * micro_batch * accumulation)
+    """Optimizer steps in one epoch; the remainder rows that cannot fill a global batch are skipped (none: an error)."""
+    per_epoch = train_rows // (world * micro_batch * accumulation)
+    if per_epoch == 0:
+        raise ValueError(f"{train_rows} training rows cannot fill one step of {world} x {micro_batch} x {accumulation} rows")
+    return per_epoch
 
 
 def resolved_intervals(per_epoch: int, *, checks_per_epoch: int | None, checkpoint_every: int | None,
@@ -69,8 +72,6 @@ def plan(rows: int, *, val_fraction: float | None, world: int, micro_batch: int,
     val_rows = held_out_count(rows, val_fraction)
     train_rows = rows - val_rows
     per_epoch = steps_per_epoch(train_rows, world=world, micro_batch=micro_batch, accumulation=accumulation)
-    if per_epoch == 0:
-        raise ValueError(f"{train_rows} training rows cannot fill one step of {world} x {micro_batch} x {accumulation} rows")
     total = max_steps or per_epoch * epochs
     ckpt, val = resolved_intervals(per_epoch, checks_per_epoch=checks_per_epoch, checkpoint_every=checkpoint_every,
                                    val_every=val_every)

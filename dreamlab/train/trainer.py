@@ -192,11 +192,6 @@ class Trainer:
         self._setup_data()
         per_epoch = steps_per_epoch(len(self.train), world=self.world, micro_batch=r.data.micro_batch_size_per_gpu,
                                     accumulation=r.data.gradient_accumulation_steps)
-        if per_epoch == 0:
-            raise ValueError(
-                f"{len(self.train)} training rows cannot fill one step of {self.world} x "
-                f"{r.data.micro_batch_size_per_gpu} x {r.data.gradient_accumulation_steps} rows"
-            )
         self.steps_per_epoch = per_epoch
         self.total_steps = r.trainer.total_training_steps or per_epoch * r.trainer.total_epochs
         self.checkpoint_every, self.val_every = resolved_intervals(
