@@ -74,15 +74,17 @@ def list_command(
     model and lr. A running run that reads lost is marked lost in the store."""
     with _errors():
         store = _open(db)
-        _record_lost(store, lost_after, stall_after)
+        running = _record_lost(store, lost_after, stall_after)
+        def health_of(run: Run) -> Health:  # a running run as just assessed (a run started since: now)
+            return running.get(run.id) or assess(run, lost_after, stall_after)
+
         if status == "stalled":  # derived, never stored
-            found = [run for run in store.list_runs(status="running", sweep_id=sweep)
-                     if assess(run, lost_after, stall_after).status == "stalled"]
+            found = [run for run in store.list_runs(status="running", sweep_id=sweep) if health_of(run).status == "stalled"]
             runs, total = (found if all_runs else found[:limit]), len(found)
         else:
             runs = store.list_runs(status=status, sweep_id=sweep, limit=None if all_runs else limit)
             total = len(runs) if all_runs or len(runs) < limit else store.count_runs(status=status, sweep_id=sweep)
-        health = {run.id: assess(run, lost_after, stall_after) for run in runs}
+        health = {run.id: health_of(run) for run in runs}
         ids = [run.id for run in runs]
         steps = store.max_steps(ids)
         losses = store.latest_metrics_for(ids, keys=[LOSS_KEY])
@@ -164,12 +166,14 @@ def show_command(
         console.print(_evals_table(evals))
 
 
-def _record_lost(store: RunStore, lost_after: float | None, stall_after: float | None) -> None:
-    """Mark lost every running run that reads lost: the CLI records what the console only shows."""
-    for run in store.list_runs(status="running"):
-        health = assess(run, lost_after, stall_after)
+def _record_lost(store: RunStore, lost_after: float | None, stall_after: float | None) -> dict[int, Health]:
+    """Assess every running run and mark lost those that read lost (the CLI records what the console only
+    shows); returns each one's health by id."""
+    running = {run.id: assess(run, lost_after, stall_after) for run in store.list_runs(status="running")}
+    for run_id, health in running.items():
         if health.status == "lost":
-            store.mark_lost(run.id, health.reason or "lost")
+            store.mark_lost(run_id, health.reason or "lost")
+    return running
 
 
 def _evals_table(evals: list[Any], names: dict[int, str] | None = None) -> Table:
