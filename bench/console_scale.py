@@ -29,7 +29,7 @@ start = time.perf_counter()
 import dreamlab.cli  # what the `dreamlab` console script imports before it opens the console
 from dreamlab.tui.app import build_app
 from dreamlab.tui.screens.detail import RunDetailScreen
-from dreamlab.tui.widgets.polling import Polling
+from dreamlab.tui.widgets.polling import pollers
 imported = time.perf_counter() - start
 
 
@@ -66,7 +66,7 @@ async def main(db, cycles, run_name):
         await pilot.pause()
         screen = app.screen
         assert isinstance(screen, RunDetailScreen)
-        widgets = list(screen.query(Polling))
+        widgets = pollers(screen)
         while any(w.polls_applied == 0 for w in widgets):
             await pilot.pause(0.001)
         samples = [await cycle(pilot, widgets) for _ in range(cycles)]

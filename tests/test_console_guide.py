@@ -14,6 +14,7 @@ from dreamlab.tui.app import build_app
 from dreamlab.tui.screens.detail import RunDetailScreen
 from dreamlab.tui.screens.evals import SamplesScreen
 from dreamlab.tui.widgets.plots import LossPlot, ema
+from dreamlab.tui.widgets.polling import pollers
 from dreamlab.tui.widgets.runs_table import RunsTable
 
 SIZE = (80, 24)
@@ -148,4 +149,23 @@ def test_samples_filter_to_wrong_disagreeing_and_masked_and_jump_to_the_next_wro
             assert "q5" in _text(screen.query_one("#sample-detail"))
             await pilot.press("f")
             assert screen.filter == "all" and idx() == list(range(7))
+    asyncio.run(scenario())
+
+
+def test_refreshing_the_pollers_polls_every_widget_of_the_run_screen_now(tmp_path):
+    db = tmp_path / "runs" / "dreamlab.db"
+    run_id = _one_run(db)
+
+    async def scenario():
+        app = build_app(db, poll_s=0)  # no timer polls: only the first poll and the asked ones
+        async with app.run_test(size=SIZE) as pilot:
+            await _until(pilot, lambda: app.screen.table.polls_applied > 0)
+            app.open_run(run_id)
+            await _until(pilot, lambda: isinstance(app.screen, RunDetailScreen)
+                         and {type(w).__name__ for w in pollers(app.screen)} >= {"RunSummaryView", "LossPlot"})
+            widgets = pollers(app.screen)
+            await _until(pilot, lambda: all(w.polls_applied > 0 for w in widgets))
+            before = [w.polls_applied for w in widgets]
+            app.refresh_pollers()
+            await _until(pilot, lambda: all(w.polls_applied > b for w, b in zip(widgets, before)))
     asyncio.run(scenario())

@@ -21,7 +21,7 @@ from dreamlab.tui.screens.help import HelpScreen
 from dreamlab.tui.screens.launch import LaunchScreen
 from dreamlab.tui.screens.runs import RunsScreen
 from dreamlab.tui.widgets.plots import PlotView
-from dreamlab.tui.widgets.polling import Polling
+from dreamlab.tui.widgets.polling import pollers
 
 STOP_GRACE_S = 60.0
 
@@ -167,7 +167,7 @@ class DreamlabApp(App):
     def refresh_pollers(self) -> None:
         """Poll every polling widget of every screen now."""
         for screen in self.screen_stack:
-            for widget in screen.query(Polling):
+            for widget in pollers(screen):
                 widget.poll_now()
 
 

@@ -10,6 +10,7 @@ import time
 from typing import Any, Protocol, cast
 
 from textual import work
+from textual.dom import DOMNode
 from textual.message import Message
 from textual.timer import Timer
 from textual.widget import Widget
@@ -90,3 +91,12 @@ class Polling(Widget):
         interval = cast(PollingApp, self.app).poll_s
         if interval > 0 and self.is_mounted:
             self._poll_timer = self.set_timer(interval, self.poll_now)
+
+
+def pollers(node: DOMNode) -> list[Polling]:
+    """Every polling widget under `node`.
+
+    By isinstance, not `node.query(Polling)`: Textual's type selectors follow a class's first base only,
+    and Polling comes last among its widgets' bases, so that query matches none of them.
+    """
+    return [widget for widget in node.query("*") if isinstance(widget, Polling)]
