@@ -35,6 +35,7 @@ _BEST_ACCURACY = """SELECT run_id, MAX(accuracy) FROM evals
     WHERE status = 'completed' AND run_id IS NOT NULL AND accuracy IS NOT NULL
     AND (:run_ids IS NULL OR run_id IN (SELECT value FROM json_each(:run_ids))) GROUP BY run_id"""
 _RECORD_FIELDS = {f.name for f in fields(EvalRecord)}
+_JSON_SAMPLE_FIELDS = ("history", "metrics")
 _BOOL_FIELDS = [name for name, kind in field_types(SamplerSettings).items() if kind is bool]
 
 
@@ -99,8 +100,9 @@ class EvalStoreMixin:
             for flag in ("correct", "flexible_correct", "unclosed_boxed"):
                 if values[flag] is not None:
                     values[flag] = int(bool(values[flag]))
-            if values["history"] is not None and not isinstance(values["history"], str):
-                values["history"] = json.dumps(values["history"])
+            for name in _JSON_SAMPLE_FIELDS:
+                if values[name] is not None and not isinstance(values[name], str):
+                    values[name] = json.dumps(values[name])
             prepared.append({"eval_id": int(eval_id), **values})
         with self._write() as conn:
             if conn.execute("SELECT 1 FROM evals WHERE id = ?", (int(eval_id),)).fetchone() is None:
@@ -120,6 +122,8 @@ class EvalStoreMixin:
         if status not in EVAL_STATUSES or status == "running":
             raise StoreError(f"cannot finish an eval as {status!r}: use completed, interrupted or failed")
         summary = dict(summary or {})
+        if summary.get("metrics") is not None and not isinstance(summary["metrics"], str):
+            summary["metrics"] = json.dumps(summary["metrics"], sort_keys=True)
         unknown = set(summary) - set(EVAL_SUMMARY_COLUMNS)
         if unknown:
             raise StoreError(f"unknown eval summary fields {sorted(unknown)}; expected some of {list(EVAL_SUMMARY_COLUMNS)}")
@@ -144,13 +148,14 @@ class EvalStoreMixin:
             return [_eval_from_row(row) for row in rows]
 
     def eval_samples(self: StoreCore, eval_id: int) -> list[dict[str, Any]]:
-        """Every recorded sample of an eval by idx; history decoded from JSON (None when not kept)."""
+        """Every recorded sample of an eval by idx; history and metrics decoded from JSON (None when not kept)."""
         with self._read() as conn:
             rows = conn.execute("SELECT * FROM eval_samples WHERE eval_id = ? ORDER BY idx", (int(eval_id),))
             samples = [{name: row[name] for name in EVAL_SAMPLE_COLUMNS} for row in rows]
         for sample in samples:
-            if sample["history"] is not None:
-                sample["history"] = json.loads(sample["history"])
+            for name in _JSON_SAMPLE_FIELDS:
+                if sample[name] is not None:
+                    sample[name] = json.loads(sample[name])
         return samples
 
     def best_eval_accuracy(self: StoreCore, run_ids: Sequence[int] | None = None) -> dict[int, float]:
@@ -171,6 +176,7 @@ def _get_eval(store: StoreCore, eval_id: int) -> EvalRecord:
 def _eval_from_row(row: Mapping[str, Any]) -> EvalRecord:
     values = {key: row[key] for key in row.keys() if key in _RECORD_FIELDS}
     values["versions"] = json.loads(row["versions"] or "{}")
+    values["metrics"] = None if row["metrics"] is None else json.loads(row["metrics"])
     for name in _BOOL_FIELDS:  # SQLite keeps booleans as 0 / 1
         values[name] = None if values[name] is None else bool(values[name])
     return EvalRecord(**values)

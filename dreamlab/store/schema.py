@@ -181,9 +181,18 @@ _V5_LIVENESS = """
 """
 
 
+# Version 6: results scored elsewhere (the lm-eval bridge): an eval's metrics as that harness reported them
+# ({"exact_match,strict-match": 0.77, ...}) and each sample's per-filter metrics, both JSON.
+_V6_EXTERNAL_METRICS = """
+        ALTER TABLE evals ADD COLUMN metrics TEXT;
+        ALTER TABLE eval_samples ADD COLUMN metrics TEXT;
+"""
+
+
 # Ordered: MIGRATIONS[i] takes a database from version i to version i + 1. Never edit a released
 # migration; append a new one.
-MIGRATIONS: tuple[str, ...] = (_V1_INITIAL, _V2_LATEST_METRICS, _V3_EVALS, _V4_EVENTS, _V5_LIVENESS)
+MIGRATIONS: tuple[str, ...] = (_V1_INITIAL, _V2_LATEST_METRICS, _V3_EVALS, _V4_EVENTS, _V5_LIVENESS,
+                                _V6_EXTERNAL_METRICS)
 SCHEMA_VERSION = len(MIGRATIONS)
 # Tables that hold a settings dataclass's fields as columns: a new field becomes a column on the next open.
 SETTINGS_COLUMNS = {"evals": SamplerSettings}
@@ -195,8 +204,10 @@ EVAL_SETTING_COLUMNS = ("run_id", "model", "checkpoint", "task", "shots", "templ
                         *(item.name for item in fields(SETTINGS_COLUMNS["evals"])), "batch_size", "seed", "limit_n",
                         "versions", "device", "n_samples", "grid_id")
 EVAL_SAMPLE_COLUMNS = ("idx", "question", "gold", "generation", "extracted", "correct", "flexible_correct",
-                       "flexible_extracted", "nfe", "seconds", "leftover_masks", "unclosed_boxed", "n_boxed", "history")
-EVAL_SUMMARY_COLUMNS = ("accuracy", "ci_low", "ci_high", "nfe_mean", "tokens_per_s", "n_done", "n_correct", "n_samples")
+                       "flexible_extracted", "nfe", "seconds", "leftover_masks", "unclosed_boxed", "n_boxed", "history",
+                       "metrics")
+EVAL_SUMMARY_COLUMNS = ("accuracy", "ci_low", "ci_high", "nfe_mean", "tokens_per_s", "n_done", "n_correct", "n_samples",
+                        "metrics")
 
 
 def _insert(verb: str, table: str, columns: tuple[str, ...]) -> str:
