@@ -1,0 +1,139 @@
+"""The lm-eval bridge: dreamlab's sampler as an lm-eval model, results in the run store (offline, tiny model)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+pytest.importorskip("lm_eval", reason="the lm-eval bridge needs the optional extra dreamlab[lm-eval]")
+
+from lm_eval.api.instance import Instance  # noqa: E402
+
+from dreamlab.diffusion.sampler import generate  # noqa: E402
+from dreamlab.evals.harness import cut_at_eos  # noqa: E402
+from dreamlab.evals.lm_eval.__main__ import main  # noqa: E402
+from dreamlab.evals.lm_eval.args import parse_model_args  # noqa: E402
+from dreamlab.evals.lm_eval.model import DreamlabLM  # noqa: E402
+from dreamlab.evals.lm_eval.record import sample_rows  # noqa: E402
+from dreamlab.models import build_char_tokenizer, build_tiny_model  # noqa: E402
+from dreamlab.models.loading import load_model_and_tokenizer  # noqa: E402
+from dreamlab.store import RunStore  # noqa: E402
+
+TASKS = Path(__file__).parent / "lm_eval_tasks"
+QUESTIONS = ["What is 2 + 3?", "What is 10 - 4?", "What is 7 * 6?", "Name a colour."]
+UNTIL = ["w", "Q:", "<|endoftext|>"]  # the task's until strings, then lm-eval adds the EOS text
+SEED, STEPS, MAX_GEN_TOKS = 5, 8, 16
+
+
+@pytest.fixture(scope="module")
+def tiny_folder(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("tiny")
+    build_tiny_model(seed=0, initializer_range=0.1).save_pretrained(folder)
+    build_char_tokenizer().save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture
+def offline(tmp_path, monkeypatch):
+    """Work in tmp_path with the hub unreachable and datasets' cache there."""
+    import datasets
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_OFFLINE", True)
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "datasets")
+    torch.set_num_threads(1)
+    return tmp_path
+
+
+def sampler_reference(folder: Path, prompts: list[str]) -> tuple[list[str], list[str]]:
+    """dreamlab's own sampler on each prompt alone (seed + doc_id): the text cut at EOS, and then at the until strings."""
+    model, tokenizer = load_model_and_tokenizer(str(folder), device="cpu")
+    raw, cut = [], []
+    for doc_id, prompt in enumerate(prompts):
+        ids = tokenizer(prompt, add_special_tokens=False).input_ids
+        out = generate(model, torch.tensor([ids]), None, max_new_tokens=MAX_GEN_TOKS, steps=STEPS, alg="entropy",
+                       seed=[SEED + doc_id])
+        text = tokenizer.decode(cut_at_eos(tokenizer, out.sequences[0, len(ids):].tolist()))
+        raw.append(text)
+        for stop in UNTIL:
+            text = text.split(stop)[0]
+        cut.append(text)
+    return raw, cut
+
+
+@pytest.mark.slow
+def test_an_lm_eval_task_runs_through_the_bridge_into_the_store(tiny_folder, offline):
+    prompts = [f"Q: {question}\nA:" for question in QUESTIONS]
+    raw, expected = sampler_reference(tiny_folder, prompts)
+    assert any(r != e for r, e in zip(raw, expected))  # an until string really cut something
+    targets = [text if doc_id % 2 == 0 else "never" for doc_id, text in enumerate(expected)]
+    with open("dreamlab_local_rows.jsonl", "w") as rows:
+        for question, target in zip(QUESTIONS, targets):
+            rows.write(json.dumps({"question": question, "target": target}) + "\n")
+    db = offline / "store.db"
+    status = main(["--store", str(db), "--model", "dreamlab", "--model_args",
+                   f"pretrained={tiny_folder},alg=entropy,steps={STEPS},max_new_tokens=64,seed={SEED}",
+                   "--tasks", "dreamlab_local", "--include_path", str(TASKS), "--batch_size", "1"])
+    assert status == 0
+    with RunStore(db) as store:
+        [record] = store.list_evals()
+        samples = store.eval_samples(record.id)
+    assert (record.task, record.status, record.model, record.checkpoint) == (
+        "lm-eval:dreamlab_local", "completed", str(tiny_folder), str(tiny_folder.resolve()))
+    # the task's max_gen_toks (16) wins over model_args' max_new_tokens (64), as in lm-eval's HF model
+    assert (record.alg, record.steps, record.max_new_tokens, record.seed, record.shots) == ("entropy", STEPS, 16, SEED, 0)
+    assert (record.n_done, record.n_correct, record.accuracy) == (4, 2, 0.5)
+    assert record.metrics["exact_match,none"] == 0.5 and record.versions["lm_eval"] == "0.4.13"
+    assert [s["generation"] for s in samples] == expected
+    assert [s["question"] for s in samples] == prompts
+    assert [s["gold"] for s in samples] == targets
+    assert [s["correct"] for s in samples] == [1, 0, 1, 0]
+    assert [s["metrics"] for s in samples] == [{"none": {"exact_match": float(c)}} for c in (1, 0, 1, 0)]
+    assert {s["nfe"] for s in samples} == {STEPS} and all(s["seconds"] > 0 for s in samples)
+
+
+def test_model_args_are_checked_by_key():
+    parsed = parse_model_args({"pretrained": "tiny", "steps": "8", "alg": "entropy", "top_p": 1, "add_bos_token": "true"})
+    assert parsed.settings().max_new_tokens == 256 and parsed.settings(32).steps == 8
+    assert (parsed.sampler["top_p"], parsed.add_bos_token) == (1.0, True)
+    for values, message in (({"pretrained": "tiny", "steps": 8, "stepz": 3}, "unknown key 'stepz'"),
+                            ({"steps": 8}, "pretrained= is required"),
+                            ({"pretrained": "tiny"}, "steps= is required"),
+                            ({"pretrained": "tiny", "steps": "many"}, "steps must be int; got 'many'"),
+                            ({"pretrained": "tiny", "steps": 8, "alg": "greedy"}, "alg must be one of")):
+        with pytest.raises(ValueError, match=message):
+            parse_model_args(values)
+
+
+def test_a_missing_checkpoint_is_one_line_naming_pretrained(tmp_path, capsys):
+    status = main(["--store", str(tmp_path / "s.db"), "--model", "dreamlab", "--model_args",
+                   f"pretrained={tmp_path / 'nothing'},steps=4", "--tasks", "dreamlab_local", "--include_path", str(TASKS)])
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert status == 1
+    assert err.startswith(f"error: model_args pretrained={tmp_path / 'nothing'}: no model at") and not (tmp_path / "s.db").exists()
+
+
+def test_likelihood_requests_are_refused_by_name(tiny_folder):
+    lm = DreamlabLM(pretrained=str(tiny_folder), steps=4)
+    request = Instance("loglikelihood", doc={}, arguments=("Q:", " 5"), idx=0, metadata=("arc_easy", 0, 1))
+    with pytest.raises(NotImplementedError, match="generative tasks only .*arc_easy asks for loglikelihood"):
+        lm.loglikelihood([request])
+
+
+def test_a_flexible_extract_filter_fills_the_flexible_columns():
+    logged = [{"doc_id": 0, "filter": "strict-match", "metrics": ["exact_match"], "exact_match": 0.0, "target": "18",
+               "arguments": {"gen_args_0": {"arg_0": "Q: x\n\nA:", "arg_1": {}}}, "resps": [["so 18 dollars"]],
+               "filtered_resps": ["[invalid]"]},
+              {"doc_id": 0, "filter": "flexible-extract", "metrics": ["exact_match"], "exact_match": 1.0, "target": "18",
+               "arguments": {"gen_args_0": {"arg_0": "Q: x\n\nA:", "arg_1": {}}}, "resps": [["so 18 dollars"]],
+               "filtered_resps": ["18"]}]
+    [row] = sample_rows(logged, {"0": {"nfe": 3, "seconds": 0.5, "leftover_masks": 0}})
+    assert row == {"idx": 0, "question": "Q: x\n\nA:", "gold": "18", "generation": "so 18 dollars", "extracted": "[invalid]",
+                   "correct": False, "flexible_correct": True, "flexible_extracted": "18", "nfe": 3, "seconds": 0.5,
+                   "leftover_masks": 0, "metrics": {"strict-match": {"exact_match": 0.0},
+                                                    "flexible-extract": {"exact_match": 1.0}}}
