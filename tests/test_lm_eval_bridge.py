@@ -76,10 +76,10 @@ def test_an_lm_eval_task_runs_through_the_bridge_into_the_store(tiny_folder, off
         for question, target in zip(QUESTIONS, targets):
             rows.write(json.dumps({"question": question, "target": target}) + "\n")
     db = offline / "store.db"
-    status = main(["--store", str(db), "--model", "dreamlab", "--model_args",
-                   f"pretrained={tiny_folder},alg=entropy,steps={STEPS},max_new_tokens=64,seed={SEED}",
-                   "--tasks", "dreamlab_local", "--include_path", str(TASKS), "--batch_size", "1"])
-    assert status == 0
+    command = ["--store", str(db), "--model", "dreamlab", "--model_args",
+               f"pretrained={tiny_folder},alg=entropy,steps={STEPS},max_new_tokens=64,seed={SEED}",
+               "--tasks", "dreamlab_local", "--include_path", str(TASKS), "--batch_size", "1"]
+    assert main(command) == 0
     with RunStore(db) as store:
         [record] = store.list_evals()
         samples = store.eval_samples(record.id)
@@ -95,6 +95,9 @@ def test_an_lm_eval_task_runs_through_the_bridge_into_the_store(tiny_folder, off
     assert [s["correct"] for s in samples] == [1, 0, 1, 0]
     assert [s["metrics"] for s in samples] == [{"none": {"exact_match": float(c)}} for c in (1, 0, 1, 0)]
     assert {s["nfe"] for s in samples} == {STEPS} and all(s["seconds"] > 0 for s in samples)
+    assert main(command) == 0  # the same command again rewrites the same eval
+    with RunStore(db) as store:
+        assert [(e.id, e.n_done, e.accuracy) for e in store.list_evals()] == [(record.id, 4, 0.5)]
 
 
 def test_model_args_are_checked_by_key():
@@ -137,3 +140,35 @@ def test_a_flexible_extract_filter_fills_the_flexible_columns():
                    "correct": False, "flexible_correct": True, "flexible_extracted": "18", "nfe": 3, "seconds": 0.5,
                    "leftover_masks": 0, "metrics": {"strict-match": {"exact_match": 0.0},
                                                     "flexible-extract": {"exact_match": 1.0}}}
+
+
+def _request(doc_id: int, context: str, task: str = "t", **gen_kwargs) -> Instance:
+    return Instance("generate_until", doc={}, arguments=(context, gen_kwargs), idx=0, metadata=(task, doc_id, 1))
+
+
+def test_batched_requests_come_back_in_order_and_equal_one_by_one(tiny_folder):
+    torch.set_num_threads(1)
+    one, four = (DreamlabLM(pretrained=str(tiny_folder), steps=4, max_new_tokens=8, alg="entropy", batch_size=size)
+                 for size in (1, 4))
+    for lm in (one, four):
+        lm.model.to(torch.float64)  # float64: batched matmuls never meet a float tie
+    requests = [_request(doc_id, "Q: " + "x" * length, until=["\n"])
+                for doc_id, length in enumerate((9, 2, 5, 2, 14))]
+    texts = one.generate_until(requests, disable_tqdm=True)
+    assert len(set(texts)) == 4  # docs 1 and 3 share a prompt; greedy, so their text too
+    assert four.generate_until(requests, disable_tqdm=True) == texts
+    assert four.generated["t"].keys() == {0, 1, 2, 3, 4} and four.task_settings["t"].max_new_tokens == 8
+    # a request's max_gen_toks wins over max_new_tokens; within one task every request must agree
+    one.generate_until([_request(0, "Q: 1", task="u", max_gen_toks=16)], disable_tqdm=True)
+    assert one.task_settings["u"].max_new_tokens == 16
+    with pytest.raises(ValueError, match="different generation lengths"):
+        DreamlabLM(pretrained=str(tiny_folder), steps=4).generate_until(
+            [_request(0, "Q:", max_gen_toks=8), _request(1, "Q:", max_gen_toks=16)], disable_tqdm=True)
+
+
+def test_bos_and_chat_template_follow_the_tokenizer(tiny_folder):
+    with pytest.raises(ValueError, match="add_bos_token: the tokenizer of .* has no BOS token"):
+        DreamlabLM(pretrained=str(tiny_folder), steps=4, add_bos_token=True)
+    lm = DreamlabLM(pretrained=str(tiny_folder), steps=4)
+    assert lm.encode("Q:") == lm.tokenizer("Q:", add_special_tokens=False).input_ids
+    assert lm.apply_chat_template([{"role": "user", "content": "hi"}]) == "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"
