@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
 import torch
 
-pytest.importorskip("lm_eval", reason="the lm-eval bridge needs the optional extra dreamlab[lm-eval]")
+lm_eval = pytest.importorskip("lm_eval", reason="the lm-eval bridge needs the optional extra dreamlab[lm-eval]")
 
 from lm_eval.api.instance import Instance  # noqa: E402
 
@@ -88,7 +89,8 @@ def test_an_lm_eval_task_runs_through_the_bridge_into_the_store(tiny_folder, off
     # the task's max_gen_toks (16) wins over model_args' max_new_tokens (64), as in lm-eval's HF model
     assert (record.alg, record.steps, record.max_new_tokens, record.seed, record.shots) == ("entropy", STEPS, 16, SEED, 0)
     assert (record.n_done, record.n_correct, record.accuracy) == (4, 2, 0.5)
-    assert record.metrics["exact_match,none"] == 0.5 and record.versions["lm_eval"] == "0.4.13"
+    assert record.metrics == {"exact_match,none": 0.5, "exact_match_stderr,none": pytest.approx(math.sqrt(1 / 12))}
+    assert (record.versions["lm_eval"], record.versions["lm_eval_task"]) == (lm_eval.__version__, "1.0")
     assert [s["generation"] for s in samples] == expected
     assert [s["question"] for s in samples] == prompts
     assert [s["gold"] for s in samples] == targets

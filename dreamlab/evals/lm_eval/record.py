@@ -54,7 +54,8 @@ def record_results(store: RunStore, results: Mapping[str, Any], samples: Mapping
         settings = eval_settings(store, results, info, task, len(rows))
         record = store.create_or_resume_eval(settings)
         store.record_eval_samples(record.id, rows)
-        metrics = {key: value for key, value in results["results"][task].items() if key != "alias"}
+        # lm-eval's numbers are keyed "metric,filter"; the rest (alias, name, sample_len) is bookkeeping
+        metrics = {key: value for key, value in results["results"][task].items() if "," in key}
         summary = summarize(rows, generated["settings"]["max_new_tokens"], len(rows))
         if all(row["correct"] is None for row in rows):  # a task without a 0/1 metric has no accuracy
             summary.update(accuracy=None, ci_low=None, ci_high=None)
