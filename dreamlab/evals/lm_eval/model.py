@@ -16,7 +16,7 @@ import time
 from collections import defaultdict
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from lm_eval.api.instance import Instance
@@ -38,13 +38,24 @@ MODEL_NAME = "dreamlab"
 REPEAT_SEED_STRIDE = 1_000_003
 
 
+class _Job(NamedTuple):
+    """One request to generate: its place in lm-eval's list, task and document, prompt ids, stop strings, seed."""
+
+    index: int
+    task: str
+    doc_id: int
+    ids: list[int]
+    until: list[str]
+    seed: int
+
+
 @register_model(MODEL_NAME)
 class DreamlabLM(LM):
     """A dreamlab model (tiny, a checkpoint folder or a hub id) behind lm-eval's LM interface, generative tasks only."""
 
     def __init__(self, batch_size: int | str | None = 1, max_batch_size: int | None = None, device: str | None = None,
                  **model_args: Any) -> None:
-        super().__init__()
+        super().__init__()  # max_batch_size: lm-eval passes it to every model; batches here are --batch_size
         self.args: BridgeArgs = parse_model_args(model_args)
         self.batch_size = _batch_size(batch_size)
         try:
@@ -67,44 +78,42 @@ class DreamlabLM(LM):
 
     def generate_until(self, requests: list[Instance], disable_tqdm: bool = False) -> list[str]:
         """One generation per request, cut at EOS then at the request's `until` strings."""
-        eos = self.tokenizer.eos_token
-        jobs: dict[SamplerSettings, list[tuple[int, list[int], list[str], int]]] = defaultdict(list)
-        repeats: dict[tuple[str | None, int], int] = defaultdict(int)
+        jobs: dict[SamplerSettings, list[_Job]] = defaultdict(list)
+        repeats: dict[tuple[str, int], int] = defaultdict(int)
         for index, request in enumerate(requests):
             context, gen_kwargs = request.args
             kwargs = normalize_gen_kwargs(gen_kwargs, self.args.settings().max_new_tokens)
             settings = self.args.settings(kwargs["max_gen_toks"])
-            self._note_settings(request.task_name, settings)
-            doc_id = index if request.doc_id is None else request.doc_id
-            repeat = repeats[(request.task_name, doc_id)]
-            repeats[(request.task_name, doc_id)] += 1
-            until = handle_stop_sequences(kwargs.get("until"), eos=eos)
-            jobs[settings].append((index, self.encode(context), until, self.args.seed + doc_id + repeat * REPEAT_SEED_STRIDE))
+            task, doc_id = str(request.task_name), index if request.doc_id is None else request.doc_id
+            self._note_settings(task, settings)
+            repeat = repeats[task, doc_id]
+            repeats[task, doc_id] += 1
+            jobs[settings].append(_Job(index, task, doc_id, self.encode(context),
+                                       handle_stop_sequences(kwargs.get("until"), eos=self.tokenizer.eos_token),
+                                       self.args.seed + doc_id + repeat * REPEAT_SEED_STRIDE))
         texts: list[str] = [""] * len(requests)
         progress = tqdm(total=len(requests), disable=disable_tqdm, desc="dreamlab generate_until")
         for settings, group in jobs.items():
-            group.sort(key=lambda job: (len(job[1]), job[0]))
+            group.sort(key=lambda job: (len(job.ids), job.index))
             for start in range(0, len(group), self.batch_size):
                 batch = group[start:start + self.batch_size]
-                for (index, _, until, _), (ids, stats) in zip(batch, self._generate(settings, batch)):
-                    texts[index] = postprocess_generated_text(self.tokenizer.decode(ids), until, None)
-                    request = requests[index]
-                    self.generated[request.task_name][index if request.doc_id is None else request.doc_id] = stats
-                    self.cache_hook.add_partial("generate_until", request.args, texts[index])
+                for job, (ids, stats) in zip(batch, self._generate(settings, batch)):
+                    texts[job.index] = postprocess_generated_text(self.tokenizer.decode(ids), job.until, None)
+                    self.generated[job.task][job.doc_id] = stats
+                    self.cache_hook.add_partial("generate_until", requests[job.index].args, texts[job.index])
                 progress.update(len(batch))
         progress.close()
         return texts
 
     @torch.no_grad()
-    def _generate(self, settings: SamplerSettings, batch: list[tuple[int, list[int], list[str], int]]
-                  ) -> list[tuple[list[int], dict[str, Any]]]:
+    def _generate(self, settings: SamplerSettings, batch: list[_Job]) -> list[tuple[list[int], dict[str, Any]]]:
         """Left-pad one batch, run the sampler; each row's ids up to its first EOS and its stats."""
-        width = max(len(ids) for _, ids, _, _ in batch)
+        width = max(len(job.ids) for job in batch)
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
-        input_ids = torch.tensor([[pad] * (width - len(ids)) + ids for _, ids, _, _ in batch], device=self._device)
-        attention = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for _, ids, _, _ in batch], device=self._device)
+        input_ids = torch.tensor([[pad] * (width - len(job.ids)) + job.ids for job in batch], device=self._device)
+        attention = torch.tensor([[0] * (width - len(job.ids)) + [1] * len(job.ids) for job in batch], device=self._device)
         started = time.perf_counter()
-        out = generate(self.model, input_ids, attention, **asdict(settings), seed=[seed for *_, seed in batch])
+        out = generate(self.model, input_ids, attention, **asdict(settings), seed=[job.seed for job in batch])
         seconds = (time.perf_counter() - started) / len(batch)
         mask_id = self.model.config.mask_token_id
         rows = []
@@ -113,8 +122,8 @@ class DreamlabLM(LM):
             rows.append((ids, {"nfe": out.nfe, "seconds": seconds, "leftover_masks": ids.count(mask_id)}))
         return rows
 
-    def _note_settings(self, task: str | None, settings: SamplerSettings) -> None:
-        known = self.task_settings.setdefault(str(task), settings)
+    def _note_settings(self, task: str, settings: SamplerSettings) -> None:
+        known = self.task_settings.setdefault(task, settings)
         if known != settings:
             raise ValueError(f"task {task} asks for different generation lengths ({known.max_new_tokens} and "
                              f"{settings.max_new_tokens} tokens); the store records one sampler setting per eval")
