@@ -18,7 +18,7 @@ from dreamlab.evals.harness import cut_at_eos  # noqa: E402
 from dreamlab.evals.lm_eval.__main__ import main  # noqa: E402
 from dreamlab.evals.lm_eval.args import parse_model_args  # noqa: E402
 from dreamlab.evals.lm_eval.model import DreamlabLM  # noqa: E402
-from dreamlab.evals.lm_eval.record import sample_rows  # noqa: E402
+from dreamlab.evals.lm_eval.record import prompt_hash, sample_rows  # noqa: E402
 from dreamlab.models import build_char_tokenizer, build_tiny_model  # noqa: E402
 from dreamlab.models.loading import load_model_and_tokenizer  # noqa: E402
 from dreamlab.store import RunStore  # noqa: E402
@@ -174,3 +174,17 @@ def test_bos_and_chat_template_follow_the_tokenizer(tiny_folder):
     lm = DreamlabLM(pretrained=str(tiny_folder), steps=4)
     assert lm.encode("Q:") == lm.tokenizer("Q:", add_special_tokens=False).input_ids
     assert lm.apply_chat_template([{"role": "user", "content": "hi"}]) == "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"
+
+
+def test_the_prompt_hash_follows_the_prompt_not_the_model_args():
+    def results(config: dict, **extra) -> dict:
+        return {"configs": {"t": config}, "versions": {"t": 1.0}, "config": {"fewshot_seed": 1234}, **extra}
+
+    config = {"doc_to_text": "Q: {{question}}", "process_docs": "<function process_docs at 0x7f3a2b1c>",
+              "metadata": {"version": 1.0, "pretrained": "a", "steps": 8}}
+    base = prompt_hash(results(config), {"add_bos_token": False}, "t")
+    moved = {**config, "process_docs": "<function process_docs at 0x55d0e1f0>", "metadata": {"pretrained": "b"}}
+    assert prompt_hash(results(moved), {"add_bos_token": False}, "t") == base
+    assert prompt_hash(results(config), {"add_bos_token": True}, "t") != base
+    assert prompt_hash(results(config, chat_template="{{m}}"), {"add_bos_token": False}, "t") != base
+    assert prompt_hash(results({**config, "doc_to_text": "Q: {{question}}\n"}), {"add_bos_token": False}, "t") != base

@@ -67,7 +67,7 @@ def eval_settings(store: RunStore, results: Mapping[str, Any], info: Mapping[str
                   n_samples: int) -> dict[str, Any]:
     """The store's settings for one task: dreamlab's sampler and model, lm-eval's prompt shape and versions."""
     checkpoint = info["checkpoint"]
-    limited = results["config"].get("limit") is not None or results["config"].get("samples") is not None
+    limited = results["config"].get("limit") is not None
     versions = {**library_versions(), "lm_eval": str(results.get("lm_eval_version")),
                 "lm_eval_task": str(results.get("versions", {}).get(task))}
     return {"run_id": store.run_owning(Path(checkpoint)) if checkpoint else None, "checkpoint": checkpoint,
@@ -78,9 +78,10 @@ def eval_settings(store: RunStore, results: Mapping[str, Any], info: Mapping[str
 
 
 def prompt_hash(results: Mapping[str, Any], info: Mapping[str, Any], task: str) -> str:
-    """A hash of what shapes the prompt: the task's config (its model-args metadata left out), chat options, BOS."""
+    """A hash of what shapes the prompt: the task's config (less its model-args metadata), few-shot seed, chat, BOS."""
     config = {key: value for key, value in results["configs"][task].items() if key != "metadata"}
     shape = {"config": config, "version": results.get("versions", {}).get(task), "bos": info["add_bos_token"],
+             "fewshot_seed": results["config"].get("fewshot_seed"),
              **{key: results.get(key) for key in ("chat_template", "system_instruction", "fewshot_as_multiturn")}}
     text = _ADDRESS.sub("", json.dumps(shape, sort_keys=True, default=str))
     return hashlib.sha256(text.encode()).hexdigest()[:16]
