@@ -102,6 +102,41 @@ def test_an_lm_eval_task_runs_through_the_bridge_into_the_store(tiny_folder, off
         assert [(e.id, e.n_done, e.accuracy) for e in store.list_evals()] == [(record.id, 4, 0.5)]
 
 
+GSM8K_ROWS = [{"question": "Tom has 2 apples and buys 3 more. How many apples does he have?", "answer": "2 + 3 = 5\n#### 5"},
+              {"question": "A box holds 12 eggs. How many eggs are in 2 boxes?", "answer": "12 * 2 = 24\n#### 24"},
+              {"question": "Sam had $1,000 and spent $1. How much is left?", "answer": "1000 - 1 = 999\n#### 999"}]
+
+
+@pytest.mark.slow
+def test_lm_eval_gsm8k_cot_itself_runs_on_local_rows_with_both_filters_stored(tiny_folder, offline):
+    """lm-eval's own gsm8k_cot config (0-shot, so the prompt fits the tiny model), its dataset swapped for local rows."""
+    from lm_eval.filters.extraction import RegexFilter
+
+    with open("gsm8k_rows.jsonl", "w") as rows:
+        rows.writelines(json.dumps(row) + "\n" for row in GSM8K_ROWS)
+    tasks = offline / "tasks"
+    tasks.mkdir()
+    (tasks / "gsm8k_cot_local.yaml").write_text(
+        f"include: {Path(lm_eval.__file__).parent / 'tasks' / 'gsm8k' / 'gsm8k-cot.yaml'}\ntask: gsm8k_cot_local\n"
+        "dataset_path: json\ndataset_name: null\ndataset_kwargs:\n  data_files:\n    test: gsm8k_rows.jsonl\n")
+    db = offline / "store.db"
+    assert main(["--store", str(db), "--model", "dreamlab", "--model_args", f"pretrained={tiny_folder},steps=8,max_new_tokens=16",
+                 "--tasks", "gsm8k_cot_local", "--include_path", str(tasks), "--num_fewshot", "0"]) == 0
+    with RunStore(db) as store:
+        [record] = store.list_evals()
+        samples = store.eval_samples(record.id)
+    assert (record.task, record.shots, record.max_new_tokens, record.n_done) == ("lm-eval:gsm8k_cot_local", 0, 16, 3)
+    assert set(record.metrics) == {f"exact_match{part},{name}" for part in ("", "_stderr")
+                                   for name in ("strict-match", "flexible-extract")}
+    assert [s["question"] for s in samples] == [f"Q: {row['question']}\nA:" for row in GSM8K_ROWS]
+    assert [s["gold"] for s in samples] == ["5", "24", "999"]
+    flexible = RegexFilter(regex_pattern=r"(-?[$0-9.,]{2,})|(-?[0-9]+)", group_select=-1)
+    assert [s["flexible_extracted"] for s in samples] == [
+        list(flexible.apply([[s["generation"]]], [{}]))[0][0] for s in samples]
+    assert all(set(s["metrics"]) == {"strict-match", "flexible-extract"} for s in samples)
+    assert all("Q:" not in s["generation"] for s in samples)
+
+
 def test_model_args_are_checked_by_key():
     parsed = parse_model_args({"pretrained": "tiny", "steps": "8", "alg": "entropy", "top_p": 1, "add_bos_token": "true"})
     assert parsed.settings().max_new_tokens == 256 and parsed.settings(32).steps == 8
