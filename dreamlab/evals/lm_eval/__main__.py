@@ -21,7 +21,7 @@ _LM_EVAL_SUBCOMMANDS = ("ls", "validate")
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run lm-eval with the dreamlab model, then record its results; returns the exit status."""
-    own = argparse.ArgumentParser(add_help=False)
+    own = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
     own.add_argument("--store", type=Path, default=None)
     options, rest = own.parse_known_args(list(sys.argv[1:] if argv is None else argv))
     import dreamlab.evals.lm_eval.model  # noqa: F401  (registers --model dreamlab)
