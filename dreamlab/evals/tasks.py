@@ -257,6 +257,10 @@ def _parse(path: Path, raw: dict[str, Any], node: yaml.Node) -> Task:
         missing = PUBLISHED_KEYS - set(entry) if isinstance(entry, dict) else PUBLISHED_KEYS
         if missing:
             raise fail(f"published.{i}", f"missing {', '.join(sorted(missing))}")
+        unknown = set(entry) - PUBLISHED_KEYS - set(SAMPLER_KEYS)
+        if unknown:
+            raise fail(f"published.{i}.{sorted(unknown)[0]}", f"unknown field (known: {', '.join(sorted(PUBLISHED_KEYS))} "
+                       "and sampler settings)")
         if not isinstance(entry["value"], (int, float)):
             raise fail(f"published.{i}.value", f"must be a number (percent); got {entry['value']!r}")
     fewshot = raw.get("fewshot") or []
