@@ -6,18 +6,21 @@ import asyncio
 import json
 import sqlite3
 
+import pytest
 from typer.testing import CliRunner
 
 from dreamlab.cli import app
 from dreamlab.evals.harness import tokenize_prompts
 from dreamlab.evals.published import published_note
 from dreamlab.evals.report import _cell_text
+from dreamlab.evals.scoring import score_generation
 from dreamlab.evals.tasks import Sample, load_task
 from dreamlab.models import build_char_tokenizer
 from dreamlab.store import EvalRecord, RunStore
 from dreamlab.store.schema import migrate
 from dreamlab.tui.app import build_app
 from dreamlab.tui.screens.evals import SamplesScreen, cell_text
+from tests.conftest import SHARED_DATA
 
 runner = CliRunner()
 RUN_ON = "{work} The answer is {n}.\n\nQ: Tom has 3 boxes of 4115 pens. How many pens?\nA: 3 * 4115 = 12345. The answer is 12345."
@@ -150,3 +153,54 @@ def test_samples_screen_shows_the_raw_generation_the_cut_and_lm_evals_verdict(tm
             assert "main / lm-eval strict / flexible: ✓ ✓ ✓" in detail
 
     asyncio.run(scenario())
+
+
+BASE = "name: x\nsource: {builtin: arithmetic}\n"
+
+
+@pytest.mark.parametrize("body, message", [
+    (BASE + "until: 'Q:'\n", "bad.yaml:3: until: must be a list of non-empty strings"),
+    (BASE + "until: ['Q:', '']\n", "bad.yaml:3: until: must be a list of non-empty strings"),
+    (BASE + "answer:\n  lm_eval: gsm8k\n", "bad.yaml:4: answer.lm_eval: must be one of gsm8k_cot, minerva; got 'gsm8k'"),
+    (BASE + "answer:\n  lm_eval: minerva\n", "bad.yaml:4: answer.lm_eval: minerva scoring needs the worked solution"),
+    (BASE + "prompt:\n  add_bos: 'yes'\n", "bad.yaml:4: prompt.add_bos: must be true or false; got 'yes'"),
+    (BASE + "prompt:\n  chat_shots: 2\n", "bad.yaml:4: prompt.chat_shots: must be an integer from 0 to the number"),
+    (BASE + "source:\n  hub: a/b\n  subsets: algebra\n", "bad.yaml:4: source.subsets: must be a list of data set configuration names"),
+    (BASE + "published:\n  - model: m\n    value: 77.2\n", "bad.yaml:4: published.0: missing max_new_tokens, shots, source, steps, template"),
+    (BASE + "published:\n  - {model: m, value: high, source: s, template: base, shots: 0, max_new_tokens: 8, steps: 8}\n",
+     "bad.yaml:4: published.0.value: must be a number (percent); got 'high'"),
+    (BASE + "published:\n  - {model: m, value: 1, source: s, template: base, shots: 0, max_new_tokens: 8, steps: 8, gpu: a100}\n",
+     "bad.yaml:4: published.0.gpu: unknown field"),
+])
+def test_bad_protocol_fields_name_the_file_line_and_field(tmp_path, body, message):
+    path = tmp_path / "bad.yaml"
+    path.write_text(body.replace("source: {builtin: arithmetic}\nsource:", "source:"))
+    result = runner.invoke(app, ["eval", "score", str(_generations(tmp_path)), "--task", str(path)])
+    assert result.exit_code == 2
+    line = result.output.strip()
+    assert len(line.splitlines()) == 1 and line.startswith(f"error: {path.parent}/") and message in line, line
+
+
+def test_minerva_math_reads_every_subject_from_the_hub_in_lm_evals_order(monkeypatch):
+    import datasets
+
+    calls = []
+
+    def fake_load(hub, subset, split):
+        calls.append((hub, subset, split))
+        return [{"problem": f"{subset} problem", "solution": f"so \\boxed{{{len(calls)}}}", "level": "Level 1", "type": subset}]
+    monkeypatch.setattr(datasets, "load_dataset", fake_load)
+    samples = load_task("minerva_math").load_samples()
+    assert [subset for _, subset, _ in calls] == ["algebra", "counting_and_probability", "geometry", "intermediate_algebra",
+                                                  "number_theory", "prealgebra", "precalculus"]
+    assert {(hub, split) for hub, _, split in calls} == {("EleutherAI/hendrycks_math", "test")}
+    assert [(s.idx, s.gold, s.reference) for s in samples[:2]] == [(0, "1", "so \\boxed{1}"), (1, "2", "so \\boxed{2}")]
+
+
+@pytest.mark.skipif(not (SHARED_DATA / "math500" / "test.jsonl").is_file(), reason="../shared/data is absent")
+def test_minerva_math_main_verdict_passes_every_math500_solution():
+    """The scorer is honest: each MATH-500 solution, as a generation, verifies against its own last box (minerva_math's gold)."""
+    task = load_task("minerva_math")
+    samples = task.load_samples(data=str(SHARED_DATA / "math500" / "test.jsonl"))
+    misses = [s.idx for s in samples if not score_generation(s.reference, s.gold, extractor=task.extractor).correct]
+    assert (len(samples), misses) == (500, [])
