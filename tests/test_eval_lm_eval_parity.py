@@ -43,9 +43,15 @@ def antlr_check_off(monkeypatch):
     With the version check answered "4.11" both run on the installed runtime, lm-eval and dreamlab alike
     (dreamlab's parser probe is re-run inside and after, so no other test sees this state).
     """
+    import sympy.parsing.latex._parse_latex_antlr as sympy_antlr  # imported first, so it binds the real version()
+    from math_verify import parse
+
+    parse("$1$")  # math-verify picks its generated parser by the antlr4 version once: let it see the real one
+
     real = importlib.metadata.version
-    monkeypatch.setattr(importlib.metadata, "version",
-                        lambda name: "4.11.0" if name == "antlr4-python3-runtime" else real(name))
+    answer = lambda name: "4.11.0" if name == "antlr4-python3-runtime" else real(name)  # noqa: E731
+    monkeypatch.setattr(importlib.metadata, "version", answer)
+    monkeypatch.setattr(sympy_antlr, "version", answer)
     minerva.latex_parser.cache_clear()
     yield
     minerva.latex_parser.cache_clear()

@@ -204,3 +204,22 @@ def test_minerva_math_main_verdict_passes_every_math500_solution():
     samples = task.load_samples(data=str(SHARED_DATA / "math500" / "test.jsonl"))
     misses = [s.idx for s in samples if not score_generation(s.reference, s.gold, extractor=task.extractor).correct]
     assert (len(samples), misses) == (500, [])
+
+
+def test_score_minerva_math_judges_against_the_solution_and_names_a_boxless_one(tmp_path):
+    final = "\nFinal Answer: The final answer is ${}$. I hope it is correct."
+    rows = [{"gold": "So $\\boxed{\\frac{1}{2}}$.", "generation": "x = \\frac12." + final.format("\\frac12")},
+            {"gold": "It is $\\boxed{24}$.", "generation": "\\[\\boxed{24}\\]\n\nProblem:\nNext one." + final.format("7")},
+            {"gold": "It is $\\boxed{24}$.", "generation": "It is 25." + final.format("25")}]
+    file = tmp_path / "math.jsonl"
+    file.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    out = tmp_path / "scored.jsonl"
+    summary = json.loads(runner.invoke(app, ["eval", "score", str(file), "--task", "minerva_math", "--json", "--out", str(out)]).stdout)
+    assert (summary["correct"], summary["strict_accuracy"], summary["flexible_accuracy"], summary["cut"]) == (2, 1 / 3, 2 / 3, 1)
+    scored = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [(r["extracted"], r["strict_extracted"], r["cut_at"]) for r in scored] == [
+        ("\\frac12", "\\frac{1}{2}", None), ("24", None, 16), ("25", "25", None)]
+    file.write_text(json.dumps({"gold": "no box here", "generation": "1"}) + "\n")
+    result = runner.invoke(app, ["eval", "score", str(file), "--task", "minerva_math"])
+    assert result.exit_code == 2
+    assert result.output.strip() == f"error: {file}:1: gold: the reference solution has no \\boxed{{}} answer"

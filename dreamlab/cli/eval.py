@@ -96,7 +96,8 @@ def eval_command(
 def print_results(records: list[EvalRecord], console: Console) -> None:
     """The algorithms x steps table, then the accuracy-vs-steps plot when there are several step counts."""
     first = records[0]
-    table = results_table(records, title=f"{first.task} · {first.model} · {first.n_samples} problems · {first.shots} shots")
+    prompt = f"{first.template or 'base'}{' + BOS' if first.add_bos else ''}"
+    table = results_table(records, title=f"{first.task} · {first.model} · {first.n_samples} problems · {first.shots} shots · {prompt}")
     table.caption = f"eval ids {', '.join(str(r.id) for r in records)} · accuracy [95% Wilson CI] · mean NFE · tokens/s"
     console.print(table)
     if len({r.steps for r in records}) > 1:
@@ -165,9 +166,13 @@ def score_command(
             reference = row.get(spec.reference_field) if spec.reference_field else None
             if reference is None and spec.gold_boxed:
                 reference = row["gold"]
-            score = score_generation(str(row["generation"]), spec.gold_answer(str(row["gold"])), extractor=spec.extractor,
-                                     scorer=spec.scorer, numeric=spec.numeric, mask_token=mask_token, until=spec.until,
-                                     lm_eval=spec.lm_eval, reference=None if reference is None else str(reference))
+            try:
+                score = score_generation(str(row["generation"]), spec.gold_answer(str(row["gold"])), extractor=spec.extractor,
+                                         scorer=spec.scorer, numeric=spec.numeric, mask_token=mask_token, until=spec.until,
+                                         lm_eval=spec.lm_eval, reference=None if reference is None else str(reference))
+            except ValueError as error:  # lm-eval's minerva scoring needs a boxed answer in the reference solution
+                field = spec.reference_field if spec.reference_field in row else "gold"
+                raise ValueError(f"{file}:{number}: {field}: {error}") from None
             rows.append({**row, **score.as_row()})
     strict = summarize(rows, max_new_tokens=0, total=len(rows))
     correct, low, high = strict["n_correct"], strict["ci_low"], strict["ci_high"]
