@@ -239,9 +239,8 @@ def _parse(path: Path, raw: dict[str, Any], node: yaml.Node) -> Task:
         raise fail("answer.lm_eval", f"must be one of {', '.join(SCHEMES)}; got {answer['lm_eval']!r}")
     if answer.get("lm_eval") == "minerva" and not fields_.get("reference") and not fields_.get("gold_boxed"):
         raise fail("answer.lm_eval", "minerva scoring needs the worked solution: set fields.reference or fields.gold_boxed")
-    for key in ("add_bos",):
-        if not isinstance(prompt.get(key, False), bool):
-            raise fail(f"prompt.{key}", f"must be true or false; got {prompt[key]!r}")
+    if not isinstance(prompt.get("add_bos", False), bool):
+        raise fail("prompt.add_bos", f"must be true or false; got {prompt['add_bos']!r}")
     if not isinstance(fields_.get("gold_boxed", False), bool):
         raise fail("fields.gold_boxed", f"must be true or false; got {fields_['gold_boxed']!r}")
     until = raw.get("until") or []
