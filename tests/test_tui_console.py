@@ -274,7 +274,7 @@ def test_evals_grid_samples_and_denoising_replay(store_path, tmp_path):
             for label, key in (("question", "question"), ("generation", "generation"), ("extracted", "extracted"),
                                ("gold", "gold")):
                 assert f"{label}: {shown(second[key])}\n" in detail, (label, detail)
-            assert "strict / flexible: " + ("✓" if second["correct"] else "✗") in detail
+            assert "main / lm-eval strict / flexible: " + ("✓" if second["correct"] else "✗") in detail
 
             await pilot.press("d")
             assert isinstance(app.screen, ReplayScreen)

@@ -47,7 +47,7 @@ def _errors() -> Iterator[None]:
 @app.callback()
 def eval_command(
     ctx: typer.Context,
-    task: Annotated[str, typer.Option(help="A task name in evals/ (arithmetic, gsm8k, math500, jsonl) or a .yaml path.")] = DEFAULT_TASK,
+    task: Annotated[str, typer.Option(help="A task name in evals/ (arithmetic, gsm8k_cot, minerva_math, math500, gsm8k, jsonl) or a .yaml path.")] = DEFAULT_TASK,
     model: Annotated[str | None, typer.Option(help="`tiny`, a checkpoint / model folder, or a hub id.")] = None,
     run: Annotated[str | None, typer.Option(help="A recorded run (name, id or `latest`): its newest complete checkpoint.")] = None,
     alg: Annotated[str | None, typer.Option(help="Comma list of origin, maskgit_plus, topk_margin, entropy (task default).")] = None,
@@ -63,6 +63,7 @@ def eval_command(
     elide_noop_steps: Annotated[bool | None, typer.Option(help="Skip steps that reveal nothing (default: on).")] = None,
     template: Annotated[str | None, typer.Option(help="base (few-shot CoT as plain text) or chat (through the chat template).")] = None,
     shots: Annotated[int | None, typer.Option(help="Few-shot examples (task default).")] = None,
+    bos: Annotated[bool | None, typer.Option("--bos/--no-bos", help="Start base prompts with the tokenizer's BOS (task default: prompt.add_bos).")] = None,
     limit: Annotated[int | None, typer.Option(help="Evaluate the first N problems.")] = None,
     batch_size: Annotated[int, typer.Option(help="Rows per sampler call (a speed setting: the sampler is batch-invariant).")] = 16,
     seed: Annotated[int, typer.Option(help="Sample idx uses seed + idx.")] = 0,
@@ -82,7 +83,7 @@ def eval_command(
         return
     sampler = {name: value for name, value in locals().items() if name in SAMPLER_TYPES}  # one option per field
     with _errors():
-        records = run_eval(task, model=model, run=run, sampler=sampler, template=template, shots=shots, limit=limit,
+        records = run_eval(task, model=model, run=run, sampler=sampler, template=template, shots=shots, add_bos=bos, limit=limit,
                            batch_size=batch_size, seed=seed, data=data, question_field=question_field,
                            answer_field=answer_field, history=history, device=device, dtype=dtype,
                            trust_remote_code=trust_remote_code, db=db)
@@ -95,7 +96,8 @@ def eval_command(
 def print_results(records: list[EvalRecord], console: Console) -> None:
     """The algorithms x steps table, then the accuracy-vs-steps plot when there are several step counts."""
     first = records[0]
-    table = results_table(records, title=f"{first.task} · {first.model} · {first.n_samples} problems · {first.shots} shots")
+    prompt = f"{first.template or 'base'}{' + BOS' if first.add_bos else ''}"
+    table = results_table(records, title=f"{first.task} · {first.model} · {first.n_samples} problems · {first.shots} shots · {prompt}")
     table.caption = f"eval ids {', '.join(str(r.id) for r in records)} · accuracy [95% Wilson CI] · mean NFE · tokens/s"
     console.print(table)
     if len({r.steps for r in records}) > 1:
@@ -104,7 +106,7 @@ def print_results(records: list[EvalRecord], console: Console) -> None:
 
 def run_eval(task: str = DEFAULT_TASK, *, model: str | None = None, run: str | None = None,
              sampler: Mapping[str, Any] | None = None, template: str | None = None, shots: int | None = None,
-             limit: int | None = None, batch_size: int = 16, seed: int = 0, data: str | None = None,
+             add_bos: bool | None = None, limit: int | None = None, batch_size: int = 16, seed: int = 0, data: str | None = None,
              question_field: str | None = None, answer_field: str | None = None, history: bool = False,
              device: str = "auto", dtype: str = "auto", trust_remote_code: bool = False,
              db: Path | None = None) -> list[EvalRecord]:
@@ -124,12 +126,13 @@ def run_eval(task: str = DEFAULT_TASK, *, model: str | None = None, run: str | N
     if not samples:
         raise ValueError(f"task {spec.name} has no problems to evaluate")
     err = Console(stderr=True, highlight=False)
-    err.print(f"[dim]{spec.name}: {len(samples)} problems, {template} template, {shots} shots, {len(cells)} cells; "
+    bos_note = ", BOS" if spec.bos_for(template, add_bos) else ""
+    err.print(f"[dim]{spec.name}: {len(samples)} problems, {template} template{bos_note}, {shots} shots, {len(cells)} cells; "
               f"model {choice.spec}{' (' + choice.checkpoint + ')' if choice.checkpoint else ''}[/dim]")
     net, tokenizer = load_model_and_tokenizer(choice.source, device=device, dtype=dtype, trust_remote_code=trust_remote_code)
     plan = EvalPlan(task=spec, samples=samples, template=template, shots=shots, cells=cells, model=choice.spec,
                     batch_size=batch_size, seed=seed, limit=limit, checkpoint=choice.checkpoint, run_id=choice.run_id,
-                    history=history, grid_id=uuid.uuid4().hex[:8],
+                    history=history, grid_id=uuid.uuid4().hex[:8], add_bos=add_bos,
                     task_label=spec.name if data is None else f"{spec.name}:{Path(data).resolve()}",
                     versions=library_versions())
     try:
@@ -143,12 +146,12 @@ def run_eval(task: str = DEFAULT_TASK, *, model: str | None = None, run: str | N
 @app.command("score")
 def score_command(
     file: Annotated[Path, typer.Argument(help="A generations file: jsonl with question / gold / generation fields.")],
-    task: Annotated[str, typer.Option(help="The task whose extractor and scorer to use.")] = "gsm8k",
+    task: Annotated[str, typer.Option(help="The task whose stop strings, extractor, scorer and lm-eval filters to use.")] = "gsm8k",
     out: Annotated[Path | None, typer.Option(help="Write the re-scored rows here (jsonl).")] = None,
     mask_token: Annotated[str, typer.Option(help="The mask token text counted as leftover.")] = "<|mask|>",
     as_json: JsonOption = False,
 ) -> None:
-    """Re-score an existing generations file with a task's extractor and Math-Verify (plus the flexible extract)."""
+    """Re-score a generations file as the task scores: until-cut, extractor and Math-Verify, lm-eval's strict / flexible."""
     with _errors():
         spec = load_task(task)
         if not file.is_file():
@@ -160,15 +163,24 @@ def score_command(
             missing = [key for key in ("gold", "generation") if key not in row]
             if missing:
                 raise ValueError(f"{file}:{number}: missing field {missing[0]!r} (need question, gold, generation)")
-            score = score_generation(str(row["generation"]), spec.gold_answer(str(row["gold"])), extractor=spec.extractor,
-                                     scorer=spec.scorer, numeric=spec.numeric, mask_token=mask_token)
+            reference = row.get(spec.reference_field) if spec.reference_field else None
+            if reference is None and spec.gold_boxed:
+                reference = row["gold"]
+            try:
+                score = score_generation(str(row["generation"]), spec.gold_answer(str(row["gold"])), extractor=spec.extractor,
+                                         scorer=spec.scorer, numeric=spec.numeric, mask_token=mask_token, until=spec.until,
+                                         lm_eval=spec.lm_eval, reference=None if reference is None else str(reference))
+            except ValueError as error:  # lm-eval's minerva scoring needs a boxed answer in the reference solution
+                field = spec.reference_field if spec.reference_field in row else "gold"
+                raise ValueError(f"{file}:{number}: {field}: {error}") from None
             rows.append({**row, **score.as_row()})
     strict = summarize(rows, max_new_tokens=0, total=len(rows))
     correct, low, high = strict["n_correct"], strict["ci_low"], strict["ci_high"]
     flexible = sum(row["flexible_correct"] for row in rows)
     summary = {"file": str(file), "task": spec.name, "n": len(rows), "correct": correct, "accuracy": strict["accuracy"],
-               "ci_low": low, "ci_high": high, "flexible_correct": flexible,
-               "flexible_accuracy": flexible / len(rows) if rows else None,
+               "ci_low": low, "ci_high": high, "strict_accuracy": strict["strict_accuracy"],
+               "flexible_correct": flexible, "flexible_accuracy": strict["flexible_accuracy"],
+               "cut": sum(row["cut_at"] is not None for row in rows),
                "unclosed_boxed": sum(bool(row["unclosed_boxed"]) for row in rows),
                "leftover_masks": sum(row["leftover_masks"] for row in rows)}
     if out is not None:
@@ -177,9 +189,11 @@ def score_command(
         typer.echo(json.dumps(summary, indent=2))
         return
     if rows:
+        lm_eval = (f"lm-eval strict {100 * summary['strict_accuracy']:.1f}%, flexible "
+                   if summary["strict_accuracy"] is not None else "flexible extract ")
         typer.echo(f"{spec.name}: {correct}/{len(rows)} = {100 * summary['accuracy']:.1f}% "
-                   f"[95% CI {100 * low:.1f}, {100 * high:.1f}] (math-verify); flexible extract "
-                   f"{flexible}/{len(rows)} = {100 * summary['flexible_accuracy']:.1f}%; "
+                   f"[95% CI {100 * low:.1f}, {100 * high:.1f}] (math-verify); {lm_eval}"
+                   f"{flexible}/{len(rows)} = {100 * summary['flexible_accuracy']:.1f}%; {summary['cut']} cut at a stop string; "
                    f"{summary['unclosed_boxed']} unclosed \\boxed{{, {summary['leftover_masks']} leftover masks")
     else:
         typer.echo(f"{file}: no rows")

@@ -11,6 +11,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from dreamlab.evals.lm_eval_verdicts import FLEXIBLE_PATTERN, IGNORED
+
 EXTRACTORS = ("boxed", "gsm8k", "after_think", "last_number")
 BOX_COMMANDS = ("\\boxed", "\\fbox")
 # Box contents that are instructions copied from the prompt, not answers.
@@ -22,9 +24,7 @@ _GSM8K_FINAL = re.compile(r"####\s*(.+)")
 _ANSWER_IS = re.compile(r"(?:final answer|the answer) is[:\s]*(.+?)(?:\.\s|\.?$|\n|\. I hope)", re.IGNORECASE)
 _NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?|-?\.\d+")
 _THOUSANDS = re.compile(r"(?<![\d.])(-?\d{1,3}(?:,\d{3})+)(?![\d,]*\d)(?!\.\d*,)")
-# lm-eval's gsm8k "flexible-extract": the last match of this pattern.
-FLEXIBLE_PATTERN = re.compile(r"(-?[$0-9.,]{2,})|(-?[0-9]+)")
-_FLEXIBLE_IGNORE = (re.compile(r","), re.compile(r"\$"), re.compile(r"(?s).*#### "), re.compile(r"\.$"))
+_FLEXIBLE_IGNORE = tuple(re.compile(pattern) for pattern in IGNORED)
 
 
 @dataclass(frozen=True)

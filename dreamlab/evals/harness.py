@@ -44,12 +44,19 @@ class EvalPlan:
     grid_id: str | None = None
     task_label: str | None = None
     versions: dict[str, str] = field(default_factory=dict)
+    add_bos: bool | None = None  # None: the task's prompt.add_bos
+
+    @property
+    def bos(self) -> bool:
+        """Whether every prompt starts with the tokenizer's BOS."""
+        return self.task.bos_for(self.template, self.add_bos)
 
     def settings(self, cell: SamplerSettings, device: str) -> dict[str, Any]:
         """The store's eval settings for one cell."""
         return {"run_id": self.run_id, "checkpoint": self.checkpoint, "model": self.model,
-                "task": self.task_label or self.task.name, "shots": self.shots,
-                "template_hash": self.task.template_hash(self.template, self.shots), **asdict(cell),
+                "task": self.task_label or self.task.name, "shots": self.shots, "template": self.template,
+                "add_bos": self.bos, "template_hash": self.task.template_hash(self.template, self.shots, self.bos),
+                **asdict(cell),
                 "batch_size": self.batch_size, "seed": self.seed, "limit_n": self.limit, "versions": self.versions,
                 "device": device, "n_samples": len(self.samples), "grid_id": self.grid_id}
 
@@ -76,9 +83,16 @@ def cut_at_eos(tokenizer: Any, ids: list[int]) -> list[int]:
     return ids[: ids.index(eos)] if eos is not None and eos in ids else ids
 
 
-def tokenize_prompts(task: Task, tokenizer: Any, samples: Sequence[Sample], template: str, shots: int) -> dict[int, list[int]]:
-    """Each sample's prompt ids (by idx), rendered once for the whole grid."""
-    return {s.idx: tokenizer(task.render(s.question, tokenizer, template, shots), add_special_tokens=False).input_ids
+def tokenize_prompts(task: Task, tokenizer: Any, samples: Sequence[Sample], template: str, shots: int,
+                     add_bos: bool = False) -> dict[int, list[int]]:
+    """Each sample's prompt ids (by idx), rendered once for the whole grid; BOS first when `add_bos`."""
+    bos = []
+    if add_bos:
+        if tokenizer.bos_token_id is None:
+            raise ValueError(f"task {task.name} starts prompts with BOS (prompt.add_bos) but the tokenizer has no BOS "
+                             "token: pass --no-bos")
+        bos = [tokenizer.bos_token_id]
+    return {s.idx: bos + tokenizer(task.render(s.question, tokenizer, template, shots), add_special_tokens=False).input_ids
             for s in samples}
 
 
@@ -114,7 +128,8 @@ def generate_and_score(model: torch.nn.Module, tokenizer: Any, task: Task, batch
         ids = cut_at_eos(tokenizer, out.sequences[row, width:].tolist())
         generation = tokenizer.decode(ids)
         score = score_generation(generation, sample.gold, extractor=task.extractor, scorer=task.scorer,
-                                 numeric=task.numeric, mask_token=tokenizer.mask_token)
+                                 numeric=task.numeric, mask_token=tokenizer.mask_token, until=task.until,
+                                 lm_eval=task.lm_eval, reference=sample.reference)
         record = {"idx": sample.idx, "question": sample.question, "gold": sample.gold, "generation": generation,
                   **score.as_row(), "nfe": out.nfe, "seconds": seconds, "history": None}
         record["leftover_masks"] = max(record["leftover_masks"], ids.count(mask_id) if mask_id is not None else 0)
@@ -155,7 +170,7 @@ def run_cell(store: Any, model: torch.nn.Module, tokenizer: Any, plan: EvalPlan,
 
 def run_plan(store: Any, model: torch.nn.Module, tokenizer: Any, plan: EvalPlan, progress: Progress) -> list[Any]:
     """Every cell of the plan with the model loaded once; returns the EvalRecords in grid order."""
-    prompts = tokenize_prompts(plan.task, tokenizer, plan.samples, plan.template, plan.shots)
+    prompts = tokenize_prompts(plan.task, tokenizer, plan.samples, plan.template, plan.shots, plan.bos)
     check_context(model, prompts, plan.cells)
     device = device_label(model)
     return [run_cell(store, model, tokenizer, plan, cell, prompts, progress, device) for cell in plan.cells]
@@ -163,11 +178,10 @@ def run_plan(store: Any, model: torch.nn.Module, tokenizer: Any, plan: EvalPlan,
 
 def evaluate_in_memory(model: torch.nn.Module, tokenizer: Any, task: Task, samples: Sequence[Sample], cell: SamplerSettings, *,
                        template: str | None = None, shots: int | None = None, batch_size: int = 64,
-                       seed: int = 0) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+                       seed: int = 0, add_bos: bool | None = None) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Score a model without a store (benchmarks, notebooks): the summary and the per-sample rows."""
-    template = template or task.template
-    shots = task.shots if shots is None else shots
-    prompts = tokenize_prompts(task, tokenizer, samples, template, shots)
+    template, shots = task.prompt_shape(template, shots)
+    prompts = tokenize_prompts(task, tokenizer, samples, template, shots, task.bos_for(template, add_bos))
     check_context(model, prompts, [cell])
     ordered = sorted(samples, key=lambda s: (len(prompts[s.idx]), s.idx))
     rows: list[dict[str, Any]] = []

@@ -13,10 +13,12 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from dreamlab.diffusion.settings import SamplerSettings, field_types
+from dreamlab.evals.published import published_note
 
-EXPORT_FIELDS = ("id", "task", "model", "checkpoint", "shots", "template_hash", *field_types(SamplerSettings),
-                 "batch_size", "seed", "limit_n", "device", "status", "n_samples", "n_done", "n_correct", "accuracy",
-                 "ci_low", "ci_high", "nfe_mean", "tokens_per_s", "grid_id")
+EXPORT_FIELDS = ("id", "task", "model", "checkpoint", "shots", "template", "add_bos", "template_hash",
+                 *field_types(SamplerSettings), "batch_size", "seed", "limit_n", "device", "status", "n_samples", "n_done",
+                 "n_correct", "accuracy", "strict_accuracy", "flexible_accuracy", "ci_low", "ci_high", "nfe_mean",
+                 "tokens_per_s", "grid_id")
 
 
 class RichProgress:
@@ -53,12 +55,16 @@ class RichProgress:
 def _cell_text(record: Any) -> str:
     if record.accuracy is None:
         return f"— ({record.status})"
-    return (f"{100 * record.accuracy:.1f}% [{100 * record.ci_low:.1f}, {100 * record.ci_high:.1f}]\n"
+    text = (f"{100 * record.accuracy:.1f}% [{100 * record.ci_low:.1f}, {100 * record.ci_high:.1f}]\n"
             f"NFE {record.nfe_mean:.0f} · {record.tokens_per_s or 0:.1f} tok/s")
+    if record.strict_accuracy is not None:
+        text += f"\nlm-eval strict {100 * record.strict_accuracy:.1f}% · flexible {100 * record.flexible_accuracy:.1f}%"
+    note = published_note(record)
+    return text if note is None else f"{text}\n{note}"
 
 
 def results_table(records: Sequence[Any], title: str = "") -> Table:
-    """Algorithms as rows, step counts as columns: accuracy, 95% CI, NFE and tokens/s in each cell."""
+    """Algorithms as rows, step counts as columns: accuracy, 95% CI, NFE, tokens/s, lm-eval's columns, a published match."""
     algs = list(dict.fromkeys(r.alg for r in records))
     steps = sorted({r.steps for r in records})
     table = Table(title=title or None, title_justify="left", show_lines=True)

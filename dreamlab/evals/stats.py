@@ -47,13 +47,21 @@ def mcnemar(only_a: int, only_b: int, exact_below: int = 25) -> tuple[float, str
     return math.erfc(math.sqrt(statistic / 2)), "chi2"
 
 
+def column_accuracy(samples: Sequence[dict[str, Any]], column: str) -> float | None:
+    """The fraction of samples a verdict column calls correct (None when no sample has that verdict)."""
+    judged = [s[column] for s in samples if s.get(column) is not None]
+    return sum(1 for verdict in judged if verdict) / len(judged) if judged else None
+
+
 def summarize(samples: Sequence[dict[str, Any]], max_new_tokens: int, total: int) -> dict[str, Any]:
-    """Accuracy with a Wilson 95% interval, mean NFE and generated tokens per second over recorded samples."""
+    """Accuracy with a Wilson 95% interval, the strict / flexible accuracies, mean NFE and tokens/s over recorded samples."""
     done = len(samples)
     correct = sum(1 for s in samples if s["correct"])
     low, high = wilson_interval(correct, done)
     seconds = sum(s.get("seconds") or 0.0 for s in samples)
     return {"n_done": done, "n_correct": correct, "n_samples": total, "accuracy": correct / done if done else None,
+            "strict_accuracy": column_accuracy(samples, "strict_correct"),
+            "flexible_accuracy": column_accuracy(samples, "flexible_correct"),
             "ci_low": low if done else None, "ci_high": high if done else None,
             "nfe_mean": sum(s.get("nfe") or 0 for s in samples) / done if done else None,
             "tokens_per_s": done * max_new_tokens / seconds if seconds > 0 else None}

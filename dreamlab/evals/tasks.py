@@ -18,12 +18,17 @@ import yaml
 
 from dreamlab.diffusion.settings import SamplerSettings, field_types
 from dreamlab.evals.extract import EXTRACTORS
+from dreamlab.evals.lm_eval_verdicts import SCHEMES
+from dreamlab.evals.minerva import last_boxed_only_string, remove_boxed
 from dreamlab.evals.scoring import SCORERS
 from dreamlab.textfiles import json_lines, read_json, read_utf8
 
 TEMPLATES = ("base", "chat")
 SAMPLER_KEYS = field_types(SamplerSettings)  # what a task's sampler: / chat_sampler: may set
-_TOP_KEYS = {"name", "description", "source", "fields", "answer", "prompt", "fewshot", "sampler", "chat_sampler"}
+_TOP_KEYS = {"name", "description", "source", "fields", "answer", "prompt", "fewshot", "sampler", "chat_sampler", "until",
+             "published"}
+# A published result names its model and value, where it comes from, and the settings it was measured with.
+PUBLISHED_KEYS = {"model", "value", "source", "template", "shots", "max_new_tokens", "steps"}
 
 
 class TaskError(ValueError):
@@ -32,11 +37,12 @@ class TaskError(ValueError):
 
 @dataclass(frozen=True)
 class Sample:
-    """One problem: its index in the data set, the question and the gold answer."""
+    """One problem: its index in the data set, the question, the gold answer and (optionally) the worked solution."""
 
     idx: int
     question: str
     gold: str
+    reference: str | None = None
 
 
 @dataclass
@@ -50,11 +56,17 @@ class Task:
     question_field: str = "question"
     gold_field: str = "answer"
     gold_regex: str | None = None
+    gold_boxed: bool = False
+    reference_field: str | None = None
     extractor: str = "boxed"
     scorer: str = "math_verify"
     numeric: bool = False
+    lm_eval: str | None = None
+    until: list[str] = field(default_factory=list)
+    add_bos: bool = False
     template: str = "base"
     shots: int = 0
+    chat_shots: int | None = None
     base_example: str = "Question: {question}\nAnswer: {solution}"
     base_query: str = "Question: {question}\nAnswer:"
     separator: str = "\n\n"
@@ -63,6 +75,7 @@ class Task:
     fewshot: list[dict[str, str]] = field(default_factory=list)
     sampler: dict[str, Any] = field(default_factory=dict)
     chat_sampler: dict[str, Any] = field(default_factory=dict)
+    published: list[dict[str, Any]] = field(default_factory=list)
 
     # -- data -----------------------------------------------------------------------------------
 
@@ -71,15 +84,18 @@ class Task:
         rows = _load_rows(self, data)
         samples = []
         for idx, row in enumerate(rows[:limit] if limit is not None else rows):
-            for name in (self.question_field, self.gold_field):
+            for name in (self.question_field, self.gold_field, *([self.reference_field] if self.reference_field else [])):
                 if name not in row:
                     raise TaskError(f"{self.name}: row {idx} has no field {name!r} (fields: {', '.join(sorted(row))}); "
                                     "choose others with --question-field / --answer-field")
-            samples.append(Sample(idx, str(row[self.question_field]), self.gold_answer(str(row[self.gold_field]))))
+            reference = str(row[self.reference_field]) if self.reference_field else None
+            samples.append(Sample(idx, str(row[self.question_field]), self.gold_answer(str(row[self.gold_field])), reference))
         return samples
 
     def gold_answer(self, text: str) -> str:
-        """The gold answer from the gold field (`gold_regex`'s first group when set; thousands commas dropped if numeric)."""
+        """The gold answer from the gold field (its last box, or `gold_regex`'s first group; thousands commas dropped if numeric)."""
+        if self.gold_boxed and (boxed := last_boxed_only_string(text)) is not None:
+            text = remove_boxed(boxed)
         if self.gold_regex:
             found = re.findall(self.gold_regex, text, flags=re.MULTILINE)
             text = found[-1] if found else text
@@ -93,7 +109,8 @@ class Task:
         template = template or self.template
         if template not in TEMPLATES:
             raise ValueError(f"--template must be base or chat; got {template!r}")
-        shots = self.shots if shots is None else shots
+        if shots is None:
+            shots = self.chat_shots if template == "chat" and self.chat_shots is not None else self.shots
         if not 0 <= shots <= len(self.fewshot):
             raise ValueError(f"--shots must be from 0 to {len(self.fewshot)} (the task's few-shot examples); got {shots}")
         return template, shots
@@ -101,6 +118,10 @@ class Task:
     def settings_for(self, template: str) -> dict[str, Any]:
         """The default sampler settings for a template (chat_sampler overrides sampler for chat)."""
         return {**self.sampler, **(self.chat_sampler if template == "chat" else {})}
+
+    def bos_for(self, template: str, add_bos: bool | None = None) -> bool:
+        """Whether prompts start with the tokenizer's BOS: `add_bos` when given, else the task's (base template only)."""
+        return (self.add_bos if add_bos is None else add_bos) and template == "base"
 
     def render(self, question: str, tokenizer: Any, template: str, shots: int) -> str:
         """The full prompt text: few-shot CoT as plain text (base) or turns through the chat template (chat)."""
@@ -117,14 +138,18 @@ class Task:
             raise TaskError(f"{self.name}: --template chat needs a tokenizer with a chat template; use --template base")
         return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
 
-    def template_hash(self, template: str, shots: int) -> str:
-        """A short hash of everything that shapes the prompt (template text, system turn, shots used, fields)."""
+    def template_hash(self, template: str, shots: int, add_bos: bool = False) -> str:
+        """A short hash of everything that shapes the prompt and its scoring (template text, BOS, shots, fields, stops)."""
         shape = {"template": template, "examples": self.fewshot[:shots], "fields": [self.question_field, self.gold_field],
                  "gold_regex": self.gold_regex, "extractor": self.extractor, "scorer": self.scorer, "numeric": self.numeric}
         if template == "base":
             shape.update(example=self.base_example, query=self.base_query, separator=self.separator)
         else:
             shape.update(user=self.chat_user, system=self.system)
+        # Added only when set, so tasks made before these existed keep their hash (and their evals resume).
+        extras = {"add_bos": add_bos, "until": self.until, "lm_eval": self.lm_eval, "gold_boxed": self.gold_boxed,
+                  "reference": self.reference_field}
+        shape.update({key: value for key, value in extras.items() if value})
         return hashlib.sha256(json.dumps(shape, sort_keys=True).encode()).hexdigest()[:12]
 
 
@@ -210,6 +235,33 @@ def _parse(path: Path, raw: dict[str, Any], node: yaml.Node) -> Task:
         raise fail("answer.scorer", f"must be one of {', '.join(SCORERS)}; got {answer.get('scorer')!r}")
     if prompt.get("template", "base") not in TEMPLATES:
         raise fail("prompt.template", f"must be base or chat; got {prompt.get('template')!r}")
+    if answer.get("lm_eval") is not None and answer["lm_eval"] not in SCHEMES:
+        raise fail("answer.lm_eval", f"must be one of {', '.join(SCHEMES)}; got {answer['lm_eval']!r}")
+    if answer.get("lm_eval") == "minerva" and not fields_.get("reference") and not fields_.get("gold_boxed"):
+        raise fail("answer.lm_eval", "minerva scoring needs the worked solution: set fields.reference or fields.gold_boxed")
+    if not isinstance(prompt.get("add_bos", False), bool):
+        raise fail("prompt.add_bos", f"must be true or false; got {prompt['add_bos']!r}")
+    if not isinstance(fields_.get("gold_boxed", False), bool):
+        raise fail("fields.gold_boxed", f"must be true or false; got {fields_['gold_boxed']!r}")
+    until = raw.get("until") or []
+    if not isinstance(until, list) or not all(isinstance(stop, str) and stop for stop in until):
+        raise fail("until", "must be a list of non-empty strings")
+    subsets = source.get("subsets")
+    if subsets is not None and (not isinstance(subsets, list) or not all(isinstance(name, str) for name in subsets)):
+        raise fail("source.subsets", "must be a list of data set configuration names")
+    published = raw.get("published") or []
+    if not isinstance(published, list):
+        raise fail("published", "must be a list of {model, value, source, template, shots, max_new_tokens, steps}")
+    for i, entry in enumerate(published):
+        missing = PUBLISHED_KEYS - set(entry) if isinstance(entry, dict) else PUBLISHED_KEYS
+        if missing:
+            raise fail(f"published.{i}", f"missing {', '.join(sorted(missing))}")
+        unknown = set(entry) - PUBLISHED_KEYS - set(SAMPLER_KEYS)
+        if unknown:
+            raise fail(f"published.{i}.{sorted(unknown)[0]}", f"unknown field (known: {', '.join(sorted(PUBLISHED_KEYS))} "
+                       "and sampler settings)")
+        if not isinstance(entry["value"], (int, float)):
+            raise fail(f"published.{i}.value", f"must be a number (percent); got {entry['value']!r}")
     fewshot = raw.get("fewshot") or []
     if not isinstance(fewshot, list):
         raise fail("fewshot", "must be a list of {question, solution}")
@@ -219,6 +271,9 @@ def _parse(path: Path, raw: dict[str, Any], node: yaml.Node) -> Task:
     shots = prompt.get("shots", 0)
     if not isinstance(shots, int) or not 0 <= shots <= len(fewshot):
         raise fail("prompt.shots", f"must be an integer from 0 to the number of fewshot examples ({len(fewshot)}); got {shots!r}")
+    chat_shots = prompt.get("chat_shots")
+    if chat_shots is not None and (not isinstance(chat_shots, int) or not 0 <= chat_shots <= len(fewshot)):
+        raise fail("prompt.chat_shots", f"must be an integer from 0 to the number of fewshot examples ({len(fewshot)}); got {chat_shots!r}")
     samplers = {}
     for name in ("sampler", "chat_sampler"):
         values = section(name)
@@ -237,9 +292,11 @@ def _parse(path: Path, raw: dict[str, Any], node: yaml.Node) -> Task:
     return Task(
         name=str(raw.get("name") or path.stem), path=path, description=str(raw.get("description") or ""),
         source=source, question_field=fields_.get("question", "question"), gold_field=fields_.get("gold", "answer"),
-        gold_regex=fields_.get("gold_regex"), extractor=answer.get("extractor", "boxed"),
+        gold_regex=fields_.get("gold_regex"), gold_boxed=fields_.get("gold_boxed", False),
+        reference_field=fields_.get("reference"), extractor=answer.get("extractor", "boxed"),
         scorer=answer.get("scorer", "math_verify"), numeric=bool(answer.get("numeric", False)),
-        template=prompt.get("template", "base"), shots=shots, system=prompt.get("system"), fewshot=fewshot,
+        lm_eval=answer.get("lm_eval"), until=until, add_bos=prompt.get("add_bos", False), published=published,
+        template=prompt.get("template", "base"), shots=shots, chat_shots=chat_shots, system=prompt.get("system"), fewshot=fewshot,
         sampler=samplers["sampler"], chat_sampler=samplers["chat_sampler"],
         **{key: prompt[key] for key in strings if key in prompt},
     )
@@ -286,7 +343,8 @@ def _load_rows(task: Task, data: str | None) -> list[dict[str, Any]]:
     try:
         import datasets
 
-        loaded = datasets.load_dataset(hub, source.get("subset"), split=source.get("split", "test"))
+        subsets = source.get("subsets") or [source.get("subset")]
+        loaded = [row for subset in subsets for row in datasets.load_dataset(hub, subset, split=source.get("split", "test"))]
     except Exception as error:  # noqa: BLE001  (offline, unknown id, ... : one line for the user)
         first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise TaskError(f"{task.name}: {'no local file ' + local + ' and ' if local else ''}loading {hub} from the hub failed: {first}") from None

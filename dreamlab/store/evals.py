@@ -22,7 +22,9 @@ from dreamlab.store.schema import (EVAL_SAMPLE_COLUMNS, EVAL_SETTING_COLUMNS, EV
 # The model spec as typed counts only when there is no checkpoint path (`--run x` and `--model
 # runs/x/...` name the same weights).
 SAMPLER_FIELDS = tuple(field_types(SamplerSettings))
-KEY_FIELDS = tuple(name for name in EVAL_SETTING_COLUMNS if name not in ("run_id", "model", "n_samples", "grid_id"))
+# template and add_bos are in template_hash already (added to the key they would change every older eval's key).
+KEY_FIELDS = tuple(name for name in EVAL_SETTING_COLUMNS
+                   if name not in ("run_id", "model", "n_samples", "grid_id", "template", "add_bos"))
 # The sampler settings hashed since evals began; one added later counts only off its default, so the
 # evals recorded before it keep their key (and resume).
 _FIRST_SAMPLER_FIELDS = ("alg", "steps", "max_new_tokens", "temperature", "top_p", "top_k", "alg_temp", "block_length",
@@ -74,6 +76,7 @@ class EvalStoreMixin:
         key = settings_key(settings)
         row = {name: settings.get(name) for name in EVAL_SETTING_COLUMNS}
         row["versions"] = json.dumps(dict(settings.get("versions") or {}), sort_keys=True)
+        row["add_bos"] = None if row["add_bos"] is None else int(bool(row["add_bos"]))
         with self._write() as conn:
             if row["run_id"] is not None:
                 self._resolve(int(row["run_id"]), conn)
@@ -97,7 +100,7 @@ class EvalStoreMixin:
             if unknown or "idx" not in sample:
                 raise StoreError(f"bad eval sample: unknown fields {sorted(unknown)}" if unknown else "an eval sample needs idx")
             values = {name: sample.get(name) for name in EVAL_SAMPLE_COLUMNS}
-            for flag in ("correct", "flexible_correct", "unclosed_boxed"):
+            for flag in ("correct", "flexible_correct", "strict_correct", "unclosed_boxed"):
                 if values[flag] is not None:
                     values[flag] = int(bool(values[flag]))
             for name in _JSON_SAMPLE_FIELDS:
@@ -177,6 +180,6 @@ def _eval_from_row(row: Mapping[str, Any]) -> EvalRecord:
     values = {key: row[key] for key in row.keys() if key in _RECORD_FIELDS}
     values["versions"] = json.loads(row["versions"] or "{}")
     values["metrics"] = None if row["metrics"] is None else json.loads(row["metrics"])
-    for name in _BOOL_FIELDS:  # SQLite keeps booleans as 0 / 1
+    for name in (*_BOOL_FIELDS, "add_bos"):  # SQLite keeps booleans as 0 / 1
         values[name] = None if values[name] is None else bool(values[name])
     return EvalRecord(**values)

@@ -181,9 +181,24 @@ _V5_LIVENESS = """
 """
 
 
-# Version 6: results scored elsewhere (the lm-eval bridge): an eval's metrics as that harness reported them
+# Version 6: lm-eval's protocols. An eval records its template and whether prompts began with BOS (both
+# also in its template hash), and the lm-eval-named accuracies (strict, flexible) beside the main one; a
+# sample keeps where a stop string cut its generation (the generation itself stays whole) and lm-eval's
+# strict verdict.
+_V6_LM_EVAL = """
+        ALTER TABLE evals ADD COLUMN template TEXT;
+        ALTER TABLE evals ADD COLUMN add_bos INTEGER;
+        ALTER TABLE evals ADD COLUMN strict_accuracy REAL;
+        ALTER TABLE evals ADD COLUMN flexible_accuracy REAL;
+        ALTER TABLE eval_samples ADD COLUMN cut_at INTEGER;
+        ALTER TABLE eval_samples ADD COLUMN strict_extracted TEXT;
+        ALTER TABLE eval_samples ADD COLUMN strict_correct INTEGER;
+"""
+
+
+# Version 7: results scored elsewhere (the lm-eval bridge): an eval's metrics as that harness reported them
 # ({"exact_match,strict-match": 0.77, ...}) and each sample's per-filter metrics, both JSON.
-_V6_EXTERNAL_METRICS = """
+_V7_EXTERNAL_METRICS = """
         ALTER TABLE evals ADD COLUMN metrics TEXT;
         ALTER TABLE eval_samples ADD COLUMN metrics TEXT;
 """
@@ -191,8 +206,8 @@ _V6_EXTERNAL_METRICS = """
 
 # Ordered: MIGRATIONS[i] takes a database from version i to version i + 1. Never edit a released
 # migration; append a new one.
-MIGRATIONS: tuple[str, ...] = (_V1_INITIAL, _V2_LATEST_METRICS, _V3_EVALS, _V4_EVENTS, _V5_LIVENESS,
-                                _V6_EXTERNAL_METRICS)
+MIGRATIONS: tuple[str, ...] = (_V1_INITIAL, _V2_LATEST_METRICS, _V3_EVALS, _V4_EVENTS, _V5_LIVENESS, _V6_LM_EVAL,
+                                _V7_EXTERNAL_METRICS)
 SCHEMA_VERSION = len(MIGRATIONS)
 # Tables that hold a settings dataclass's fields as columns: a new field becomes a column on the next open.
 SETTINGS_COLUMNS = {"evals": SamplerSettings}
@@ -200,14 +215,14 @@ _SQL_TYPES = {int: "INTEGER", float: "REAL", str: "TEXT", bool: "INTEGER"}
 
 # The eval statements, built once here from the same settings fields as the columns above: a new
 # sampler setting needs no edit. Callers pass parameter dicts; nothing is built at call time.
-EVAL_SETTING_COLUMNS = ("run_id", "model", "checkpoint", "task", "shots", "template_hash",
+EVAL_SETTING_COLUMNS = ("run_id", "model", "checkpoint", "task", "shots", "template", "add_bos", "template_hash",
                         *(item.name for item in fields(SETTINGS_COLUMNS["evals"])), "batch_size", "seed", "limit_n",
                         "versions", "device", "n_samples", "grid_id")
 EVAL_SAMPLE_COLUMNS = ("idx", "question", "gold", "generation", "extracted", "correct", "flexible_correct",
-                       "flexible_extracted", "nfe", "seconds", "leftover_masks", "unclosed_boxed", "n_boxed", "history",
-                       "metrics")
-EVAL_SUMMARY_COLUMNS = ("accuracy", "ci_low", "ci_high", "nfe_mean", "tokens_per_s", "n_done", "n_correct", "n_samples",
-                        "metrics")
+                       "flexible_extracted", "strict_correct", "strict_extracted", "cut_at", "nfe", "seconds",
+                       "leftover_masks", "unclosed_boxed", "n_boxed", "history", "metrics")
+EVAL_SUMMARY_COLUMNS = ("accuracy", "strict_accuracy", "flexible_accuracy", "ci_low", "ci_high", "nfe_mean",
+                        "tokens_per_s", "n_done", "n_correct", "n_samples", "metrics")
 
 
 def _insert(verb: str, table: str, columns: tuple[str, ...]) -> str:

@@ -1,10 +1,11 @@
 """Evaluations of one run: the accuracy grid (algorithms x steps, with NFE), samples, and denoising replay.
 
 Reads the eval store (migration v3): `RunStore.list_evals(run_ref=...)` -> EvalRecord (task, alg, steps,
-accuracy, ci_low, ci_high, nfe_mean, status, checkpoint, model, ...) and `RunStore.eval_samples(eval_id)`
--> dicts (idx, question, gold, generation, extracted, correct, flexible_correct, flexible_extracted,
-nfe, seconds, leftover_masks, history: the generated tokens after each step, kept for the first
-samples of an eval run with `dreamlab eval --history`).
+accuracy, strict_accuracy, flexible_accuracy, ci_low, ci_high, nfe_mean, status, checkpoint, model, ...) and
+`RunStore.eval_samples(eval_id)` -> dicts (idx, question, gold, generation, cut_at, extracted, correct,
+strict_correct, strict_extracted, flexible_correct, flexible_extracted, nfe, seconds, leftover_masks, history:
+the generated tokens after each step, kept for the first samples of an eval run with `dreamlab eval --history`).
+A cell whose model and settings match a result the task file lists as published shows it beside the measured one.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from textual.timer import Timer
 from textual.widgets import DataTable, Footer, Static
 
 from dreamlab.display import MASK_GLYPH, fmt_number, render_with_masks
+from dreamlab.evals.published import published_note
 
 
 @dataclass(frozen=True)
@@ -55,14 +57,28 @@ def cell_text(record: Any) -> Text:
         text.append(f" ±{50 * (record.ci_high - record.ci_low):.1f}", style="dim")
     if record.nfe_mean is not None:
         text.append(f" nfe {record.nfe_mean:.0f}", style="cyan")
+    if record.strict_accuracy is not None and record.flexible_accuracy is not None:
+        text.append(f" lm-eval {100 * record.strict_accuracy:.1f}/{100 * record.flexible_accuracy:.1f}", style="dim")
+    note = published_note(record)  # the task file was read by the loading worker (cached)
+    if note is not None:
+        text.append(f" · {note}", style="magenta")
     return text
 
 
 def verdict(sample: dict[str, Any]) -> Text:
-    """✓ / ✗ for the strict and the flexible scorer."""
+    """✓ / ✗ for the main verdict, lm-eval's strict one (· when the task has none) and the flexible one."""
     def mark(value: Any) -> tuple[str, str]:
         return ("✓", "green") if value else ("✗", "red") if value is not None else ("·", "dim")
-    return Text.assemble(mark(sample.get("correct")), " ", mark(sample.get("flexible_correct")))
+    return Text.assemble(mark(sample.get("correct")), " ", mark(sample.get("strict_correct")), " ",
+                         mark(sample.get("flexible_correct")))
+
+
+def generation_text(sample: dict[str, Any]) -> Text:
+    """The raw generation; where a stop string cut it, the part that was not scored follows ✂, dimmed."""
+    generation, cut_at = shown(sample.get("generation")), sample.get("cut_at")
+    if cut_at is None or sample.get("generation") is None:
+        return Text(generation)
+    return Text.assemble(generation[:cut_at], ("✂", "bold red"), (generation[cut_at:], "dim"))
 
 
 def shown(value: Any) -> str:
@@ -134,7 +150,10 @@ class EvalsScreen(Screen):
     @work(thread=True, exclusive=True)
     def _load(self) -> None:
         try:
-            self.post_message(self.Loaded(self.app.store.list_evals(run_ref=self.run_id), None))
+            evals = self.app.store.list_evals(run_ref=self.run_id)
+            for record in evals:
+                published_note(record)  # reads the task files here, not on the UI thread
+            self.post_message(self.Loaded(evals, None))
         except Exception as failure:  # noqa: BLE001 - shown in the title
             self.post_message(self.Loaded(None, f"{type(failure).__name__}: {failure}"))
 
@@ -145,7 +164,8 @@ class EvalsScreen(Screen):
             title.update(f"cannot read evals: {message.error}")
             return
         self.grid = grid = build_grid(message.evals or [])
-        title.update(f"evals of {self.run_name}: {len(grid.cells)} · accuracy ±95% CI, mean NFE · enter: samples"
+        title.update(f"evals of {self.run_name}: {len(grid.cells)} · accuracy ±95% CI, mean NFE, lm-eval strict/flexible"
+                     " · enter: samples"
                      if grid.cells else f"no evals of {self.run_name} yet (dreamlab eval)")
         table = self.query_one("#eval-grid", DataTable)
         table.clear(columns=True)
@@ -267,10 +287,13 @@ class SamplesScreen(Screen):
         sample = self.listed[index]
         text = Text()
         for label, key in (("question", "question"), ("generation", "generation"), ("extracted", "extracted"),
-                           ("flexible", "flexible_extracted"), ("gold", "gold")):
+                           ("lm-eval strict", "strict_extracted"), ("flexible", "flexible_extracted"), ("gold", "gold")):
             text.append(f"{label}: ", style="bold")
-            text.append(f"{shown(sample.get(key))}\n")
-        text.append("strict / flexible: ", style="bold")
+            text.append_text(generation_text(sample) if key == "generation" else Text(shown(sample.get(key))))
+            text.append("\n")
+        if sample.get("cut_at") is not None:
+            text.append(f"cut at character {sample['cut_at']} by a stop string (scored: the text before ✂)\n", style="dim")
+        text.append("main / lm-eval strict / flexible: ", style="bold")
         text.append_text(verdict(sample))
         text.append(f"   nfe {fmt_number(sample.get('nfe'))}  {fmt_number(sample.get('seconds'))} s  "
                     f"leftover masks {fmt_number(sample.get('leftover_masks'))}")
