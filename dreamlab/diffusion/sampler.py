@@ -62,7 +62,8 @@ class GenerateOutput:
     """The sequences [B, prompt + new], the number of model calls, and the optional history.
 
     `row_nfe[r]` counts the calls in which row r had positions to fill: what the row would cost alone
-    (the batch's `nfe` is the most over its rows). `full_forwards` counts full-sequence calls (all
+    (the batch's `nfe` is at least the most over its rows: with a parallel rule, rows finish a block
+    at different steps). `full_forwards` counts full-sequence calls (all
     of them without a cache; the refreshes with one).
     """
 
