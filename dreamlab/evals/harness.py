@@ -18,6 +18,7 @@ import torch
 
 from dreamlab.diffusion.sampler import generate
 from dreamlab.diffusion.settings import SamplerSettings
+from dreamlab.evals.grid import cell_label
 from dreamlab.evals.scoring import score_generation
 from dreamlab.evals.stats import summarize
 from dreamlab.evals.tasks import Sample, Task
@@ -115,8 +116,10 @@ def generate_and_score(model: torch.nn.Module, tokenizer: Any, task: Task, batch
         generation = tokenizer.decode(ids)
         score = score_generation(generation, sample.gold, extractor=task.extractor, scorer=task.scorer,
                                  numeric=task.numeric, mask_token=tokenizer.mask_token)
+        # A row's own model calls (what it costs alone: the sampler is batch-invariant) and answer length.
         record = {"idx": sample.idx, "question": sample.question, "gold": sample.gold, "generation": generation,
-                  **score.as_row(), "nfe": out.nfe, "seconds": seconds, "history": None}
+                  **score.as_row(), "nfe": out.row_nfe[row] if out.row_nfe else out.nfe, "seconds": seconds,
+                  "history": None, "answer_tokens": len(ids)}
         record["leftover_masks"] = max(record["leftover_masks"], ids.count(mask_id) if mask_id is not None else 0)
         if keep_history and sample.idx in history_for:
             record["history"] = [step[row, width:].tolist() for step in out.history or []]
@@ -128,7 +131,7 @@ def run_cell(store: Any, model: torch.nn.Module, tokenizer: Any, plan: EvalPlan,
              prompts: dict[int, list[int]], progress: Progress, device: str) -> Any:
     """Evaluate one cell into its store row, skipping samples already recorded; returns the finished EvalRecord."""
     record = store.create_or_resume_eval(plan.settings(cell, device))
-    label = f"{cell.alg} × {cell.steps} steps"
+    label = cell_label(cell)
     if record.status == "completed":
         progress.start_cell(label, len(plan.samples), len(plan.samples))
         progress.end_cell(record)

@@ -16,7 +16,8 @@ from dreamlab.diffusion.settings import SamplerSettings, field_types
 
 EXPORT_FIELDS = ("id", "task", "model", "checkpoint", "shots", "template_hash", *field_types(SamplerSettings),
                  "batch_size", "seed", "limit_n", "device", "status", "n_samples", "n_done", "n_correct", "accuracy",
-                 "ci_low", "ci_high", "nfe_mean", "tokens_per_s", "grid_id")
+                 "ci_low", "ci_high", "nfe_mean", "tokens_per_s", "tokens_per_forward", "answer_tokens_per_s",
+                 "wall_seconds", "grid_id")
 
 
 class RichProgress:

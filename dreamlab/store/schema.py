@@ -181,9 +181,19 @@ _V5_LIVENESS = """
 """
 
 
+# Version 6: what the accuracy-vs-speed frontier needs: each sample's answer length (tokens up to EOS,
+# not the padding) and, per eval, tokens revealed per model call, answer tokens per second and wall time.
+_V6_SPEED = """
+        ALTER TABLE eval_samples ADD COLUMN answer_tokens INTEGER;
+        ALTER TABLE evals ADD COLUMN tokens_per_forward REAL;
+        ALTER TABLE evals ADD COLUMN answer_tokens_per_s REAL;
+        ALTER TABLE evals ADD COLUMN wall_seconds REAL;
+"""
+
+
 # Ordered: MIGRATIONS[i] takes a database from version i to version i + 1. Never edit a released
 # migration; append a new one.
-MIGRATIONS: tuple[str, ...] = (_V1_INITIAL, _V2_LATEST_METRICS, _V3_EVALS, _V4_EVENTS, _V5_LIVENESS)
+MIGRATIONS: tuple[str, ...] = (_V1_INITIAL, _V2_LATEST_METRICS, _V3_EVALS, _V4_EVENTS, _V5_LIVENESS, _V6_SPEED)
 SCHEMA_VERSION = len(MIGRATIONS)
 # Tables that hold a settings dataclass's fields as columns: a new field becomes a column on the next open.
 SETTINGS_COLUMNS = {"evals": SamplerSettings}
@@ -195,8 +205,9 @@ EVAL_SETTING_COLUMNS = ("run_id", "model", "checkpoint", "task", "shots", "templ
                         *(item.name for item in fields(SETTINGS_COLUMNS["evals"])), "batch_size", "seed", "limit_n",
                         "versions", "device", "n_samples", "grid_id")
 EVAL_SAMPLE_COLUMNS = ("idx", "question", "gold", "generation", "extracted", "correct", "flexible_correct",
-                       "flexible_extracted", "nfe", "seconds", "leftover_masks", "unclosed_boxed", "n_boxed", "history")
-EVAL_SUMMARY_COLUMNS = ("accuracy", "ci_low", "ci_high", "nfe_mean", "tokens_per_s", "n_done", "n_correct", "n_samples")
+                       "flexible_extracted", "nfe", "seconds", "leftover_masks", "unclosed_boxed", "n_boxed", "history", "answer_tokens")
+EVAL_SUMMARY_COLUMNS = ("accuracy", "ci_low", "ci_high", "nfe_mean", "tokens_per_s", "n_done", "n_correct", "n_samples",
+                        "tokens_per_forward", "answer_tokens_per_s", "wall_seconds")
 
 
 def _insert(verb: str, table: str, columns: tuple[str, ...]) -> str:
