@@ -70,3 +70,29 @@ def test_eval_with_cache_and_threshold_axes_records_speed_and_plots_the_frontier
     assert [row["id"] for row in rows] == [e.id for e in evals] and any(row["pareto"] for row in rows)
     missing = runner.invoke(app, ["eval", "frontier", "--db", str(tmp_path / "none.db")])
     assert missing.exit_code == 2 and "no run store" in missing.output
+
+
+def test_the_consoles_eval_grid_gives_cells_with_a_cache_or_rule_their_own_row_and_plots_the_frontier():
+    import asyncio
+
+    from textual.app import App
+
+    from dreamlab.tui.screens.evals import build_grid
+    from dreamlab.tui.widgets.plots import FrontierPlot
+
+    base = dict(task="t", steps=8, status="completed", started=0, block_length=None, cache=None, threshold=None,
+                factor=None, gamma=None, commit_gap=None, accuracy=0.5, answer_tokens_per_s=10.0)
+    records = [SimpleNamespace(**{**base, "id": 1, "alg": "entropy"}),
+               SimpleNamespace(**{**base, "id": 2, "alg": "entropy", "block_length": 4, "cache": "dual",
+                                  "answer_tokens_per_s": 30.0})]
+    assert build_grid(records).rows == [("t", "entropy"), ("t", "entropy · block 4 · cache dual")]
+
+    class Holder(App):
+        def compose(self):
+            yield FrontierPlot()
+
+    async def scenario():
+        app = Holder()
+        async with app.run_test(size=(60, 20)):
+            assert app.query_one(FrontierPlot).show(records) == 2
+    asyncio.run(scenario())

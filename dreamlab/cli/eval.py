@@ -19,7 +19,7 @@ from dreamlab import library_versions
 from dreamlab.cli.options import DbOption, JsonOption, resolve_db
 from dreamlab.evals.compare import compare
 from dreamlab.evals.frontier import frontier_plot, frontier_table
-from dreamlab.evals.grid import SAMPLER_TYPES, cell_label, grid_cells
+from dreamlab.evals.grid import SAMPLER_TYPES, extra_settings, grid_cells
 from dreamlab.evals.report import RichProgress, accuracy_plot, export_rows, results_table, to_csv, to_json
 from dreamlab.evals.scoring import score_generation
 from dreamlab.evals.stats import summarize
@@ -104,7 +104,7 @@ def print_results(records: list[EvalRecord], console: Console) -> None:
     the algorithms x steps table cannot tell those cells apart.
     """
     first = records[0]
-    if any(cell_label(r) != f"{r.alg} × {r.steps} steps" for r in records):
+    if any(extra_settings(r) for r in records):
         print_frontier(records, console)
         return
     table = results_table(records, title=f"{first.task} · {first.model} · {first.n_samples} problems · {first.shots} shots")

@@ -23,6 +23,14 @@ def pareto_ids(records: Sequence[Any]) -> set[int]:
             if not any(s >= speed and a >= acc and (s, a) != (speed, acc) for j, (s, a) in points.items() if j != i)}
 
 
+def frontier_points(records: Sequence[Any]) -> tuple[list[tuple[float, float]], list[tuple[float, float]]]:
+    """(answer tokens/s, accuracy %) of the other cells and of the Pareto cells (by speed), for plotting."""
+    best = pareto_ids(records)
+    points = [(p, r.id in best) for r in records if (p := _point(r)) is not None]
+    others = [(speed, 100 * acc) for (speed, acc), on_front in points if not on_front]
+    return others, sorted((speed, 100 * acc) for (speed, acc), on_front in points if on_front)
+
+
 def frontier_table(records: Sequence[Any], title: str = "") -> Table:
     """One row per cell, fastest first: accuracy [95% CI], NFE, tokens per forward, answer tokens/s, wall time, ★ Pareto."""
     best = pareto_ids(records)
@@ -44,17 +52,14 @@ def frontier_plot(records: Sequence[Any], width: int = 80, height: int = 20) -> 
     """Accuracy (%) against answer tokens/s in the terminal (plotext); Pareto cells joined by a line."""
     import plotext as plt
 
-    best = pareto_ids(records)
-    points = [(p, r.id in best) for r in records if (p := _point(r)) is not None]
+    others, front = frontier_points(records)
     plt.clear_figure()
     plt.plotsize(width, height)
     plt.theme("clear")
-    others = [p for p, on_front in points if not on_front]
-    front = sorted(p for p, on_front in points if on_front)
     if others:
-        plt.scatter([s for s, _ in others], [100 * a for _, a in others], label="cell", marker="dot")
+        plt.scatter([s for s, _ in others], [a for _, a in others], label="cell", marker="dot")
     if front:
-        plt.plot([s for s, _ in front], [100 * a for _, a in front], label="Pareto", marker="*")
+        plt.plot([s for s, _ in front], [a for _, a in front], label="Pareto", marker="*")
     plt.ylim(0, 100)
     plt.xlabel("answer tokens/s")
     plt.ylabel("accuracy %")

@@ -57,11 +57,12 @@ def _parse(kind: type, text: str) -> Any:
 _LABELLED = ("block_length", "cache", "threshold", "factor", "gamma", "commit_gap")
 
 
+def extra_settings(cell: Any) -> list[str]:
+    """The blocks, cache and decoding rules a cell sets (`block 32`, `cache dual`, `threshold 0.9`), in order."""
+    return [f"{'block' if name == 'block_length' else name} {getattr(cell, name)}"
+            for name in _LABELLED if getattr(cell, name, None) is not None]
+
+
 def cell_label(cell: Any) -> str:
     """`entropy × 128 steps · block 32 · cache dual · threshold 0.9` for a SamplerSettings or an EvalRecord."""
-    parts = [f"{cell.alg} × {cell.steps} steps"]
-    for name in _LABELLED:
-        value = getattr(cell, name, None)
-        if value is not None:
-            parts.append(f"{'block' if name == 'block_length' else name} {value}")
-    return " · ".join(parts)
+    return " · ".join([f"{cell.alg} × {cell.steps} steps", *extra_settings(cell)])
