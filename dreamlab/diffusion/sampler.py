@@ -63,8 +63,8 @@ class GenerateOutput:
 
     `row_nfe[r]` counts the calls in which row r had positions to fill: what the row would cost alone
     (the batch's `nfe` is at least the most over its rows: with a parallel rule, rows finish a block
-    at different steps). `full_forwards` counts full-sequence calls (all
-    of them without a cache; the refreshes with one).
+    at different steps). `full_forwards` counts full-sequence calls (every call without a cache,
+    the refreshes with one).
     """
 
     sequences: torch.Tensor
@@ -151,8 +151,8 @@ def generate(
     `values` are SamplerSettings' fields (max_new_tokens, steps, alg, temperature, ...). `seed` is
     an int (row r uses seed + r), one seed per row (a row's draws then do not depend on its position
     in the batch), or None (torch's default generator state). `refresh_cache_every_call` refreshes a
-    cache before every windowed call (two forwards a step): the output then equals cache=None's,
-    which checks the cache machinery; it is not a speed setting.
+    cache before every windowed call (two forwards a step, NFE counts one): the output then equals
+    cache=None's, which checks the cache machinery; it is not a speed setting.
     """
     settings = SamplerSettings(**values)
     if settings.cache is not None and hooks is not None and hooks.logits is not None:
