@@ -18,8 +18,9 @@ from rich.text import Text
 from dreamlab import library_versions
 from dreamlab.cli.options import DbOption, JsonOption, resolve_db
 from dreamlab.evals.compare import compare
-from dreamlab.evals.grid import SAMPLER_TYPES, grid_cells
-from dreamlab.evals.report import RichProgress, accuracy_plot, results_table, to_csv, to_json
+from dreamlab.evals.frontier import frontier_plot, frontier_table
+from dreamlab.evals.grid import SAMPLER_TYPES, extra_settings, grid_cells
+from dreamlab.evals.report import RichProgress, accuracy_plot, export_rows, results_table, to_csv, to_json
 from dreamlab.evals.scoring import score_generation
 from dreamlab.evals.stats import summarize
 from dreamlab.evals.tasks import TaskError, load_task
@@ -58,9 +59,13 @@ def eval_command(
     top_k: Annotated[int | None, typer.Option()] = None,
     alg_temp: Annotated[float | None, typer.Option()] = None,
     eps: Annotated[float | None, typer.Option(help="The last timestep (the schedule runs from 1 to eps).")] = None,
-    block_length: Annotated[int | None, typer.Option(help="Semi-autoregressive blocks of this many tokens.")] = None,
-    threshold: Annotated[float | None, typer.Option(help="Also reveal every position with p >= threshold.")] = None,
+    block_length: Annotated[str | None, typer.Option(help="Comma list: semi-autoregressive blocks of this many tokens (none: off).")] = None,
+    threshold: Annotated[str | None, typer.Option(help="Comma list: also reveal every position with p >= threshold (none: off).")] = None,
     elide_noop_steps: Annotated[bool | None, typer.Option(help="Skip steps that reveal nothing (default: on).")] = None,
+    cache: Annotated[str | None, typer.Option(help="Comma list of none, prefix, dual: Fast-dLLM's block-wise KV caches (need --block-length).")] = None,
+    factor: Annotated[str | None, typer.Option(help="Comma list: Fast-dLLM's factor rule, reveal while (i+1)(1-p_i) < factor.")] = None,
+    gamma: Annotated[str | None, typer.Option(help="Comma list: entropy bound (EB-sampler), reveal while summed entropy - max <= gamma.")] = None,
+    commit_gap: Annotated[str | None, typer.Option(help="Comma list: Prophet's early commit, fill the block once the mean top-2 gap >= this.")] = None,
     template: Annotated[str | None, typer.Option(help="base (few-shot CoT as plain text) or chat (through the chat template).")] = None,
     shots: Annotated[int | None, typer.Option(help="Few-shot examples (task default).")] = None,
     bos: Annotated[bool | None, typer.Option("--bos/--no-bos", help="Start base prompts with the tokenizer's BOS (task default: prompt.add_bos).")] = None,
@@ -94,8 +99,15 @@ def eval_command(
 
 
 def print_results(records: list[EvalRecord], console: Console) -> None:
-    """The algorithms x steps table, then the accuracy-vs-steps plot when there are several step counts."""
+    """The algorithms x steps table, then the accuracy-vs-steps plot when there are several step counts.
+
+    A grid whose cells set blocks, caches or decoding rules gets the frontier (table and plot) instead:
+    the algorithms x steps table cannot tell those cells apart.
+    """
     first = records[0]
+    if any(extra_settings(r) for r in records):
+        print_frontier(records, console)
+        return
     prompt = f"{first.template or 'base'}{' + BOS' if first.add_bos else ''}"
     table = results_table(records, title=f"{first.task} · {first.model} · {first.n_samples} problems · {first.shots} shots · {prompt}")
     table.caption = f"eval ids {', '.join(str(r.id) for r in records)} · accuracy [95% Wilson CI] · mean NFE · tokens/s"
@@ -141,6 +153,47 @@ def run_eval(task: str = DEFAULT_TASK, *, model: str | None = None, run: str | N
     except KeyboardInterrupt:
         err.print("interrupted: finished samples are saved; run the same command again to resume")
         raise typer.Exit(130) from None
+
+
+def print_frontier(records: list[EvalRecord], console: Console) -> None:
+    """The frontier table (Pareto cells starred) and the accuracy-vs-answer-tokens/s plot."""
+    first = records[0]
+    console.print(frontier_table(records, title=f"{first.task} · {first.model} · {first.n_samples} problems · "
+                                                f"{first.shots} shots · accuracy vs speed (★ Pareto-optimal)"))
+    if sum(1 for r in records if r.answer_tokens_per_s and r.accuracy is not None) > 1:
+        console.print(Text.from_ansi(frontier_plot(records, width=min(console.width - 1, 90))))
+
+
+@app.command("frontier")
+def frontier_command(
+    evals: Annotated[list[int] | None, typer.Argument(help="Eval ids (default: the newest grid's cells).")] = None,
+    grid: Annotated[str | None, typer.Option(help="A grid id (every cell of one `dreamlab eval`).")] = None,
+    run: Annotated[str | None, typer.Option(help="Every eval of a run (name, id or `latest`).")] = None,
+    db: DbOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Accuracy against answer tokens/s for an eval grid's cells, the Pareto-optimal ones marked."""
+    from dreamlab.evals.frontier import pareto_ids
+
+    with _errors():
+        path = resolve_db(db)
+        if not path.is_file():
+            raise FileNotFoundError(f"no run store at {path} (pass --db or set DREAMLAB_DB)")
+        store = RunStore(path)
+        if evals:
+            records = [store.get_eval(eval_id) for eval_id in evals]
+        elif run is not None or grid is not None:
+            records = store.list_evals(run_ref=run, grid_id=grid)
+        else:
+            newest = store.list_evals()
+            records = [r for r in newest if newest and r.grid_id == newest[-1].grid_id]
+        if not records:
+            raise ValueError("no evals to plot: run `dreamlab eval` with speed axes (--cache, --threshold, ...) first")
+    if as_json:
+        best = pareto_ids(records)
+        typer.echo(json.dumps([{**row, "pareto": row["id"] in best} for row in export_rows(records)], indent=2, default=str))
+        return
+    print_frontier(records, Console(highlight=False))
 
 
 @app.command("score")

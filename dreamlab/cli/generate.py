@@ -43,6 +43,10 @@ def generate(
     eps: Annotated[float, typer.Option(help="The last timestep (the schedule runs from 1 to eps).")] = SamplerSettings.eps,
     block_length: Annotated[int | None, typer.Option(help="Semi-autoregressive blocks of this many tokens.")] = None,
     threshold: Annotated[float | None, typer.Option(help="Also reveal every position with p >= threshold.")] = None,
+    cache: Annotated[str | None, typer.Option(help="prefix or dual: Fast-dLLM's block-wise KV cache (needs --block-length).")] = None,
+    factor: Annotated[float | None, typer.Option(help="Fast-dLLM's factor rule: reveal while (i+1)(1-p_i) < factor.")] = None,
+    gamma: Annotated[float | None, typer.Option(help="Entropy bound: reveal while summed entropy - max <= gamma.")] = None,
+    commit_gap: Annotated[float | None, typer.Option(help="Early commit: fill the block once the mean top-2 gap >= this.")] = None,
     seed: int = 0,
     elide_noop_steps: Annotated[bool, typer.Option("--elide/--no-elide", help="Skip steps that reveal nothing: fewer model calls, same tokens at temperature 0, same distribution when sampling.")] = True,
     raw: Annotated[bool, typer.Option(help="Use the prompt as is, without the chat template.")] = False,
@@ -89,7 +93,8 @@ def generate(
         out = diffusion_generate(
             net, input_ids, max_new_tokens=max_new_tokens, steps=steps, alg=alg, alg_temp=alg_temp,
             temperature=temperature, top_p=top_p, top_k=top_k, seed=seed, block_length=block_length,
-            threshold=threshold, eps=eps, elide_noop_steps=elide_noop_steps, hooks=SamplerHooks(tokens=show),
+            threshold=threshold, eps=eps, elide_noop_steps=elide_noop_steps, cache=cache, factor=factor, gamma=gamma,
+            commit_gap=commit_gap, hooks=SamplerHooks(tokens=show),
         )
     except ValueError as error:
         _fail(error)

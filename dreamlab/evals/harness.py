@@ -18,6 +18,7 @@ import torch
 
 from dreamlab.diffusion.sampler import generate
 from dreamlab.diffusion.settings import SamplerSettings
+from dreamlab.evals.grid import cell_label
 from dreamlab.evals.scoring import score_generation
 from dreamlab.evals.stats import summarize
 from dreamlab.evals.tasks import Sample, Task
@@ -130,8 +131,13 @@ def generate_and_score(model: torch.nn.Module, tokenizer: Any, task: Task, batch
         score = score_generation(generation, sample.gold, extractor=task.extractor, scorer=task.scorer,
                                  numeric=task.numeric, mask_token=tokenizer.mask_token, until=task.until,
                                  lm_eval=task.lm_eval, reference=sample.reference)
+        # A row's own model calls (what it costs alone: the sampler is batch-invariant) and answer length:
+        # up to EOS, or to a stop string's cut (what lm-eval would keep), never the padding.
+        answer_tokens = len(ids) if score.cut_at is None else len(
+            tokenizer.encode(generation[:score.cut_at], add_special_tokens=False))
         record = {"idx": sample.idx, "question": sample.question, "gold": sample.gold, "generation": generation,
-                  **score.as_row(), "nfe": out.nfe, "seconds": seconds, "history": None}
+                  **score.as_row(), "nfe": out.row_nfe[row] if out.row_nfe else out.nfe, "seconds": seconds,
+                  "history": None, "answer_tokens": answer_tokens}
         record["leftover_masks"] = max(record["leftover_masks"], ids.count(mask_id) if mask_id is not None else 0)
         if keep_history and sample.idx in history_for:
             record["history"] = [step[row, width:].tolist() for step in out.history or []]
@@ -143,7 +149,7 @@ def run_cell(store: Any, model: torch.nn.Module, tokenizer: Any, plan: EvalPlan,
              prompts: dict[int, list[int]], progress: Progress, device: str) -> Any:
     """Evaluate one cell into its store row, skipping samples already recorded; returns the finished EvalRecord."""
     record = store.create_or_resume_eval(plan.settings(cell, device))
-    label = f"{cell.alg} × {cell.steps} steps"
+    label = cell_label(cell)
     if record.status == "completed":
         progress.start_cell(label, len(plan.samples), len(plan.samples))
         progress.end_cell(record)

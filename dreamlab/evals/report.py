@@ -18,7 +18,7 @@ from dreamlab.evals.published import published_note
 EXPORT_FIELDS = ("id", "task", "model", "checkpoint", "shots", "template", "add_bos", "template_hash",
                  *field_types(SamplerSettings), "batch_size", "seed", "limit_n", "device", "status", "n_samples", "n_done",
                  "n_correct", "accuracy", "strict_accuracy", "flexible_accuracy", "ci_low", "ci_high", "nfe_mean",
-                 "tokens_per_s", "grid_id")
+                 "tokens_per_s", "tokens_per_forward", "answer_tokens_per_s", "wall_seconds", "grid_id")
 
 
 class RichProgress:

@@ -54,14 +54,24 @@ def column_accuracy(samples: Sequence[dict[str, Any]], column: str) -> float | N
 
 
 def summarize(samples: Sequence[dict[str, Any]], max_new_tokens: int, total: int) -> dict[str, Any]:
-    """Accuracy with a Wilson 95% interval, the strict / flexible accuracies, mean NFE and tokens/s over recorded samples."""
+    """Accuracy with a Wilson 95% interval, the strict / flexible accuracies, mean NFE and speed over recorded samples.
+
+    tokens_per_s counts every generated position (padding included), answer_tokens_per_s only the
+    answer (up to EOS); tokens_per_forward is generated positions per model call; wall_seconds sums
+    the samples' shares of their batches' time.
+    """
     done = len(samples)
     correct = sum(1 for s in samples if s["correct"])
     low, high = wilson_interval(correct, done)
     seconds = sum(s.get("seconds") or 0.0 for s in samples)
+    calls = sum(s.get("nfe") or 0 for s in samples)
+    answers = [s["answer_tokens"] for s in samples if s.get("answer_tokens") is not None]
     return {"n_done": done, "n_correct": correct, "n_samples": total, "accuracy": correct / done if done else None,
             "strict_accuracy": column_accuracy(samples, "strict_correct"),
             "flexible_accuracy": column_accuracy(samples, "flexible_correct"),
             "ci_low": low if done else None, "ci_high": high if done else None,
-            "nfe_mean": sum(s.get("nfe") or 0 for s in samples) / done if done else None,
-            "tokens_per_s": done * max_new_tokens / seconds if seconds > 0 else None}
+            "nfe_mean": calls / done if done else None,
+            "tokens_per_s": done * max_new_tokens / seconds if seconds > 0 else None,
+            "tokens_per_forward": done * max_new_tokens / calls if calls else None,
+            "answer_tokens_per_s": sum(answers) / seconds if answers and len(answers) == done and seconds > 0 else None,
+            "wall_seconds": seconds if done else None}

@@ -7,6 +7,8 @@ and no remote code.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -14,7 +16,7 @@ from transformers import PreTrainedModel
 from transformers import initialization as init
 from transformers.activations import ACT2FN
 from transformers.modeling_layers import GradientCheckpointingLayer
-from transformers.modeling_outputs import MaskedLMOutput
+from transformers.utils import ModelOutput
 
 from dreamlab.models.configuration import DreamConfig
 
@@ -74,11 +76,44 @@ def apply_rotary(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch
     return q * cos + _rotate_half(q) * sin, k * cos + _rotate_half(k) * sin
 
 
+class DreamKVCache:
+    """Every layer's keys and values over a whole sequence ([B, KV heads, N, D], keys after RoPE).
+
+    A forward given this cache and `cache_start` runs only a window of positions [start, start + n):
+    its queries attend to the cached keys everywhere outside the window and to fresh keys inside it,
+    so with a cache taken from the same tokens the window's logits equal the full forward's.
+    """
+
+    def __init__(self) -> None:
+        self.layers: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    @property
+    def length(self) -> int:
+        """Positions covered (0 when empty)."""
+        return self.layers[0][0].shape[2] if self.layers else 0
+
+    def splice(self, layer: int, start: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """This layer's whole-sequence keys and values with the window [start, start + n) taken from k, v."""
+        cached_k, cached_v = self.layers[layer]
+        end = start + k.shape[2]
+        return (torch.cat([cached_k[:, :, :start], k, cached_k[:, :, end:]], dim=2),
+                torch.cat([cached_v[:, :, :start], v, cached_v[:, :, end:]], dim=2))
+
+
+@dataclass
+class DreamModelOutput(ModelOutput):
+    """Logits for every input position and, when asked (`use_cache`), the keys and values of this forward."""
+
+    logits: torch.Tensor | None = None
+    cache: DreamKVCache | None = None
+
+
 class DreamAttention(nn.Module):
     """Bidirectional grouped-query attention through torch's SDPA (no causal mask)."""
 
-    def __init__(self, config: DreamConfig) -> None:
+    def __init__(self, config: DreamConfig, layer_idx: int = 0) -> None:
         super().__init__()
+        self.layer_idx = layer_idx
         self.num_heads = config.num_attention_heads
         self.num_kv_heads = config.num_key_value_heads
         self.head_dim = config.head_dim
@@ -94,12 +129,19 @@ class DreamAttention(nn.Module):
         hidden_states: torch.Tensor,
         attention_mask: torch.Tensor | None,
         position_embeddings: tuple[torch.Tensor, torch.Tensor],
+        cache: DreamKVCache | None = None,
+        cache_start: int | None = None,
     ) -> torch.Tensor:
         batch, length, _ = hidden_states.shape
         q = self.q_proj(hidden_states).view(batch, length, self.num_heads, self.head_dim).transpose(1, 2)
         k = self.k_proj(hidden_states).view(batch, length, self.num_kv_heads, self.head_dim).transpose(1, 2)
         v = self.v_proj(hidden_states).view(batch, length, self.num_kv_heads, self.head_dim).transpose(1, 2)
         q, k = apply_rotary(q, k, *position_embeddings)
+        if cache is not None:
+            if cache_start is not None:  # a window: the rest of the sequence comes from the cache
+                k, v = cache.splice(self.layer_idx, cache_start, k, v)
+            else:  # a full forward that fills the cache
+                cache.layers.append((k, v))
         groups = self.num_heads // self.num_kv_heads
         if groups > 1:
             k = k.repeat_interleave(groups, dim=1)
@@ -130,9 +172,9 @@ class DreamMLP(nn.Module):
 class DreamDecoderLayer(GradientCheckpointingLayer):
     """Pre-norm transformer block; checkpointable through transformers' layer wrapper."""
 
-    def __init__(self, config: DreamConfig) -> None:
+    def __init__(self, config: DreamConfig, layer_idx: int = 0) -> None:
         super().__init__()
-        self.self_attn = DreamAttention(config)
+        self.self_attn = DreamAttention(config, layer_idx)
         self.mlp = DreamMLP(config)
         self.input_layernorm = DreamRMSNorm(config.hidden_size, config.rms_norm_eps)
         self.post_attention_layernorm = DreamRMSNorm(config.hidden_size, config.rms_norm_eps)
@@ -142,9 +184,11 @@ class DreamDecoderLayer(GradientCheckpointingLayer):
         hidden_states: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
         position_embeddings: tuple[torch.Tensor, torch.Tensor] | None = None,
+        cache: DreamKVCache | None = None,
+        cache_start: int | None = None,
     ) -> torch.Tensor:
         hidden_states = hidden_states + self.self_attn(
-            self.input_layernorm(hidden_states), attention_mask, position_embeddings
+            self.input_layernorm(hidden_states), attention_mask, position_embeddings, cache, cache_start
         )
         return hidden_states + self.mlp(self.post_attention_layernorm(hidden_states))
 
@@ -205,7 +249,7 @@ class DreamBaseModel(DreamPreTrainedModel):
             nn.Embedding(config.max_position_embeddings, config.hidden_size)
             if config.absolute_position_embeddings else None
         )
-        self.layers = nn.ModuleList(DreamDecoderLayer(config) for _ in range(config.num_hidden_layers))
+        self.layers = nn.ModuleList(DreamDecoderLayer(config, i) for i in range(config.num_hidden_layers))
         self.norm = DreamRMSNorm(config.hidden_size, config.rms_norm_eps)
         self.rotary_emb = DreamRotaryEmbedding(config)
         self.gradient_checkpointing = False
@@ -223,24 +267,36 @@ class DreamBaseModel(DreamPreTrainedModel):
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
         inputs_embeds: torch.Tensor | None = None,
+        cache: DreamKVCache | None = None,
+        cache_start: int | None = None,
     ) -> torch.Tensor:
+        """Final hidden states. With `cache_start`, the input is the window of a sequence whose other
+        positions `cache` holds (attention_mask then covers the whole sequence); with a `cache` and no
+        start, this forward fills it."""
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids or inputs_embeds")
         hidden_states = self.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds
         batch, length = hidden_states.shape[:2]
+        start, keys = 0, length
+        if cache_start is not None:
+            if cache is None or not cache.layers:
+                raise ValueError("cache_start needs a filled cache (the .cache of a use_cache forward)")
+            if not 0 <= cache_start <= cache.length - length:
+                raise ValueError(f"a window of {length} positions at {cache_start} does not fit a cache of {cache.length}")
+            start, keys = cache_start, cache.length
         if position_ids is None:
-            position_ids = torch.arange(length, device=hidden_states.device).expand(batch, length)
+            position_ids = torch.arange(start, start + length, device=hidden_states.device).expand(batch, length)
         if self.embed_positions is not None:
-            if length > self.config.max_position_embeddings:
+            if start + length > self.config.max_position_embeddings:
                 raise ValueError(
-                    f"sequence of {length} tokens is longer than this model's {self.config.max_position_embeddings} "
+                    f"sequence of {start + length} tokens is longer than this model's {self.config.max_position_embeddings} "
                     "learned positions (config max_position_embeddings): lower data.max_length or the prompt length"
                 )
             hidden_states = hidden_states + self.embed_positions(position_ids)
         position_embeddings = self.rotary_emb(hidden_states, position_ids)
-        bias = to_attention_bias(attention_mask, length)
+        bias = to_attention_bias(attention_mask, keys)
         for layer in self.layers:
-            hidden_states = layer(hidden_states, bias, position_embeddings)
+            hidden_states = layer(hidden_states, bias, position_embeddings, cache, cache_start)
         return self.norm(hidden_states)
 
 
@@ -276,10 +332,22 @@ class DreamModel(DreamPreTrainedModel):
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
         inputs_embeds: torch.Tensor | None = None,
+        cache: DreamKVCache | None = None,
+        use_cache: bool | None = None,
+        cache_start: int | None = None,
         **kwargs,
-    ) -> MaskedLMOutput:
-        """Logits for every position; generation-only keywords (use_cache, return_dict) are ignored."""
+    ) -> DreamModelOutput:
+        """Logits for every input position.
+
+        `use_cache=True` (without a cache) also returns this forward's keys and values as `.cache`; with
+        `cache` and `cache_start`, the input is the window [cache_start, cache_start + n)
+        of the cached sequence, and position_ids / attention_mask follow the model's usual rules
+        (position_ids for the window, a padding mask over the whole sequence).
+        """
         if kwargs.get("output_attentions") or kwargs.get("output_hidden_states"):
             raise NotImplementedError("DreamModel returns logits only (no attentions or hidden states)")
-        hidden_states = self.model(input_ids, attention_mask, position_ids, inputs_embeds)
-        return MaskedLMOutput(logits=self.lm_head(hidden_states))
+        if (cache is None) != (cache_start is None):
+            raise ValueError("pass cache and cache_start together (a window of a cached sequence)")
+        filled = DreamKVCache() if use_cache and cache is None else None
+        hidden_states = self.model(input_ids, attention_mask, position_ids, inputs_embeds, cache or filled, cache_start)
+        return DreamModelOutput(logits=self.lm_head(hidden_states), cache=filled)

@@ -135,5 +135,7 @@ EvalRecord = make_dataclass("EvalRecord", [
     ("strict_accuracy", float | None, None), ("flexible_accuracy", float | None, None), ("ci_low", float | None, None), ("ci_high", float | None, None), ("nfe_mean", float | None, None),
     ("tokens_per_s", float | None, None), ("grid_id", str | None, None), ("started", float | None, None),
     ("ended", float | None, None), ("metrics", dict[str, Any] | None, None),
+    ("tokens_per_forward", float | None, None), ("answer_tokens_per_s", float | None, None),
+    ("wall_seconds", float | None, None),
 ], frozen=True, namespace={"to_dict": _eval_record_to_dict, "__module__": __name__,
                             "__doc__": "One row of `evals`: a grid cell's settings, progress and summary (None until known)."})

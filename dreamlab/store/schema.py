@@ -204,10 +204,20 @@ _V7_EXTERNAL_METRICS = """
 """
 
 
+# Version 8: what the accuracy-vs-speed frontier needs: each sample's answer length (tokens up to EOS,
+# not the padding) and, per eval, tokens revealed per model call, answer tokens per second and wall time.
+_V8_SPEED = """
+        ALTER TABLE eval_samples ADD COLUMN answer_tokens INTEGER;
+        ALTER TABLE evals ADD COLUMN tokens_per_forward REAL;
+        ALTER TABLE evals ADD COLUMN answer_tokens_per_s REAL;
+        ALTER TABLE evals ADD COLUMN wall_seconds REAL;
+"""
+
+
 # Ordered: MIGRATIONS[i] takes a database from version i to version i + 1. Never edit a released
 # migration; append a new one.
 MIGRATIONS: tuple[str, ...] = (_V1_INITIAL, _V2_LATEST_METRICS, _V3_EVALS, _V4_EVENTS, _V5_LIVENESS, _V6_LM_EVAL,
-                                _V7_EXTERNAL_METRICS)
+                                _V7_EXTERNAL_METRICS, _V8_SPEED)
 SCHEMA_VERSION = len(MIGRATIONS)
 # Tables that hold a settings dataclass's fields as columns: a new field becomes a column on the next open.
 SETTINGS_COLUMNS = {"evals": SamplerSettings}
@@ -220,9 +230,10 @@ EVAL_SETTING_COLUMNS = ("run_id", "model", "checkpoint", "task", "shots", "templ
                         "versions", "device", "n_samples", "grid_id")
 EVAL_SAMPLE_COLUMNS = ("idx", "question", "gold", "generation", "extracted", "correct", "flexible_correct",
                        "flexible_extracted", "strict_correct", "strict_extracted", "cut_at", "nfe", "seconds",
-                       "leftover_masks", "unclosed_boxed", "n_boxed", "history", "metrics")
+                       "leftover_masks", "unclosed_boxed", "n_boxed", "history", "metrics", "answer_tokens")
 EVAL_SUMMARY_COLUMNS = ("accuracy", "strict_accuracy", "flexible_accuracy", "ci_low", "ci_high", "nfe_mean",
-                        "tokens_per_s", "n_done", "n_correct", "n_samples", "metrics")
+                        "tokens_per_s", "n_done", "n_correct", "n_samples", "metrics", "tokens_per_forward",
+                        "answer_tokens_per_s", "wall_seconds")
 
 
 def _insert(verb: str, table: str, columns: tuple[str, ...]) -> str:

@@ -1,5 +1,8 @@
 """Evaluations of one run: the accuracy grid (algorithms x steps, with NFE), samples, and denoising replay.
 
+Cells that set blocks, a cache or a decoding rule get their own grid row (`entropy · cache dual`), and
+when cells recorded their speed, the accuracy-vs-answer-tokens/s frontier is plotted under the grid.
+
 Reads the eval store (migration v3): `RunStore.list_evals(run_ref=...)` -> EvalRecord (task, alg, steps,
 accuracy, strict_accuracy, flexible_accuracy, ci_low, ci_high, nfe_mean, status, checkpoint, model, ...) and
 `RunStore.eval_samples(eval_id)` -> dicts (idx, question, gold, generation, cut_at, extracted, correct,
@@ -26,7 +29,9 @@ from textual.timer import Timer
 from textual.widgets import DataTable, Footer, Static
 
 from dreamlab.display import MASK_GLYPH, fmt_number, render_with_masks
+from dreamlab.evals.grid import extra_settings
 from dreamlab.evals.published import published_note
+from dreamlab.tui.widgets.plots import FrontierPlot
 
 
 @dataclass(frozen=True)
@@ -39,10 +44,11 @@ class Grid:
 
 
 def build_grid(evals: list[Any]) -> Grid:
-    """Place each eval at (task, alg) x steps; the newest eval wins a cell evaluated twice."""
+    """Place each eval at (task, alg and its extra settings) x steps; the newest eval wins a cell evaluated twice."""
     cells: dict[tuple[str, str, int], Any] = {}
     for record in sorted(evals, key=lambda e: (e.started or 0, e.id)):
-        cells[(record.task, record.alg or "—", int(record.steps or 0))] = record
+        row = " · ".join([record.alg or "—", *extra_settings(record)])
+        cells[(record.task, row, int(record.steps or 0))] = record
     rows = sorted({(task, alg) for task, alg, _ in cells})
     steps = sorted({step for _, _, step in cells})
     return Grid(rows, steps, cells)
@@ -141,10 +147,12 @@ class EvalsScreen(Screen):
         """Title, grid, key bar."""
         yield Static(f"evals of {self.run_name}…", id="title")
         yield DataTable(id="eval-grid", cursor_type="cell")
+        yield FrontierPlot(id="frontier")
         yield Footer()
 
     def on_mount(self) -> None:
         """Load in a worker."""
+        self.query_one("#frontier", FrontierPlot).display = False
         self._load()
 
     @work(thread=True, exclusive=True)
@@ -175,6 +183,8 @@ class EvalsScreen(Screen):
         for task, alg in grid.rows:
             table.add_row(f"{task} / {alg}", *(cell_text(grid.cells[(task, alg, step)])
                                               if (task, alg, step) in grid.cells else "—" for step in grid.steps))
+        plot = self.query_one("#frontier", FrontierPlot)
+        plot.display = plot.show(list(grid.cells.values())) > 1
 
     def action_samples(self) -> None:
         """Open the samples of the eval under the cursor."""

@@ -1,4 +1,4 @@
-"""Metric plots (textual-plotext): a run's loss and learning rate, and loss curves of several runs."""
+"""Metric plots (textual-plotext): a run's loss and learning rate, loss curves of several runs, an eval frontier."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from typing import Protocol, cast
 
 from textual_plotext import PlotextPlot
 
+from dreamlab.evals.frontier import frontier_points
 from dreamlab.tui.queries import LOSS_KEY, LR_KEY, VAL_LOSS_KEY, Curves, load_curves
 from dreamlab.tui.widgets.polling import Polling
 
@@ -120,3 +121,24 @@ class CurvesPlot(PlotextPlot):
         plt.title(title)
         plt.xlabel("step")
         self.refresh()
+
+
+class FrontierPlot(PlotextPlot):
+    """Accuracy against answer tokens/s for evals, the Pareto-optimal ones joined by a line."""
+
+    DEFAULT_CSS = "FrontierPlot { height: 14; }"
+
+    def show(self, records: list) -> int:
+        """Draw the evals that recorded accuracy and speed; returns how many were drawn."""
+        others, front = frontier_points(records)
+        plt = self.plt
+        plt.clear_data()
+        plt.clear_figure()
+        if others:
+            plt.scatter([s for s, _ in others], [a for _, a in others], label="cell", marker="dot")
+        if front:
+            plt.plot([s for s, _ in front], [a for _, a in front], label="Pareto", marker="*")
+        plt.ylim(0, 100)
+        plt.title("accuracy % vs answer tokens/s")
+        self.refresh()
+        return len(others) + len(front)
