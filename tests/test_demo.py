@@ -18,7 +18,7 @@ runner = CliRunner()
 @pytest.mark.slow
 def test_demo_trains_a_recorded_run_and_stores_the_eval_grid(tmp_path):
     db = tmp_path / "runs" / "dreamlab.db"
-    result = runner.invoke(app, ["demo", "data.micro_batch_size_per_gpu=8", "data.val_size=16", "--train-steps", "30",
+    result = runner.invoke(app, ["demo", "model.compile=false", "data.micro_batch_size_per_gpu=8", "data.val_size=16", "--train-steps", "30",
                                  "--eval-limit", "8", "--steps", "8,16", "--name", "demo-test", "--db", str(db),
                                  # 30 steps cannot learn the task: the floor is for the packaged recipe.
                                  "--min-accuracy", "0"])

@@ -24,7 +24,7 @@ GRID = ["--alg", "entropy,origin", "--steps", "4,8", "--max-new-tokens", "8", "-
 def trained(tmp_path_factory):
     """A real `dreamlab train` run of the tiny model (4 steps, one checkpoint)."""
     db = tmp_path_factory.mktemp("evalrun") / "runs" / "dreamlab.db"
-    result = runner.invoke(app, ["train", "data.micro_batch_size_per_gpu=8", "data.val_size=16", "model.tiny_hidden_size=64",
+    result = runner.invoke(app, ["train", "model.compile=false", "data.micro_batch_size_per_gpu=8", "data.val_size=16", "model.tiny_hidden_size=64",
                                  "model.tiny_num_layers=2", "model.tiny_intermediate_size=128", "trainer.total_training_steps=4",
                                  "trainer.save_checkpoint_steps=4", "trainer.val_check_interval=null", "--name", "tiny-sft",
                                  "--foreground", "--db", str(db)])

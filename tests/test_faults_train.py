@@ -34,7 +34,7 @@ from dreamlab.train.processes import assess
 pytestmark = pytest.mark.slow
 runner = CliRunner()
 
-TINY = ["data.micro_batch_size_per_gpu=4", "data.val_size=8", "model.tiny_hidden_size=32", "model.tiny_num_layers=1",
+TINY = ["model.compile=false", "data.micro_batch_size_per_gpu=4", "data.val_size=8", "model.tiny_hidden_size=32", "model.tiny_num_layers=1",
         "model.tiny_num_heads=2", "model.tiny_intermediate_size=64", "data.max_length=160", "data.truncation=drop",
         "trainer.log_every=1", "trainer.val_check_interval=null", "trainer.save_checkpoint_steps=1",
         "trainer.max_checkpoints=2", "model.enable_gradient_checkpointing=false"]

@@ -30,7 +30,7 @@ from dreamlab.train.processes import assess
 
 pytestmark = pytest.mark.slow
 
-TINY = ["data.micro_batch_size_per_gpu=4", "data.val_files=[]", "model.tiny_hidden_size=32", "model.tiny_num_layers=1",
+TINY = ["model.compile=false", "data.micro_batch_size_per_gpu=4", "data.val_files=[]", "model.tiny_hidden_size=32", "model.tiny_num_layers=1",
         "model.tiny_num_heads=2", "model.tiny_intermediate_size=64", "data.max_length=160", "data.truncation=drop",
         "trainer.val_check_interval=null", "model.enable_gradient_checkpointing=false", "trainer.heartbeat_s=0.2"]
 # The worker, with its first checkpoint save held for PAUSE seconds (0: not held); markers say when.

@@ -23,7 +23,7 @@ pytestmark = pytest.mark.slow
 runner = CliRunner()
 
 SMALL = [
-    "data.micro_batch_size_per_gpu=8", "data.val_size=16", "model.tiny_hidden_size=64", "model.tiny_num_layers=2",
+    "model.compile=false", "data.micro_batch_size_per_gpu=8", "data.val_size=16", "model.tiny_hidden_size=64", "model.tiny_num_layers=2",
     "model.tiny_intermediate_size=128", "trainer.log_every=1", "trainer.val_check_interval=4",
 ]
 

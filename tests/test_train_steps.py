@@ -11,7 +11,7 @@ import torch
 from dreamlab.config import load_recipe
 from dreamlab.train.trainer import NoisedBatch, Trainer, compute_dtype, lr_lambda
 
-TINY = ["model.tiny_hidden_size=32", "model.tiny_num_layers=2", "model.tiny_num_heads=2",
+TINY = ["model.compile=false", "model.tiny_hidden_size=32", "model.tiny_num_layers=2", "model.tiny_num_heads=2",
         "model.tiny_intermediate_size=64", "model.enable_gradient_checkpointing=false", "data.val_files=[]",
         "data.perbatch_cutoff_type=none", "data.max_length=81", "diffusion.time_reweighting=cart", "trainer.device=cpu"]
 

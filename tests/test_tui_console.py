@@ -31,7 +31,7 @@ from dreamlab.tui.widgets.plots import LossPlot
 
 pytestmark = pytest.mark.slow
 DOCS = Path(__file__).resolve().parents[1] / "docs"
-SMALL = ["data.micro_batch_size_per_gpu=8", "data.val_size=16", "model.tiny_hidden_size=64", "model.tiny_num_layers=2",
+SMALL = ["model.compile=false", "data.micro_batch_size_per_gpu=8", "data.val_size=16", "model.tiny_hidden_size=64", "model.tiny_num_layers=2",
          "model.tiny_intermediate_size=128", "trainer.log_every=1", "trainer.val_check_interval=3",
          "trainer.total_training_steps=6", "trainer.save_checkpoint_steps=6"]
 
