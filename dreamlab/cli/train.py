@@ -34,6 +34,22 @@ def train(
              "(trainer.nproc_per_node, trainer.nnodes, trainer.rdzv_endpoint, micro batch, accumulation).",
     )] = None,
     estimate: Annotated[bool, typer.Option("--estimate", help="Print the per-GPU memory estimate and exit.")] = False,
+    slurm: Annotated[bool, typer.Option("--slurm", help="Submit to Slurm with sbatch (trainer.launcher=slurm).",
+                                        rich_help_panel="Slurm")] = False,
+    partition: Annotated[str | None, typer.Option(help="Partition (trainer.slurm_partition).",
+                                                  rich_help_panel="Slurm")] = None,
+    nodes: Annotated[int | None, typer.Option(min=1, help="Nodes (trainer.nnodes).", rich_help_panel="Slurm")] = None,
+    gpus_per_node: Annotated[int | None, typer.Option(
+        min=0, help="GPUs per node (trainer.slurm_gpus_per_node; also the processes per node when above 0).",
+        rich_help_panel="Slurm")] = None,
+    time_limit: Annotated[str | None, typer.Option("--time", help="Time limit, e.g. 1-00:00:00 (trainer.slurm_time).",
+                                                   rich_help_panel="Slurm")] = None,
+    account: Annotated[str | None, typer.Option(help="Account to charge (trainer.slurm_account).",
+                                                rich_help_panel="Slurm")] = None,
+    slurm_arg: Annotated[list[str] | None, typer.Option(
+        help="Another sbatch option as KEY=VALUE (repeatable; trainer.slurm_args).", rich_help_panel="Slurm")] = None,
+    requeue: Annotated[bool, typer.Option("--requeue", help="Resubmit by itself when stopped at its time limit "
+                                          "(trainer.slurm_requeue).", rich_help_panel="Slurm")] = False,
     db: DbOption = None,
 ) -> None:
     """Train a model with Dream's diffusion SFT (no recipe: the tiny model on the built-in task, CPU)."""
@@ -42,11 +58,15 @@ def train(
         memory_estimate,
         relayout,
         start_process,
+        submit,
         torchrun_command,
         write_run_spec,
     )
 
     console = Console()
+    args = [*(args or []), *slurm_overrides(slurm=slurm, partition=partition, nodes=nodes, gpus_per_node=gpus_per_node,
+                                             time_limit=time_limit, account=account, slurm_args=slurm_arg,
+                                             requeue=requeue)]
     if estimate:
         try:
             recipe = load_recipe(*split_recipe_args(args))
@@ -72,20 +92,40 @@ def train(
             run = store.get_run(resume)
             run_dir = Path(run.run_dir)
             recipe = recipe_from_dict(json.loads((run_dir / "run.json").read_text())["recipe"])
-            changes = relayout(recipe, list(args or []))
+            if not slurm and recipe.trainer.launcher == "slurm":  # without --slurm, a resume runs here
+                args.append("trainer.launcher=local")
+            changes = relayout(recipe, args)
             if changes:
                 write_run_spec(run_dir, recipe, run.id, store_path.resolve())
                 store.record_event(run.id, "relayout", ", ".join(changes))
-            command = torchrun_command(recipe, run_dir, store_path.resolve(), resume=True)
-            process = start_process(command, run_dir, capture=foreground)
-            store.mark_started(run.id, pid=process.pid, pgid=process.pid)
+            if recipe.trainer.launcher == "slurm":
+                refuse_foreground(foreground)
+                from dreamlab.train import slurm as slurm_jobs
+
+                run = slurm_jobs.submit(store, run, recipe, store_path.resolve())
+                process = None
+            else:
+                command = torchrun_command(recipe, run_dir, store_path.resolve(), resume=True)
+                process = start_process(command, run_dir, capture=foreground)
+                store.mark_started(run.id, pid=process.pid, pgid=process.pid)
         else:
             recipe = load_recipe(*split_recipe_args(args))
-            run, process = launch(store, store_path, recipe, name=name, capture=foreground)
+            if recipe.trainer.launcher == "slurm":
+                refuse_foreground(foreground)
+                run, process = submit(store, store_path, recipe, name=name), None
+            else:
+                run, process = launch(store, store_path, recipe, name=name, capture=foreground)
             run_dir = Path(run.run_dir)
     except (RecipeError, StoreError, OSError) as error:
         typer.echo(f"error: {error}", err=True)
         raise typer.Exit(2) from None
+    if process is None:
+        console.print(f"submitted run [bold]{run.name}[/bold] as Slurm job {run.job_id} (queued)")
+        console.print(f"  script: {run_dir / 'slurm.sbatch'}")
+        console.print(f"  log:    tail -f {run_dir / 'train.log'}")
+        console.print(f"  status: dreamlab runs show {run.name}")
+        console.print(f"  stop:   dreamlab runs stop {run.name}")
+        return
     if not foreground:
         console.print(f"started run [bold]{run.name}[/bold] (process group {process.pid}), detached")
         console.print(f"  log:    tail -f {run_dir / 'train.log'}")
@@ -94,6 +134,31 @@ def train(
         return
     final = follow_to_end(store, run, process, console)
     raise typer.Exit(0 if final.status in ("completed", "stopped") else 1)
+
+
+def slurm_overrides(*, slurm: bool, partition: str | None, nodes: int | None, gpus_per_node: int | None,
+                    time_limit: str | None, account: str | None, slurm_args: list[str] | None,
+                    requeue: bool) -> list[str]:
+    """The Slurm options as recipe overrides (trainer section), so a recipe can hold them as well."""
+    overrides = ["trainer.launcher=slurm"] if slurm else []
+    for key, value in (("trainer.slurm_partition", partition), ("trainer.nnodes", nodes),
+                       ("trainer.slurm_gpus_per_node", gpus_per_node), ("trainer.slurm_time", time_limit),
+                       ("trainer.slurm_account", account)):
+        if value is not None:
+            overrides.append(f"{key}={value}")
+    if gpus_per_node:
+        overrides.append(f"trainer.nproc_per_node={gpus_per_node}")
+    if slurm_args:
+        overrides.append("trainer.slurm_args=" + json.dumps(list(slurm_args)))
+    if requeue:
+        overrides.append("trainer.slurm_requeue=true")
+    return overrides
+
+
+def refuse_foreground(foreground: bool) -> None:
+    """--foreground follows a local process; a Slurm job is followed through its log and the store."""
+    if foreground:
+        raise RecipeError("--foreground follows a run started here; a Slurm job's output is in its train.log")
 
 
 def follow_to_end(store: RunStore, run, process, console: Console):

@@ -100,6 +100,51 @@ def start_heartbeat(db: str | None, run_id: int | None, interval_s: float) -> He
     return beat
 
 
+def mark_slurm_job_started(db: str | None, run_id: int | None) -> None:
+    """Rank 0 of a Slurm job marks the queued run running, with the job's node list (the launcher is not here)."""
+    if not db or run_id is None or int(os.environ.get("RANK", "0")) != 0:
+        return
+    from dreamlab.store import RunStore, StoreError
+
+    store = RunStore(db)
+    try:
+        store.mark_started(run_id, pid=os.getpid())
+    except StoreError as error:  # still `running`: a job Slurm requeued after its node failed
+        say(f"run store: {error}; continuing")
+    store.record_nodes(run_id, os.environ.get("SLURM_JOB_NODELIST", ""))
+    store.close()
+
+
+def slurm_ending(recipe, reason: str | None) -> tuple[str | None, bool]:
+    """(reason, resubmit): a stop Slurm's time-limit signal asked for says so, and is resubmitted with slurm_requeue."""
+    from dreamlab.train import slurm
+
+    job_id = os.environ.get("SLURM_JOB_ID")
+    if not job_id or not slurm.time_limit_near(job_id, recipe.trainer.slurm_signal_s):
+        return reason, False
+    reason = (f"Slurm time limit ({recipe.trainer.slurm_time or 'the partition default'}) of job {job_id}: "
+              "checkpointed before it")
+    if recipe.trainer.slurm_requeue:
+        return reason + "; resubmitted (trainer.slurm_requeue)", True
+    return reason, False
+
+
+def requeue(recipe, db: str, run_id: int) -> None:
+    """Submit the stopped run again as a new Slurm job (it resumes from the checkpoint just written)."""
+    from dreamlab.store import RunStore
+    from dreamlab.train import slurm
+
+    store = RunStore(db)
+    try:
+        run = slurm.submit(store, store.get_run(run_id), recipe, Path(db))
+        say(f"resubmitted as Slurm job {run.job_id}")
+    except Exception as error:  # noqa: BLE001 - the run already ended stopped; say why it was not resubmitted
+        store.record_event(run_id, "note", f"not resubmitted: {error}")
+        say(f"not resubmitted: {error}")
+    finally:
+        store.close()
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run one rank of a training run described by DIR/run.json."""
     die_with_torchrun()
@@ -107,9 +152,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--run-dir", required=True, type=Path)
     parser.add_argument("--db", default=None)
     parser.add_argument("--resume", action="store_true")
+    parser.add_argument("--slurm", action="store_true", help="started by a Slurm job (rank 0 marks the run running)")
     args = parser.parse_args(argv)
     spec = json.loads((args.run_dir / "run.json").read_text())
     recipe = recipe_from_dict(spec["recipe"])
+    if args.slurm:
+        mark_slurm_job_started(args.db, spec.get("run_id"))
     beat = start_heartbeat(args.db, spec.get("run_id"), recipe.trainer.heartbeat_s)
     use_cuda = device_type(recipe.trainer.device) == "cuda"
     if not use_cuda:
@@ -118,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     dist.init_process_group("nccl" if use_cuda else "gloo")
     rank = dist.get_rank()
     reporter = StoreReporter(args.db, spec.get("run_id")) if rank == 0 else StoreReporter(None, None)
-    status, reason = "failed", None
+    status, reason, resubmit = "failed", None, False
     try:
         trainer = Trainer(recipe, args.run_dir, metrics=reporter.metrics, on_checkpoint=reporter.checkpoint,
                           on_step=beat.step_done if beat else None)
@@ -137,6 +185,8 @@ def main(argv: list[str] | None = None) -> int:
                                else "no checkpoint: starting fresh")
         outcome = trainer.fit()
         status, reason = outcome.status, outcome.reason
+        if args.slurm and status == "stopped" and rank == 0:
+            reason, resubmit = slurm_ending(recipe, reason)
     except (Exception, CheckpointException) as error:  # noqa: BLE001 - any failure must be recorded before the process dies
         reason = f"{type(error).__name__}: {error}"
         print_traceback()
@@ -145,6 +195,8 @@ def main(argv: list[str] | None = None) -> int:
             beat.stop()
         if rank == 0:
             reporter.finish(status, reason)
+            if resubmit and args.db:
+                requeue(recipe, args.db, spec["run_id"])
         dist.destroy_process_group()
     return 0 if status in ("completed", "stopped") else 1
 

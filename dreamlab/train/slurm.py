@@ -1,0 +1,199 @@
+"""Runs through Slurm: the sbatch script, submitting it, and what Slurm says of a job (squeue, scontrol, sacct).
+
+The script runs one torchrun per node under srun, with the c10d rendezvous on the allocation's first
+node; `--signal=TERM@N` makes Slurm SIGTERM every process of the step N seconds before the time limit,
+which the trainer answers as it answers `runs stop`: a checkpoint, then `stopped`. Imports no torch.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from dreamlab.config import Recipe, RecipeError
+from dreamlab.store import Run, RunStore, StoreError
+
+SCRIPT_NAME = "slurm.sbatch"
+# Environment a job must not hand on to the job it submits (its own job's and torchrun's variables).
+_INHERITED = re.compile(r"^(SLURM_(?!CONF$)|SBATCH_|SRUN_|TORCHELASTIC_|RANK$|LOCAL_RANK$|GROUP_RANK$|ROLE_RANK$|"
+                        r"WORLD_SIZE$|LOCAL_WORLD_SIZE$|MASTER_ADDR$|MASTER_PORT$|GROUP_WORLD_SIZE$|ROLE_WORLD_SIZE$|"
+                        r"ROLE_NAME$|OMP_NUM_THREADS$)")
+TIMEOUT_S = 30.0
+
+
+class SlurmError(StoreError):
+    """A Slurm command failed or is missing; the message says which and what it printed."""
+
+
+@dataclass(frozen=True)
+class JobState:
+    """One job as Slurm reports it: state (PENDING, RUNNING, ...), reason, node list, exit code."""
+
+    job_id: str
+    state: str
+    reason: str | None = None
+    nodes: str | None = None
+    exit_code: str | None = None
+    source: str = "squeue"
+
+
+# Slurm's job states -> (run status, reason); None for the states where the run itself says more.
+_ENDINGS = {
+    "COMPLETED": ("completed", None),
+    "FAILED": ("failed", "Slurm job failed"),
+    "CANCELLED": ("stopped", "Slurm job cancelled"),
+    "TIMEOUT": ("stopped", "Slurm time limit reached"),
+    "NODE_FAIL": ("failed", "Slurm node failure"),
+    "PREEMPTED": ("stopped", "preempted by Slurm"),
+    "OUT_OF_MEMORY": ("failed", "Slurm job ran out of memory"),
+    "BOOT_FAIL": ("failed", "Slurm node failed to boot"),
+    "DEADLINE": ("stopped", "Slurm deadline reached"),
+}
+_QUEUED = ("PENDING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "RESV_DEL_HOLD", "CONFIGURING", "SUSPENDED",
+           "STOPPED", "RESIZING", "SPECIAL_EXIT")
+_RUNNING = ("RUNNING", "COMPLETING", "SIGNALING", "STAGE_OUT")
+
+
+def map_state(state: str, reason: str | None = None, exit_code: str | None = None) -> tuple[str, str | None]:
+    """A Slurm job state as a run status and reason: PENDING -> queued (why), RUNNING -> running, endings -> theirs."""
+    state = state.split()[0].rstrip("+").upper() if state.strip() else "UNKNOWN"  # "CANCELLED by 0", "RUNNING+"
+    why = reason if reason and reason not in ("None", "(null)") else None
+    if state in _QUEUED:
+        return "queued", f"Slurm job {state.lower()}" + (f": {why}" if why else "")
+    if state in _RUNNING:
+        return "running", None
+    if state in _ENDINGS:
+        status, text = _ENDINGS[state]
+        details = [part for part in (why, None if exit_code in (None, "0:0") else f"exit code {exit_code}") if part]
+        if text is None:
+            return status, None
+        return status, text + (f" ({', '.join(details)})" if details else "")
+    return "failed", f"Slurm job state {state}" + (f": {why}" if why else "")
+
+
+def available() -> str | None:
+    """Why jobs cannot be submitted from here (None when sbatch and squeue are on PATH)."""
+    missing = [name for name in ("sbatch", "squeue", "scancel", "scontrol") if shutil.which(name) is None]
+    return f"Slurm commands not found: {', '.join(missing)}" if missing else None
+
+
+def _run(command: list[str], *, check: bool = True) -> subprocess.CompletedProcess:
+    env = {key: value for key, value in os.environ.items() if not _INHERITED.match(key)}
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=TIMEOUT_S, env=env)
+    except FileNotFoundError:
+        raise SlurmError(f"{command[0]}: not found (is Slurm installed on this host?)") from None
+    except subprocess.TimeoutExpired:
+        raise SlurmError(f"{command[0]} did not answer within {TIMEOUT_S:g} s") from None
+    if check and done.returncode != 0:
+        raise SlurmError(f"{' '.join(command[:2])} failed: {(done.stderr or done.stdout).strip()[-500:]}")
+    return done
+
+
+def sbatch_options(recipe: Recipe, run_dir: Path, name: str) -> list[str]:
+    """The #SBATCH options: one torchrun task per node, the recipe's partition / time / GPUs, the stop signal."""
+    t = recipe.trainer
+    options = [f"--job-name=dreamlab-{name}", f"--output={run_dir / 'train.log'}", "--open-mode=append",
+               f"--nodes={t.nnodes}", "--ntasks-per-node=1", f"--signal=TERM@{t.slurm_signal_s}"]
+    for key, value in (("partition", t.slurm_partition), ("account", t.slurm_account), ("time", t.slurm_time),
+                       ("gpus-per-node", t.slurm_gpus_per_node)):
+        if value is not None:
+            options.append(f"--{key}={value}")
+    for item in t.slurm_args:
+        key, _, value = item.partition("=")
+        options.append(f"--{key.strip()}" + (f"={value.strip()}" if value.strip() else ""))
+    return options
+
+
+def write_script(recipe: Recipe, run_dir: Path, name: str, db: Path) -> Path:
+    """Write `runs/<run>/slurm.sbatch`: srun starts torchrun on every node, rendezvous on the first."""
+    t = recipe.trainer
+    worker = [sys.executable, "-m", "torch.distributed.run", "--nnodes=$SLURM_JOB_NUM_NODES",
+              f"--nproc-per-node={t.nproc_per_node}", "--rdzv-backend=c10d", '--rdzv-endpoint="$head:$port"',
+              '--rdzv-id="$SLURM_JOB_ID"', "-m", "dreamlab.train.worker", "--run-dir", str(run_dir), "--db", str(db),
+              "--slurm"]
+    quoted = " ".join(word if "$" in word else shlex.quote(word) for word in worker)
+    lines = ["#!/bin/bash", *(f"#SBATCH {option}" for option in sbatch_options(recipe, run_dir, name)), "",
+             "# Written by dreamlab train --slurm; resubmitting it continues the run from its newest checkpoint.",
+             "set -uo pipefail",
+             'head=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)',
+             "port=$((20000 + SLURM_JOB_ID % 20000))",
+             f"cd {shlex.quote(os.getcwd())}",
+             "export PYTHONUNBUFFERED=1",
+             # A rerun of this job (Slurm's own requeue after preemption) and a resubmission both resume.
+             f'resume=$([[ "${{SLURM_RESTART_COUNT:-0}}" -gt 0 || -e {shlex.quote(str(run_dir / "checkpoints"))} ]] '
+             '&& echo --resume)',
+             f"srun --kill-on-bad-exit=1 {quoted} $resume", ""]
+    path = run_dir / SCRIPT_NAME
+    path.write_text("\n".join(lines))
+    return path
+
+
+def submit(store: RunStore, run: Run, recipe: Recipe, db: Path) -> Run:
+    """Write the run's script, sbatch it and record the run queued with the job id."""
+    if recipe.trainer.launcher != "slurm":
+        raise RecipeError("trainer.launcher: a Slurm submission needs trainer.launcher=slurm")
+    run_dir = Path(run.run_dir)
+    script = write_script(recipe, run_dir, run.name, db)
+    done = _run(["sbatch", "--parsable", str(script)])
+    job_id = done.stdout.strip().split(";")[0]
+    if not job_id.isdigit():
+        raise SlurmError(f"sbatch printed no job id: {done.stdout.strip()!r}")
+    return store.mark_submitted(run.id, job_id)
+
+
+def job_state(job_id: str) -> JobState | None:
+    """What Slurm says of a job now: squeue while it is queued or running, else scontrol (recently ended), else sacct."""
+    done = _run(["squeue", "-h", "-j", job_id, "-o", "%i|%T|%r|%N"], check=False)
+    for line in done.stdout.splitlines():
+        found, state, reason, nodes = (line.split("|") + ["", "", ""])[:4]
+        if found == job_id:
+            return JobState(job_id, state, reason or None, nodes or None)
+    done = _run(["scontrol", "-o", "show", "job", job_id], check=False)
+    if done.returncode == 0 and "JobState=" in done.stdout:
+        fields = dict(item.split("=", 1) for item in done.stdout.split() if "=" in item)
+        return JobState(job_id, fields.get("JobState", "UNKNOWN"), fields.get("Reason"), fields.get("NodeList"),
+                        fields.get("ExitCode"), source="scontrol")
+    if shutil.which("sacct") is None:
+        return None
+    done = _run(["sacct", "-n", "-X", "-P", "-j", job_id, "-o", "JobID,State,Reason,NodeList,ExitCode"], check=False)
+    for line in done.stdout.splitlines():
+        parts = line.split("|")
+        if len(parts) == 5 and parts[0] == job_id:
+            return JobState(job_id, parts[1], parts[2] or None, parts[3] or None, parts[4] or None, source="sacct")
+    return None  # no accounting storage, and too long ago for slurmctld to remember
+
+
+def cancel(job_id: str, signal_name: str | None = None) -> None:
+    """scancel the job (with `signal_name`: signal every process of its steps instead of ending it)."""
+    _run(["scancel", *([f"--signal={signal_name}"] if signal_name else []), job_id])
+
+
+def wait_ended(job_id: str, timeout_s: float, poll_s: float = 1.0) -> JobState | None:
+    """Poll until the job has left the queued and running states; its last state (None: Slurm forgot it)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        state = job_state(job_id)
+        if state is None or map_state(state.state)[0] not in ("queued", "running") or time.monotonic() > deadline:
+            return state
+        time.sleep(poll_s)
+
+
+def time_limit_near(job_id: str, lead_s: float) -> bool:
+    """Whether the job's end time is within `lead_s` (+ Slurm's 60 s signal slack) of now: a stop it asked for."""
+    done = _run(["squeue", "-h", "-j", job_id, "-o", "%e"], check=False)
+    end = done.stdout.strip()
+    if done.returncode != 0 or not end or end in ("N/A", "Unknown", "NONE"):
+        return False
+    try:
+        ends = time.mktime(time.strptime(end, "%Y-%m-%dT%H:%M:%S"))
+    except ValueError:
+        return False
+    return ends - time.time() <= lead_s + 60
