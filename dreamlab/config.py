@@ -116,7 +116,7 @@ class TrainerConfig:
     slurm_gpus_per_node: int | None = None
     slurm_args: list[str] = field(default_factory=list)
     # SIGTERM this many seconds before the time limit, so the trainer checkpoints and ends `stopped`.
-    slurm_signal_s: int = 120
+    slurm_signal_s: int = 300
     slurm_requeue: bool = False
     # How a reader tells running from stalled and lost (docs/store.md "How a status is decided").
     heartbeat_s: float = HEARTBEAT_S

@@ -19,6 +19,7 @@ from dreamlab.cli.options import DbOption, resolve_db
 from dreamlab.config import RecipeError, load_recipe, recipe_from_dict, split_recipe_args
 from dreamlab.store import RunStore
 from dreamlab.store.errors import StoreError
+from dreamlab.train import STOP_FILE
 
 STEP_LINE = re.compile(r"^step (\d+) (.*)$")
 
@@ -105,6 +106,7 @@ def train(
                 run = slurm_jobs.submit(store, run, recipe, store_path.resolve())
                 process = None
             else:
+                (run_dir / STOP_FILE).unlink(missing_ok=True)  # a Slurm job's time-limit request, answered already
                 command = torchrun_command(recipe, run_dir, store_path.resolve(), resume=True)
                 process = start_process(command, run_dir, capture=foreground)
                 store.mark_started(run.id, pid=process.pid, pgid=process.pid)

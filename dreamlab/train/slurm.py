@@ -1,8 +1,11 @@
 """Runs through Slurm: the sbatch script, submitting it, and what Slurm says of a job (squeue, scontrol, sacct).
 
 The script runs one torchrun per node under srun, with the c10d rendezvous on the allocation's first
-node; `--signal=TERM@N` makes Slurm SIGTERM every process of the step N seconds before the time limit,
-which the trainer answers as it answers `runs stop`: a checkpoint, then `stopped`. Imports no torch.
+node. `--signal=B:USR1@N` warns the script N seconds before the time limit; it writes the run's
+`stop-request` file, which the trainer answers as it answers `runs stop` (scancel --signal=TERM): a
+checkpoint, then `stopped`, with the file's text as the reason. A file, not a signal to the ranks,
+because Slurm may send the warning up to a minute early, before the ranks have their handlers, and
+because torchrun kills ranks 30 s after it is signalled itself. Imports no torch.
 """
 
 from __future__ import annotations
@@ -19,8 +22,11 @@ from pathlib import Path
 
 from dreamlab.config import Recipe, RecipeError
 from dreamlab.store import Run, RunStore, StoreError
+from dreamlab.store.health import Health, Liveness, Thresholds, judge
+from dreamlab.train import STOP_FILE
 
 SCRIPT_NAME = "slurm.sbatch"
+TIME_LIMIT_REASON = "Slurm time limit"
 # Environment a job must not hand on to the job it submits (its own job's and torchrun's variables).
 _INHERITED = re.compile(r"^(SLURM_(?!CONF$)|SBATCH_|SRUN_|TORCHELASTIC_|RANK$|LOCAL_RANK$|GROUP_RANK$|ROLE_RANK$|"
                         r"WORLD_SIZE$|LOCAL_WORLD_SIZE$|MASTER_ADDR$|MASTER_PORT$|GROUP_WORLD_SIZE$|ROLE_WORLD_SIZE$|"
@@ -101,7 +107,7 @@ def sbatch_options(recipe: Recipe, run_dir: Path, name: str) -> list[str]:
     """The #SBATCH options: one torchrun task per node, the recipe's partition / time / GPUs, the stop signal."""
     t = recipe.trainer
     options = [f"--job-name=dreamlab-{name}", f"--output={run_dir / 'train.log'}", "--open-mode=append",
-               f"--nodes={t.nnodes}", "--ntasks-per-node=1", f"--signal=TERM@{t.slurm_signal_s}"]
+               f"--nodes={t.nnodes}", "--ntasks-per-node=1", f"--signal=B:USR1@{t.slurm_signal_s}"]
     for key, value in (("partition", t.slurm_partition), ("account", t.slurm_account), ("time", t.slurm_time),
                        ("gpus-per-node", t.slurm_gpus_per_node)):
         if value is not None:
@@ -120,9 +126,14 @@ def write_script(recipe: Recipe, run_dir: Path, name: str, db: Path) -> Path:
               '--rdzv-id="$SLURM_JOB_ID"', "-m", "dreamlab.train.worker", "--run-dir", str(run_dir), "--db", str(db),
               "--slurm"]
     quoted = " ".join(word if "$" in word else shlex.quote(word) for word in worker)
+    limit = f"--time={t.slurm_time}" if t.slurm_time else "the partition's default"
     lines = ["#!/bin/bash", *(f"#SBATCH {option}" for option in sbatch_options(recipe, run_dir, name)), "",
              "# Written by dreamlab train --slurm; resubmitting it continues the run from its newest checkpoint.",
              "set -uo pipefail",
+             f"stop_file={shlex.quote(str(run_dir / STOP_FILE))}",
+             'rm -f "$stop_file"',
+             f"trap 'echo \"{TIME_LIMIT_REASON} ({limit}) of job $SLURM_JOB_ID: checkpointed before it\" > "
+             "\"$stop_file\"' USR1",
              'head=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)',
              "port=$((20000 + SLURM_JOB_ID % 20000))",
              f"cd {shlex.quote(os.getcwd())}",
@@ -130,7 +141,11 @@ def write_script(recipe: Recipe, run_dir: Path, name: str, db: Path) -> Path:
              # A rerun of this job (Slurm's own requeue after preemption) and a resubmission both resume.
              f'resume=$([[ "${{SLURM_RESTART_COUNT:-0}}" -gt 0 || -e {shlex.quote(str(run_dir / "checkpoints"))} ]] '
              '&& echo --resume)',
-             f"srun --kill-on-bad-exit=1 {quoted} $resume", ""]
+             f"srun --kill-on-bad-exit=1 {quoted} $resume &",
+             # The trap runs only between commands: wait again after each signal until srun has exited.
+             'step=$!; wait "$step"; code=$?',
+             'while kill -0 "$step" 2>/dev/null; do wait "$step"; code=$?; done',
+             'exit "$code"', ""]
     path = run_dir / SCRIPT_NAME
     path.write_text("\n".join(lines))
     return path
@@ -186,14 +201,18 @@ def wait_ended(job_id: str, timeout_s: float, poll_s: float = 1.0) -> JobState |
         time.sleep(poll_s)
 
 
-def time_limit_near(job_id: str, lead_s: float) -> bool:
-    """Whether the job's end time is within `lead_s` (+ Slurm's 60 s signal slack) of now: a stop it asked for."""
-    done = _run(["squeue", "-h", "-j", job_id, "-o", "%e"], check=False)
-    end = done.stdout.strip()
-    if done.returncode != 0 or not end or end in ("N/A", "Unknown", "NONE"):
-        return False
-    try:
-        ends = time.mktime(time.strptime(end, "%Y-%m-%dT%H:%M:%S"))
-    except ValueError:
-        return False
-    return ends - time.time() <= lead_s + 60
+def slurm_health(run: Run, job: JobState | None, now: float, thresholds: Thresholds) -> Health:
+    """A queued or running Slurm run's status from its job's state (and its heartbeats while the job runs)."""
+    if job is None:  # Slurm forgot the job (no accounting storage) or cannot be asked
+        if run.status == "queued":
+            return Health("queued", f"Slurm job {run.job_id}: not known to Slurm now (ended long ago, or Slurm "
+                                    "cannot be reached from here)")
+        return judge(run, now, Liveness.UNKNOWN, thresholds)
+    status, reason = map_state(job.state, job.reason, job.exit_code)
+    if status == "queued":
+        return Health("queued", f"{reason} (job {job.job_id})")
+    if status == "running":
+        if run.status == "queued":
+            return Health("queued", f"Slurm job {job.job_id} running on {job.nodes or '?'}: rank 0 not started yet")
+        return judge(run, now, Liveness.ALIVE, thresholds)
+    return Health(status, f"{reason or 'Slurm job completed'} (job {job.job_id}; the run recorded no ending)")

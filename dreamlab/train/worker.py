@@ -19,6 +19,7 @@ from torch.distributed.checkpoint.api import CheckpointException  # a BaseExcept
 
 from dreamlab.config import recipe_from_dict
 from dreamlab.train.heartbeat import HeartbeatThread
+from dreamlab.train.slurm import TIME_LIMIT_REASON
 from dreamlab.train.trainer import Trainer, device_type
 
 
@@ -115,20 +116,6 @@ def mark_slurm_job_started(db: str | None, run_id: int | None) -> None:
     store.close()
 
 
-def slurm_ending(recipe, reason: str | None) -> tuple[str | None, bool]:
-    """(reason, resubmit): a stop Slurm's time-limit signal asked for says so, and is resubmitted with slurm_requeue."""
-    from dreamlab.train import slurm
-
-    job_id = os.environ.get("SLURM_JOB_ID")
-    if not job_id or not slurm.time_limit_near(job_id, recipe.trainer.slurm_signal_s):
-        return reason, False
-    reason = (f"Slurm time limit ({recipe.trainer.slurm_time or 'the partition default'}) of job {job_id}: "
-              "checkpointed before it")
-    if recipe.trainer.slurm_requeue:
-        return reason + "; resubmitted (trainer.slurm_requeue)", True
-    return reason, False
-
-
 def requeue(recipe, db: str, run_id: int) -> None:
     """Submit the stopped run again as a new Slurm job (it resumes from the checkpoint just written)."""
     from dreamlab.store import RunStore
@@ -185,8 +172,8 @@ def main(argv: list[str] | None = None) -> int:
                                else "no checkpoint: starting fresh")
         outcome = trainer.fit()
         status, reason = outcome.status, outcome.reason
-        if args.slurm and status == "stopped" and rank == 0:
-            reason, resubmit = slurm_ending(recipe, reason)
+        if args.slurm and status == "stopped" and recipe.trainer.slurm_requeue and reason.startswith(TIME_LIMIT_REASON):
+            reason, resubmit = f"{reason}; resubmitted (trainer.slurm_requeue)", True
     except (Exception, CheckpointException) as error:  # noqa: BLE001 - any failure must be recorded before the process dies
         reason = f"{type(error).__name__}: {error}"
         print_traceback()
