@@ -1,7 +1,7 @@
 """A one-node Slurm cluster on localhost for the tests: munged, slurmctld and slurmd from a temp folder.
 
 Nothing is installed or written outside the folder; client commands find the cluster through
-SLURM_CONF. `python -m tests.slurm_cluster DIR` starts one by hand (Ctrl-C stops it).
+SLURM_CONF. `python -m tests.slurm_cluster DIR` starts one by hand (Ctrl-C or SIGTERM stops it).
 """
 
 from __future__ import annotations
@@ -157,12 +157,13 @@ def _wait_for(ready, timeout_s: float, what: str, logs: Path) -> None:
 if __name__ == "__main__":
     import sys
 
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))
     started = time.monotonic()
     running = start(Path(sys.argv[1]).resolve())
     print(f"cluster up in {time.monotonic() - started:.1f} s: export SLURM_CONF={running.conf}", flush=True)
     try:
         signal.pause()
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, SystemExit):
         pass
     finally:
         running.stop()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+
 import pytest
 
 from dreamlab.cli.train import slurm_overrides
@@ -85,6 +87,13 @@ def test_the_options_become_trainer_overrides_and_the_script_holds_them(tmp_path
             '--rdzv-id="$SLURM_JOB_ID" -m dreamlab.train.worker') in script
     assert "--slurm $resume &\n" in script
     assert "#SBATCH --signal=B:USR1@300\n" in script and "' USR1\n" in script
+
+
+def test_the_script_is_valid_bash_with_the_partition_s_default_time(tmp_path):
+    script = write_script(load_recipe(None, ["trainer.launcher=slurm"]), tmp_path, "r", tmp_path / "dreamlab.db")
+    checked = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True)
+    assert checked.returncode == 0, checked.stderr
+    assert "stop_reason='Slurm time limit (the partition'\"'\"'s default) of job'\n" in script.read_text()
 
 
 def test_a_recipe_refuses_an_sbatch_argument_that_is_not_key_value():

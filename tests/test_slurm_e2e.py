@@ -4,6 +4,7 @@ missing), then submission to completion, a stop, a time limit with resume and re
 from __future__ import annotations
 
 import os
+import re
 import socket
 import time
 from pathlib import Path
@@ -90,7 +91,7 @@ def test_a_submitted_run_completes_with_its_metrics_job_id_and_nodes(cluster, tm
     assert steps(db, final) == list(range(1, 21))
     assert final.nodes == socket.gethostname()
     shown = cli(db, "runs", "show", "first").output
-    assert f"Slurm job │ {final.job_id}" in shown and f"nodes       │ {final.nodes}" in shown
+    assert re.search(rf"│ Slurm job\s+│ {final.job_id}\s", shown) and re.search(rf"│ nodes\s+│ {final.nodes}\s", shown), shown
 
 
 def test_a_pending_job_shows_its_reason_and_a_stop_cancels_it(cluster, tmp_path):

@@ -132,8 +132,8 @@ def write_script(recipe: Recipe, run_dir: Path, name: str, db: Path) -> Path:
              "set -uo pipefail",
              f"stop_file={shlex.quote(str(run_dir / STOP_FILE))}",
              'rm -f "$stop_file"',
-             f"trap 'echo \"{TIME_LIMIT_REASON} ({limit}) of job $SLURM_JOB_ID: checkpointed before it\" > "
-             "\"$stop_file\"' USR1",
+             f"stop_reason={shlex.quote(f'{TIME_LIMIT_REASON} ({limit}) of job')}",
+             """trap 'echo "$stop_reason $SLURM_JOB_ID: checkpointed before it" > "$stop_file"' USR1""",
              'head=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)',
              "port=$((20000 + SLURM_JOB_ID % 20000))",
              f"cd {shlex.quote(os.getcwd())}",
