@@ -24,7 +24,7 @@ from dreamlab.train.slurm import JobState, map_state, sbatch_options, slurm_heal
     ("COMPLETED", "None", "0:0", ("completed", None)),
     ("FAILED", "NonZeroExitCode", "1:0", ("failed", "Slurm job failed (NonZeroExitCode, exit code 1:0)")),
     ("CANCELLED by 0", "None", "0:15", ("stopped", "Slurm job cancelled (exit code 0:15)")),
-    ("CANCELLED+", None, None, ("stopped", "Slurm job cancelled")),
+    ("CANCELLED+", "BeginTime", None, ("stopped", "Slurm job cancelled")),
     ("TIMEOUT", "TimeLimit", "0:0", ("stopped", "Slurm time limit reached (TimeLimit)")),
     ("NODE_FAIL", "None", "0:0", ("failed", "Slurm node failure")),
     ("PREEMPTED", None, "0:0", ("stopped", "preempted by Slurm")),

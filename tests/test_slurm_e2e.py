@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import re
 import socket
+import subprocess
 import time
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from typer.testing import CliRunner
 from dreamlab.cli import app
 from dreamlab.store import Run, RunStore
 from dreamlab.train.checkpoint import complete_checkpoints
+from dreamlab.tui.queries import load_runs
 from tests import slurm_cluster
 
 pytestmark = pytest.mark.slow
@@ -100,9 +102,20 @@ def test_a_pending_job_shows_its_reason_and_a_stop_cancels_it(cluster, tmp_path)
     run = submit(db, *TINY, "--slurm-arg", "begin=now+3600", "--name", "later")
     listed = cli(db, "runs", "list").output
     assert f"later queued: Slurm job pending: BeginTime (job {run.job_id})" in listed
+    (row,) = load_runs(RunStore(db))  # what the console shows
+    assert (row.status, row.reason) == ("queued", f"Slurm job pending: BeginTime (job {run.job_id})")
     cli(db, "runs", "stop", "later")
     final = RunStore(db).get_run(run.id)
     assert (final.status, final.exit_reason) == ("stopped", "cancelled by user while queued in Slurm")
+
+
+def test_a_job_cancelled_outside_dreamlab_is_recorded_by_runs_list(cluster, tmp_path):
+    db = tmp_path / "runs" / "dreamlab.db"
+    run = submit(db, *TINY, "--slurm-arg", "begin=now+3600", "--name", "dropped")
+    subprocess.run(["scancel", run.job_id], check=True)
+    final = wait_for(db, run, ended, timeout=30)
+    assert (final.status, final.exit_reason) == (
+        "stopped", f"Slurm job cancelled (job {run.job_id}; the run recorded no ending)")
 
 
 def test_a_run_stopped_mid_way_ends_stopped_with_a_checkpoint(cluster, tmp_path):

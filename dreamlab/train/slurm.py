@@ -77,6 +77,7 @@ def map_state(state: str, reason: str | None = None, exit_code: str | None = Non
         return "running", None
     if state in _ENDINGS:
         status, text = _ENDINGS[state]
+        why = None if state == "CANCELLED" else why  # a job cancelled while pending keeps its pending reason
         details = [part for part in (why, None if exit_code in (None, "0:0") else f"exit code {exit_code}") if part]
         if text is None:
             return status, None
