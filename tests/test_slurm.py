@@ -6,7 +6,7 @@ import subprocess
 
 import pytest
 
-from dreamlab.cli.train import slurm_overrides
+from dreamlab.cli.options import slurm_overrides
 from dreamlab.config import RecipeError, load_recipe
 from dreamlab.store import Run
 from dreamlab.store.health import Health, Thresholds

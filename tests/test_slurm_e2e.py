@@ -109,6 +109,14 @@ def test_a_pending_job_shows_its_reason_and_a_stop_cancels_it(cluster, tmp_path)
     assert (final.status, final.exit_reason) == ("stopped", "cancelled by user while queued in Slurm")
 
 
+def test_a_job_slurm_refuses_is_recorded_failed_with_sbatch_s_reason(cluster, tmp_path):
+    db = tmp_path / "runs" / "dreamlab.db"
+    result = runner.invoke(app, ["train", *TINY, "--slurm", "--partition", "nosuch", "--name", "refused", "--db", str(db)])
+    assert result.exit_code == 2 and "sbatch --parsable failed" in result.output
+    run = RunStore(db).get_run("refused")
+    assert run.status == "failed" and "invalid partition" in run.exit_reason.lower(), run.exit_reason
+
+
 def test_a_job_cancelled_outside_dreamlab_is_recorded_by_runs_list(cluster, tmp_path):
     db = tmp_path / "runs" / "dreamlab.db"
     run = submit(db, *TINY, "--slurm-arg", "begin=now+3600", "--name", "dropped")
@@ -147,7 +155,9 @@ def test_a_run_at_its_time_limit_checkpoints_ends_stopped_and_resumes_then_reque
     cli(db, "train", "--resume", "limited", "--slurm", "--time", "1", "--requeue")
     resumed = RunStore(db).get_run(run.id)
     assert resumed.status == "queued" and resumed.job_id != run.job_id
-    final = wait_for(db, resumed, lambda found: found.status not in ("queued", "running"), timeout=420)
+    # Between a stop at the limit and its resubmission the run reads stopped (with the resubmission in its reason).
+    final = wait_for(db, resumed, lambda found: found.finished and not (found.exit_reason or "").endswith(
+        "(trainer.slurm_requeue)"), timeout=420)
     assert (final.status, final.exit_reason) == ("completed", None)
     assert steps(db, final)[-1] == 150
     events = RunStore(db).events(run.id)
@@ -164,3 +174,14 @@ def test_a_job_with_two_tasks_trains_two_fsdp_ranks(cluster, tmp_path):
     assert (final.status, final.exit_reason) == ("completed", None)
     assert steps(db, final) == list(range(1, 7))
     assert "device cpu x 2 processes" in Path(run.run_dir, "train.log").read_text()
+
+
+def test_a_sweep_submits_every_point_as_its_own_job(cluster, tmp_path):
+    db = tmp_path / "runs" / "dreamlab.db"
+    cli(db, "sweep", *TINY, "trainer.total_training_steps=4", "optim.lr=1e-3,2e-3", "--slurm", "--name", "grid")
+    runs = RunStore(db).list_runs()
+    assert sorted(run.name for run in runs) == ["grid-1", "grid-2"]
+    assert len({run.sweep_id for run in runs}) == 1 and len({run.job_id for run in runs}) == 2
+    for run in runs:
+        final = wait_for(db, run, ended)
+        assert (final.status, steps(db, final)) == ("completed", [1, 2, 3, 4])

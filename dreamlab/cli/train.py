@@ -15,7 +15,19 @@ from rich.console import Console
 from rich.table import Table
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from dreamlab.cli.options import DbOption, resolve_db
+from dreamlab.cli.options import (
+    AccountOption,
+    DbOption,
+    GpusPerNodeOption,
+    NodesOption,
+    PartitionOption,
+    RequeueOption,
+    SlurmArgOption,
+    SlurmFlag,
+    TimeOption,
+    resolve_db,
+    slurm_overrides,
+)
 from dreamlab.config import RecipeError, load_recipe, recipe_from_dict, split_recipe_args
 from dreamlab.store import RunStore
 from dreamlab.store.errors import StoreError
@@ -35,22 +47,14 @@ def train(
              "(trainer.nproc_per_node, trainer.nnodes, trainer.rdzv_endpoint, micro batch, accumulation).",
     )] = None,
     estimate: Annotated[bool, typer.Option("--estimate", help="Print the per-GPU memory estimate and exit.")] = False,
-    slurm: Annotated[bool, typer.Option("--slurm", help="Submit to Slurm with sbatch (trainer.launcher=slurm).",
-                                        rich_help_panel="Slurm")] = False,
-    partition: Annotated[str | None, typer.Option(help="Partition (trainer.slurm_partition).",
-                                                  rich_help_panel="Slurm")] = None,
-    nodes: Annotated[int | None, typer.Option(min=1, help="Nodes (trainer.nnodes).", rich_help_panel="Slurm")] = None,
-    gpus_per_node: Annotated[int | None, typer.Option(
-        min=0, help="GPUs per node (trainer.slurm_gpus_per_node; also the processes per node when above 0).",
-        rich_help_panel="Slurm")] = None,
-    time_limit: Annotated[str | None, typer.Option("--time", help="Time limit, e.g. 1-00:00:00 (trainer.slurm_time).",
-                                                   rich_help_panel="Slurm")] = None,
-    account: Annotated[str | None, typer.Option(help="Account to charge (trainer.slurm_account).",
-                                                rich_help_panel="Slurm")] = None,
-    slurm_arg: Annotated[list[str] | None, typer.Option(
-        help="Another sbatch option as KEY=VALUE (repeatable; trainer.slurm_args).", rich_help_panel="Slurm")] = None,
-    requeue: Annotated[bool, typer.Option("--requeue", help="Resubmit by itself when stopped at its time limit "
-                                          "(trainer.slurm_requeue).", rich_help_panel="Slurm")] = False,
+    slurm: SlurmFlag = False,
+    partition: PartitionOption = None,
+    nodes: NodesOption = None,
+    gpus_per_node: GpusPerNodeOption = None,
+    time_limit: TimeOption = None,
+    account: AccountOption = None,
+    slurm_arg: SlurmArgOption = None,
+    requeue: RequeueOption = False,
     db: DbOption = None,
 ) -> None:
     """Train a model with Dream's diffusion SFT (no recipe: the tiny model on the built-in task, CPU)."""
@@ -136,25 +140,6 @@ def train(
         return
     final = follow_to_end(store, run, process, console)
     raise typer.Exit(0 if final.status in ("completed", "stopped") else 1)
-
-
-def slurm_overrides(*, slurm: bool, partition: str | None, nodes: int | None, gpus_per_node: int | None,
-                    time_limit: str | None, account: str | None, slurm_args: list[str] | None,
-                    requeue: bool) -> list[str]:
-    """The Slurm options as recipe overrides (trainer section), so a recipe can hold them as well."""
-    overrides = ["trainer.launcher=slurm"] if slurm else []
-    for key, value in (("trainer.slurm_partition", partition), ("trainer.nnodes", nodes),
-                       ("trainer.slurm_gpus_per_node", gpus_per_node), ("trainer.slurm_time", time_limit),
-                       ("trainer.slurm_account", account)):
-        if value is not None:
-            overrides.append(f"{key}={value}")
-    if gpus_per_node:
-        overrides.append(f"trainer.nproc_per_node={gpus_per_node}")
-    if slurm_args:
-        overrides.append("trainer.slurm_args=" + json.dumps(list(slurm_args)))
-    if requeue:
-        overrides.append("trainer.slurm_requeue=true")
-    return overrides
 
 
 def refuse_foreground(foreground: bool) -> None:

@@ -21,7 +21,7 @@ from dreamlab import library_versions
 from dreamlab.config import Recipe, RecipeError, parse_override, set_value, validate
 from dreamlab.data.sources import BUILTIN_PREFIX, HUB_ID
 from dreamlab.models.tiny import TINY_NAME
-from dreamlab.store import Run, RunStore, StoreError
+from dreamlab.store import Run, RunStore
 from dreamlab.textfiles import read_json_object
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -184,11 +184,7 @@ def submit(store: RunStore, store_path: Path, recipe: Recipe, *, name: str | Non
     check_before_launch(recipe)
     run = store.create_run(name=name, recipe=recipe.to_dict(), meta=environment_meta(), run_dir=None)
     write_run_spec(Path(run.run_dir), recipe, run.id, store_path.resolve())
-    try:
-        return slurm.submit(store, run, recipe, store_path.resolve())
-    except StoreError as error:
-        store.finish(run.id, "failed", exit_reason=f"not submitted: {error}")
-        raise
+    return slurm.submit(store, run, recipe, store_path.resolve())
 
 
 def start_process(command: list[str], run_dir: Path, *, capture: bool,

@@ -153,15 +153,20 @@ def write_script(recipe: Recipe, run_dir: Path, name: str, db: Path) -> Path:
 
 
 def submit(store: RunStore, run: Run, recipe: Recipe, db: Path) -> Run:
-    """Write the run's script, sbatch it and record the run queued with the job id."""
+    """Write the run's script, sbatch it and record the run queued with the job id (failed if never submitted)."""
     if recipe.trainer.launcher != "slurm":
         raise RecipeError("trainer.launcher: a Slurm submission needs trainer.launcher=slurm")
     run_dir = Path(run.run_dir)
     script = write_script(recipe, run_dir, run.name, db)
-    done = _run(["sbatch", "--parsable", str(script)])
-    job_id = done.stdout.strip().split(";")[0]
-    if not job_id.isdigit():
-        raise SlurmError(f"sbatch printed no job id: {done.stdout.strip()!r}")
+    try:
+        done = _run(["sbatch", "--parsable", str(script)])
+        job_id = done.stdout.strip().split(";")[0]
+        if not job_id.isdigit():
+            raise SlurmError(f"sbatch printed no job id: {done.stdout.strip()!r}")
+    except SlurmError as error:
+        if run.status == "queued":  # a first submission: the run will never start (a resubmitted one keeps its ending)
+            store.end_if_unfinished(run.id, "failed", f"not submitted: {error}")
+        raise
     return store.mark_submitted(run.id, job_id)
 
 
