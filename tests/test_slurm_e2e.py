@@ -17,6 +17,7 @@ from typer.testing import CliRunner
 from dreamlab.cli import app
 from dreamlab.store import Run, RunStore
 from dreamlab.train.checkpoint import complete_checkpoints
+from dreamlab.train import slurm as slurm_jobs
 from dreamlab.tui.queries import load_runs
 from tests import slurm_cluster
 
@@ -185,3 +186,16 @@ def test_a_sweep_submits_every_point_as_its_own_job(cluster, tmp_path):
     for run in runs:
         final = wait_for(db, run, ended)
         assert (final.status, steps(db, final)) == ("completed", [1, 2, 3, 4])
+
+
+def test_an_eval_submitted_to_slurm_records_its_results(cluster, tmp_path):
+    db = tmp_path / "runs" / "dreamlab.db"
+    output = cli(db, "eval", "--model", "tiny", "--limit", "2", "--alg", "entropy", "--steps", "4", "--slurm").output
+    job_id = re.search(r"Slurm job (\d+)", output).group(1)
+    deadline = time.monotonic() + 180
+    while slurm_jobs.job_state(job_id).state not in ("COMPLETED", "FAILED", "CANCELLED"):
+        assert time.monotonic() < deadline, f"eval job {job_id} still running"
+        time.sleep(1.0)
+    assert slurm_jobs.job_state(job_id).state == "COMPLETED"
+    (record,) = RunStore(db).list_evals()
+    assert (record.status, record.n_done, record.alg, record.steps) == ("completed", 2, "entropy", 4)

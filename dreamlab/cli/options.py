@@ -23,21 +23,21 @@ def resolve_db(db: Path | None) -> Path:
     return db if db is not None else default_db_path()
 
 
-# Slurm: each option sets a recipe key of the trainer section (so a recipe can hold it too).
+# Slurm: for train and sweep each option sets a recipe key of the trainer section (so a recipe can hold it too).
 _SLURM = "Slurm"
-SlurmFlag = Annotated[bool, typer.Option("--slurm", help="Submit to Slurm with sbatch (trainer.launcher=slurm).",
+SlurmFlag = Annotated[bool, typer.Option("--slurm", help="Submit to Slurm with sbatch (recipes: trainer.launcher=slurm).",
                                          rich_help_panel=_SLURM)]
-PartitionOption = Annotated[str | None, typer.Option(help="Partition (trainer.slurm_partition).", rich_help_panel=_SLURM)]
+PartitionOption = Annotated[str | None, typer.Option(help="Partition (recipes: trainer.slurm_partition).", rich_help_panel=_SLURM)]
 NodesOption = Annotated[int | None, typer.Option(min=1, help="Nodes (trainer.nnodes).", rich_help_panel=_SLURM)]
 GpusPerNodeOption = Annotated[int | None, typer.Option(
-    min=0, help="GPUs per node (trainer.slurm_gpus_per_node; also the processes per node when above 0).",
+    min=0, help="GPUs per node (recipes: trainer.slurm_gpus_per_node, and the processes per node when above 0).",
     rich_help_panel=_SLURM)]
-TimeOption = Annotated[str | None, typer.Option("--time", help="Time limit, e.g. 1-00:00:00 (trainer.slurm_time).",
+TimeOption = Annotated[str | None, typer.Option("--time", help="Time limit, e.g. 1-00:00:00 (recipes: trainer.slurm_time).",
                                                 rich_help_panel=_SLURM)]
-AccountOption = Annotated[str | None, typer.Option(help="Account to charge (trainer.slurm_account).",
+AccountOption = Annotated[str | None, typer.Option(help="Account to charge (recipes: trainer.slurm_account).",
                                                    rich_help_panel=_SLURM)]
 SlurmArgOption = Annotated[list[str] | None, typer.Option(
-    help="Another sbatch option as KEY=VALUE (repeatable; trainer.slurm_args).", rich_help_panel=_SLURM)]
+    help="Another sbatch option as KEY=VALUE (repeatable; recipes: trainer.slurm_args).", rich_help_panel=_SLURM)]
 RequeueOption = Annotated[bool, typer.Option("--requeue", help="Resubmit by itself when stopped at its time limit "
                                              "(trainer.slurm_requeue).", rich_help_panel=_SLURM)]
 

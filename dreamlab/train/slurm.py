@@ -104,18 +104,28 @@ def _run(command: list[str], *, check: bool = True) -> subprocess.CompletedProce
     return done
 
 
-def sbatch_options(recipe: Recipe, run_dir: Path, name: str) -> list[str]:
-    """The #SBATCH options: one torchrun task per node, the recipe's partition / time / GPUs, the stop signal."""
-    t = recipe.trainer
-    options = [f"--job-name=dreamlab-{name}", f"--output={run_dir / 'train.log'}", "--open-mode=append",
-               f"--nodes={t.nnodes}", "--ntasks-per-node=1", f"--signal=B:USR1@{t.slurm_signal_s}"]
-    for key, value in (("partition", t.slurm_partition), ("account", t.slurm_account), ("time", t.slurm_time),
-                       ("gpus-per-node", t.slurm_gpus_per_node)):
+def job_options(*, name: str, output: Path, nodes: int = 1, partition: str | None = None, account: str | None = None,
+                time_limit: str | None = None, gpus_per_node: int | None = None, extra: list[str] = ()) -> list[str]:
+    """#SBATCH options for one task per node, output appended to `output`, and extra `KEY=VALUE` options."""
+    options = [f"--job-name={name}", f"--output={output}", "--open-mode=append", f"--nodes={nodes}",
+               "--ntasks-per-node=1"]
+    for key, value in (("partition", partition), ("account", account), ("time", time_limit),
+                       ("gpus-per-node", gpus_per_node)):
         if value is not None:
             options.append(f"--{key}={value}")
-    for item in t.slurm_args:
+    for item in extra:
         key, _, value = item.partition("=")
         options.append(f"--{key.strip()}" + (f"={value.strip()}" if value.strip() else ""))
+    return options
+
+
+def sbatch_options(recipe: Recipe, run_dir: Path, name: str) -> list[str]:
+    """The run's #SBATCH options: one torchrun task per node, the recipe's partition / time / GPUs, the warning."""
+    t = recipe.trainer
+    options = job_options(name=f"dreamlab-{name}", output=run_dir / "train.log", nodes=t.nnodes,
+                          partition=t.slurm_partition, account=t.slurm_account, time_limit=t.slurm_time,
+                          gpus_per_node=t.slurm_gpus_per_node, extra=t.slurm_args)
+    options.insert(5, f"--signal=B:USR1@{t.slurm_signal_s}")
     return options
 
 
@@ -152,17 +162,32 @@ def write_script(recipe: Recipe, run_dir: Path, name: str, db: Path) -> Path:
     return path
 
 
+def sbatch(script: Path) -> str:
+    """Submit a script with `sbatch --parsable`; its job id."""
+    done = _run(["sbatch", "--parsable", str(script)])
+    job_id = done.stdout.strip().split(";")[0]
+    if not job_id.isdigit():
+        raise SlurmError(f"sbatch printed no job id: {done.stdout.strip()!r}")
+    return job_id
+
+
+def submit_command(command: list[str], script: Path, options: list[str]) -> str:
+    """Write a script that runs `command` once under srun with these #SBATCH options, submit it; the job id."""
+    lines = ["#!/bin/bash", *(f"#SBATCH {option}" for option in options), "",
+             "# Written by dreamlab --slurm.", f"cd {shlex.quote(os.getcwd())}", "export PYTHONUNBUFFERED=1",
+             "srun " + " ".join(shlex.quote(word) for word in command), ""]
+    script.parent.mkdir(parents=True, exist_ok=True)
+    script.write_text("\n".join(lines))
+    return sbatch(script)
+
+
 def submit(store: RunStore, run: Run, recipe: Recipe, db: Path) -> Run:
     """Write the run's script, sbatch it and record the run queued with the job id (failed if never submitted)."""
     if recipe.trainer.launcher != "slurm":
         raise RecipeError("trainer.launcher: a Slurm submission needs trainer.launcher=slurm")
     run_dir = Path(run.run_dir)
-    script = write_script(recipe, run_dir, run.name, db)
     try:
-        done = _run(["sbatch", "--parsable", str(script)])
-        job_id = done.stdout.strip().split(";")[0]
-        if not job_id.isdigit():
-            raise SlurmError(f"sbatch printed no job id: {done.stdout.strip()!r}")
+        job_id = sbatch(write_script(recipe, run_dir, run.name, db))
     except SlurmError as error:
         if run.status == "queued":  # a first submission: the run will never start (a resubmitted one keeps its ending)
             store.end_if_unfinished(run.id, "failed", f"not submitted: {error}")
