@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import sqlite3
 import subprocess
 
 import pytest
 
 from dreamlab.cli.options import slurm_overrides
 from dreamlab.config import RecipeError, load_recipe
-from dreamlab.store import Run
+from dreamlab.store import Run, RunStore, StoreError
+from dreamlab.store.schema import migrate
 from dreamlab.store.health import Health, Thresholds
 from dreamlab.train.slurm import JobState, map_state, sbatch_options, slurm_health, write_script
 
@@ -101,3 +103,36 @@ def test_a_recipe_refuses_an_sbatch_argument_that_is_not_key_value():
         load_recipe(None, ["trainer.slurm_args=[--mem]"])
     with pytest.raises(RecipeError, match="trainer.launcher: 'pbs' is not one of local, slurm"):
         load_recipe(None, ["trainer.launcher=pbs"])
+
+
+def test_a_v5_store_migrates_its_runs_to_the_local_launcher(tmp_path):
+    path = tmp_path / "old.db"
+    conn = sqlite3.connect(path, isolation_level=None)
+    assert migrate(conn, target=5) == 5
+    conn.execute("INSERT INTO runs (id, name, status, created) VALUES (1, 'old', 'completed', 1.0)")
+    conn.close()
+    with RunStore(path) as store:
+        run = store.get_run("old")
+        assert (run.launcher, run.job_id, run.nodes) == ("local", None, None)
+
+
+def test_the_store_records_submissions_nodes_and_endings_a_reader_saw(tmp_path):
+    store = RunStore(tmp_path / "runs.db")
+    run = store.create_run(name="r")
+    queued = store.mark_submitted(run.id, "41")
+    assert (queued.status, queued.launcher, queued.job_id) == ("queued", "slurm", "41")
+    store.mark_started(run.id, pid=123)
+    store.record_nodes(run.id, "gpu[1-2]")
+    with pytest.raises(StoreError, match="already running"):
+        store.mark_submitted(run.id, "42")
+    store.finish(run.id, "stopped", "Slurm time limit")
+    again = store.mark_submitted(run.id, "42")  # a resubmission
+    assert (again.status, again.job_id, again.nodes, again.exit_reason, again.ended) == ("queued", "42", None, None, None)
+    assert store.end_if_unfinished(run.id, "failed", "Slurm node failure (job 42; the run recorded no ending)")
+    assert not store.end_if_unfinished(run.id, "stopped", "too late")  # already ended: left as it is
+    final = store.get_run(run.id)
+    assert (final.status, final.exit_reason) == ("failed", "Slurm node failure (job 42; the run recorded no ending)")
+    assert [(event.kind, event.message) for event in store.events(run.id)] == [
+        ("queued", None), ("submitted", "Slurm job 41"), ("started", "pid 123"),
+        ("stopped", "Slurm time limit"), ("submitted", "Slurm job 42"),
+        ("failed", "Slurm node failure (job 42; the run recorded no ending)")]
