@@ -85,7 +85,7 @@ def test_the_options_become_trainer_overrides_and_the_script_holds_them(tmp_path
     script = write_script(recipe, tmp_path, "r", tmp_path / "dreamlab.db").read_text()
     assert "#SBATCH --nodes=2\n" in script
     assert 'head=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)' in script
-    assert ('--nnodes=$SLURM_JOB_NUM_NODES --nproc-per-node=8 --rdzv-backend=c10d --rdzv-endpoint="$head:$port" '
+    assert ('--nnodes=$SLURM_NTASKS --nproc-per-node=8 --rdzv-backend=c10d --rdzv-endpoint="$head:$port" '
             '--rdzv-id="$SLURM_JOB_ID" -m dreamlab.train.worker') in script
     assert "--slurm $resume &\n" in script
     assert "#SBATCH --signal=B:USR1@300\n" in script and "' USR1\n" in script

@@ -168,7 +168,17 @@ def test_a_run_at_its_time_limit_checkpoints_ends_stopped_and_resumes_then_reque
                for event in events)
 
 
-def test_a_job_with_two_tasks_trains_two_fsdp_ranks(cluster, tmp_path):
+def test_a_job_with_two_tasks_trains_two_fsdp_ranks_through_the_c10d_rendezvous(cluster, tmp_path):
+    """Two torchrun agents (what two nodes run) on this one node, one rank each, meeting at the first node's store."""
+    db = tmp_path / "runs" / "dreamlab.db"
+    run = submit(db, *TINY, "trainer.total_training_steps=6", "--slurm-arg", "ntasks-per-node=2", "--name", "agents")
+    final = wait_for(db, run, ended)
+    assert (final.status, final.exit_reason) == ("completed", None)
+    assert steps(db, final) == list(range(1, 7))
+    assert "device cpu x 2 processes" in Path(run.run_dir, "train.log").read_text()
+
+
+def test_a_job_with_two_processes_per_node_trains_two_fsdp_ranks(cluster, tmp_path):
     db = tmp_path / "runs" / "dreamlab.db"
     run = submit(db, *TINY, "trainer.total_training_steps=6", "trainer.nproc_per_node=2", "--name", "pair")
     final = wait_for(db, run, ended)

@@ -132,7 +132,9 @@ def sbatch_options(recipe: Recipe, run_dir: Path, name: str) -> list[str]:
 def write_script(recipe: Recipe, run_dir: Path, name: str, db: Path) -> Path:
     """Write `runs/<run>/slurm.sbatch`: srun starts torchrun on every node, rendezvous on the first."""
     t = recipe.trainer
-    worker = [sys.executable, "-m", "torch.distributed.run", "--nnodes=$SLURM_JOB_NUM_NODES",
+    # One torchrun agent per task (one task per node unless slurm_args say otherwise): they meet at the c10d
+    # store on the first node, the first agent there serving it.
+    worker = [sys.executable, "-m", "torch.distributed.run", "--nnodes=$SLURM_NTASKS",
               f"--nproc-per-node={t.nproc_per_node}", "--rdzv-backend=c10d", '--rdzv-endpoint="$head:$port"',
               '--rdzv-id="$SLURM_JOB_ID"', "-m", "dreamlab.train.worker", "--run-dir", str(run_dir), "--db", str(db),
               "--slurm"]
