@@ -26,6 +26,7 @@ from dreamlab.store.health import Health
 from dreamlab.store.records import TERMINAL_STATUSES
 from dreamlab.store.params import flatten
 from dreamlab.train.processes import assess, stop_run
+from dreamlab.train.slurm import watched_jobs
 
 app = typer.Typer(help="Runs in the run store: list, show, compare, stop, remove, query.", no_args_is_help=True)
 
@@ -170,8 +171,10 @@ def show_command(
 def _record_lost(store: RunStore, lost_after: float | None, stall_after: float | None) -> dict[int, Health]:
     """Assess every running run (and queued Slurm job) and record what the console only shows: lost runs, and the
     endings of Slurm jobs whose run recorded none; returns each one's health by id."""
-    pending = [run for run in store.list_runs(status="queued") if run.launcher == "slurm"]
-    assessed = {run.id: assess(run, lost_after, stall_after) for run in [*store.list_runs(status="running"), *pending]}
+    watched = [*store.list_runs(status="running"), *(run for run in store.list_runs(status="queued")
+                                                     if run.launcher == "slurm")]
+    jobs = watched_jobs(watched)
+    assessed = {run.id: assess(run, lost_after, stall_after, jobs=jobs) for run in watched}
     for run_id, health in assessed.items():
         if health.status == "lost":
             store.mark_lost(run_id, health.reason or "lost")

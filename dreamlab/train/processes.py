@@ -7,7 +7,7 @@ import os
 import signal
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import psutil
@@ -39,15 +39,13 @@ def probe(run: Run, host: str | None = None) -> Liveness:
 
 
 def assess(run: Run, lost_after_s: float | None = None, stall_after_s: float | None = None,
-           now: float | None = None) -> Health:
-    """`judge` with the run's thresholds (or these overrides) and its process probed from this host."""
+           now: float | None = None, jobs: Mapping[str, slurm.JobState | None] | None = None) -> Health:
+    """`judge` with the run's thresholds (or these overrides) and its process probed from this host; a Slurm run's
+    job as Slurm reports it (from `jobs`, `slurm.watched_jobs` of many runs, when given)."""
     now = time.time() if now is None else now
     thresholds = Thresholds.of_run(run, lost_after_s, stall_after_s)
     if run.launcher == "slurm" and run.job_id and run.status in ("queued", "running"):
-        try:
-            job = slurm.job_state(run.job_id)
-        except slurm.SlurmError:
-            job = None
+        job = jobs[run.job_id] if jobs is not None and run.job_id in jobs else slurm.watched_jobs([run])[run.job_id]
         return slurm.slurm_health(run, job, now, thresholds)
     liveness = probe(run) if run.status == "running" else Liveness.UNKNOWN
     return judge(run, now, liveness, thresholds)

@@ -17,6 +17,7 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -199,15 +200,27 @@ def submit(store: RunStore, run: Run, recipe: Recipe, db: Path) -> Run:
 
 def job_state(job_id: str) -> JobState | None:
     """What Slurm says of a job now: squeue while it is queued or running, else scontrol (recently ended), else sacct."""
-    done = _run(["squeue", "-h", "-j", job_id, "-o", "%i|%T|%r|%N"], check=False)
+    return job_states([job_id])[job_id]
+
+
+def job_states(job_ids: Iterable[str]) -> dict[str, JobState | None]:
+    """`job_state` of many jobs with one squeue call (scontrol / sacct only for those that left the queue)."""
+    wanted = sorted(set(job_ids))
+    if not wanted:
+        return {}
+    done = _run(["squeue", "-h", "-j", ",".join(wanted), "-o", "%i|%T|%r|%N"], check=False)
+    queued = {}
     for line in done.stdout.splitlines():
         found, state, reason, nodes = (line.split("|") + ["", "", ""])[:4]
-        if found == job_id:
-            return JobState(job_id, state, reason or None, nodes or None)
+        queued[found] = JobState(found, state, reason or None, nodes or None)
+    return {job_id: queued.get(job_id) or _ended_job(job_id) for job_id in wanted}
+
+
+def _ended_job(job_id: str) -> JobState | None:
     done = _run(["scontrol", "-o", "show", "job", job_id], check=False)
     if done.returncode == 0 and "JobState=" in done.stdout:
         fields = dict(item.split("=", 1) for item in done.stdout.split() if "=" in item)
-        return JobState(job_id, fields.get("JobState", "UNKNOWN"), fields.get("Reason"), fields.get("NodeList"),
+        return JobState(job_id, fields.get("JobState", "UNKNOWN"), fields.get("Reason"), fields.get("NodeList") or None,
                         fields.get("ExitCode"), source="scontrol")
     if shutil.which("sacct") is None:
         return None
@@ -217,6 +230,15 @@ def job_state(job_id: str) -> JobState | None:
         if len(parts) == 5 and parts[0] == job_id:
             return JobState(job_id, parts[1], parts[2] or None, parts[3] or None, parts[4] or None, source="sacct")
     return None  # no accounting storage, and too long ago for slurmctld to remember
+
+
+def watched_jobs(runs: Iterable[Run]) -> dict[str, JobState | None]:
+    """The Slurm view of every queued or running Slurm run among `runs`, asked once ({} when Slurm cannot answer)."""
+    ids = [run.job_id for run in runs if run.launcher == "slurm" and run.job_id and run.status in ("queued", "running")]
+    try:
+        return job_states(ids)
+    except SlurmError:
+        return dict.fromkeys(ids)
 
 
 def cancel(job_id: str, signal_name: str | None = None) -> None:
