@@ -6,7 +6,9 @@ import sqlite3
 import subprocess
 
 import pytest
+from typer.testing import CliRunner
 
+from dreamlab.cli import app
 from dreamlab.cli.options import slurm_overrides
 from dreamlab.config import RecipeError, load_recipe
 from dreamlab.store import Run, RunStore, StoreError
@@ -136,3 +138,17 @@ def test_the_store_records_submissions_nodes_and_endings_a_reader_saw(tmp_path):
         ("queued", None), ("submitted", "Slurm job 41"), ("started", "pid 123"),
         ("stopped", "Slurm time limit"), ("submitted", "Slurm job 42"),
         ("failed", "Slurm node failure (job 42; the run recorded no ending)")]
+
+
+def test_train_slurm_without_slurm_commands_refuses_before_recording_a_run(tmp_path, monkeypatch):
+    monkeypatch.setenv("PATH", str(tmp_path))  # no sbatch, squeue, scancel, scontrol
+    db = tmp_path / "runs" / "dreamlab.db"
+    result = CliRunner().invoke(app, ["train", "--slurm", "--db", str(db)])
+    assert result.exit_code == 2
+    assert "trainer.launcher=slurm: Slurm commands not found: sbatch, squeue, scancel, scontrol" in result.output
+    assert not db.exists() or RunStore(db).list_runs() == []
+
+
+def test_a_slurm_run_cannot_be_followed_in_the_foreground(tmp_path):
+    result = CliRunner().invoke(app, ["train", "--slurm", "--foreground", "--db", str(tmp_path / "runs.db")])
+    assert result.exit_code == 2 and "a Slurm job's output is in its train.log" in result.output

@@ -2,7 +2,8 @@
 
 Closing the terminal or losing SSH never stops a run: the torchrun process group belongs to no
 terminal, writes to `runs/<run>/train.log`, and reports to the store. `dreamlab runs stop` signals
-the group (recorded as the run's pgid).
+the group (recorded as the run's pgid). With trainer.launcher=slurm the run is submitted instead
+(`submit`, through `dreamlab.train.slurm`) and recorded queued with its job id.
 """
 
 from __future__ import annotations
