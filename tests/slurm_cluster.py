@@ -105,7 +105,11 @@ def _write_config(root: Path, host: str, cpus: int) -> Path:
         "KillWait=30",
         "SchedulerParameters=defer_batch=0",
         f"NodeName={host} CPUs={cpus} RealMemory=2000 State=UNKNOWN",
-        f"PartitionName=debug Nodes={host} Default=YES MaxTime=INFINITE State=UP OverSubscribe=FORCE:4",
+        # A job in `urgent` preempts jobs in `debug`: they get SIGTERM, 60 s of grace, then are requeued.
+        "PreemptType=preempt/partition_prio",
+        "PreemptMode=REQUEUE",
+        f"PartitionName=debug Nodes={host} Default=YES MaxTime=INFINITE State=UP PriorityTier=1 GraceTime=60",
+        f"PartitionName=urgent Nodes={host} MaxTime=INFINITE State=UP PriorityTier=10",
         "",
     ]))
     return conf

@@ -1,6 +1,6 @@
 """Runs through a real Slurm: a one-node cluster on localhost that this module starts (and installs when root and
-missing), then submission to completion, a pending job, a stop, a time limit with resume and requeue, and two
-FSDP ranks."""
+missing), then submission to completion, a pending job, a stop, a time limit with resume and requeue, preemption,
+two FSDP ranks (two processes, or two torchrun agents meeting at the c10d store), a sweep and an eval."""
 
 from __future__ import annotations
 
@@ -166,6 +166,22 @@ def test_a_run_at_its_time_limit_checkpoints_ends_stopped_and_resumes_then_reque
     assert len([event for event in events if event.kind == "submitted"]) >= 3
     assert any(event.kind == "stopped" and event.message.endswith("; resubmitted (trainer.slurm_requeue)")
                for event in events)
+
+
+def test_a_preempted_run_checkpoints_ends_stopped_and_requeue_resumes_it_to_completion(cluster, tmp_path):
+    db = tmp_path / "runs" / "dreamlab.db"
+    run = submit(db, *TINY, "trainer.total_training_steps=150", "--requeue", "--name", "bumped")
+    wait_for(db, run, lambda found: found.status == "running" and found.progress is not None)
+    subprocess.run(["sbatch", "--partition", "urgent", "--ntasks", str(os.cpu_count()), "--wrap", "sleep 5"],
+                   check=True, capture_output=True)
+    final = wait_for(db, run, lambda found: found.finished and not (found.exit_reason or "").endswith(
+        "(trainer.slurm_requeue)"), timeout=300)
+    assert (final.status, final.exit_reason) == ("completed", None)
+    assert steps(db, final)[-1] == 150
+    events = [(event.kind, event.message) for event in RunStore(db).events(run.id)]
+    assert ("stopped", f"preempted by Slurm (job {run.job_id}): checkpointed in its grace time; resubmitted "
+                       "(trainer.slurm_requeue)") in events
+    assert any(kind == "resumed" and message.startswith("resumed from step ") for kind, message in events)
 
 
 def test_a_job_with_two_tasks_trains_two_fsdp_ranks_through_the_c10d_rendezvous(cluster, tmp_path):

@@ -5,7 +5,8 @@ node. `--signal=B:USR1@N` warns the script N seconds before the time limit; it w
 `stop-request` file, which the trainer answers as it answers `runs stop` (scancel --signal=TERM): a
 checkpoint, then `stopped`, with the file's text as the reason. A file, not a signal to the ranks,
 because Slurm may send the warning up to a minute early, before the ranks have their handlers, and
-because torchrun kills ranks 30 s after it is signalled itself. Imports no torch.
+because torchrun kills ranks 30 s after it is signalled itself. Preemption SIGTERMs the ranks
+directly; rank 0 tells it from a `runs stop` by the job's PreemptTime (`preempted`). Imports no torch.
 """
 
 from __future__ import annotations
@@ -28,6 +29,9 @@ from dreamlab.train import STOP_FILE
 
 SCRIPT_NAME = "slurm.sbatch"
 TIME_LIMIT_REASON = "Slurm time limit"
+PREEMPTED_REASON = "preempted by Slurm"
+# Stops that Slurm asked for: with trainer.slurm_requeue the run resubmits itself after them.
+SLURM_STOPS = (TIME_LIMIT_REASON, PREEMPTED_REASON)
 # Environment a job must not hand on to the job it submits (its own job's and torchrun's variables).
 _INHERITED = re.compile(r"^(SLURM_(?!CONF$)|SBATCH_|SRUN_|TORCHELASTIC_|RANK$|LOCAL_RANK$|GROUP_RANK$|ROLE_RANK$|"
                         r"WORLD_SIZE$|LOCAL_WORLD_SIZE$|MASTER_ADDR$|MASTER_PORT$|GROUP_WORLD_SIZE$|ROLE_WORLD_SIZE$|"
@@ -58,7 +62,7 @@ _ENDINGS = {
     "CANCELLED": ("stopped", "Slurm job cancelled"),
     "TIMEOUT": ("stopped", "Slurm time limit reached"),
     "NODE_FAIL": ("failed", "Slurm node failure"),
-    "PREEMPTED": ("stopped", "preempted by Slurm"),
+    "PREEMPTED": ("stopped", PREEMPTED_REASON),
     "OUT_OF_MEMORY": ("failed", "Slurm job ran out of memory"),
     "BOOT_FAIL": ("failed", "Slurm node failed to boot"),
     "DEADLINE": ("stopped", "Slurm deadline reached"),
@@ -239,6 +243,13 @@ def watched_jobs(runs: Iterable[Run]) -> dict[str, JobState | None]:
         return job_states(ids)
     except SlurmError:
         return dict.fromkeys(ids)
+
+
+def preempted(job_id: str) -> bool:
+    """Whether Slurm has begun preempting the job (scontrol shows its PreemptTime once it has)."""
+    done = _run(["scontrol", "-o", "show", "job", job_id], check=False)
+    fields = dict(item.split("=", 1) for item in done.stdout.split() if "=" in item)
+    return done.returncode == 0 and fields.get("PreemptTime", "None") not in ("None", "Unknown", "")
 
 
 def cancel(job_id: str, signal_name: str | None = None) -> None:

@@ -64,6 +64,9 @@ class NoisedBatch:
     t: torch.Tensor
 
 
+SIGNAL_STOP_REASON = "stop requested (SIGTERM/SIGINT)"
+
+
 class StopFlag:
     """Set by SIGTERM / SIGINT, or by a `stop-request` file in the run folder (its text is the reason, e.g. a Slurm
     time limit); the loop checkpoints and exits at the next step boundary."""
@@ -88,7 +91,7 @@ class StopFlag:
             text = self.request.read_text().strip() if self.request is not None else ""
         except OSError:
             text = ""
-        return text or "stop requested (SIGTERM/SIGINT)"
+        return text or SIGNAL_STOP_REASON
 
 
 def device_type(wanted: str) -> str:

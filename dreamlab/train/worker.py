@@ -19,8 +19,8 @@ from torch.distributed.checkpoint.api import CheckpointException  # a BaseExcept
 
 from dreamlab.config import recipe_from_dict
 from dreamlab.train.heartbeat import HeartbeatThread
-from dreamlab.train.slurm import TIME_LIMIT_REASON
-from dreamlab.train.trainer import Trainer, device_type
+from dreamlab.train.slurm import SLURM_STOPS
+from dreamlab.train.trainer import SIGNAL_STOP_REASON, Trainer, device_type
 
 
 def say(text: str) -> None:
@@ -116,6 +116,19 @@ def mark_slurm_job_started(db: str | None, run_id: int | None) -> None:
     store.close()
 
 
+def slurm_stop_reason(reason: str) -> str:
+    """A signal that is Slurm preempting the job says so (a time limit already says so through the stop file)."""
+    from dreamlab.train import slurm
+
+    job_id = os.environ.get("SLURM_JOB_ID")
+    if reason != SIGNAL_STOP_REASON or not job_id:
+        return reason
+    try:
+        return f"{slurm.PREEMPTED_REASON} (job {job_id}): checkpointed in its grace time" if slurm.preempted(job_id) else reason
+    except slurm.SlurmError:
+        return reason
+
+
 def requeue(recipe, db: str, run_id: int) -> None:
     """Submit the stopped run again as a new Slurm job (it resumes from the checkpoint just written)."""
     from dreamlab.store import RunStore
@@ -172,8 +185,10 @@ def main(argv: list[str] | None = None) -> int:
                                else "no checkpoint: starting fresh")
         outcome = trainer.fit()
         status, reason = outcome.status, outcome.reason
-        if args.slurm and status == "stopped" and recipe.trainer.slurm_requeue and reason.startswith(TIME_LIMIT_REASON):
-            reason, resubmit = f"{reason}; resubmitted (trainer.slurm_requeue)", True
+        if args.slurm and status == "stopped" and rank == 0:
+            reason = slurm_stop_reason(reason)
+            if recipe.trainer.slurm_requeue and reason.startswith(SLURM_STOPS):
+                reason, resubmit = f"{reason}; resubmitted (trainer.slurm_requeue)", True
     except (Exception, CheckpointException) as error:  # noqa: BLE001 - any failure must be recorded before the process dies
         reason = f"{type(error).__name__}: {error}"
         print_traceback()
