@@ -12,9 +12,10 @@ from dreamlab.cli import app
 from dreamlab.cli.options import slurm_overrides
 from dreamlab.config import RecipeError, load_recipe
 from dreamlab.store import Run, RunStore, StoreError
-from dreamlab.store.schema import migrate
 from dreamlab.store.health import Health, Thresholds
+from dreamlab.store.schema import migrate
 from dreamlab.train.slurm import JobState, map_state, sbatch_options, slurm_health, write_script
+from tests import slurm_cluster
 
 
 @pytest.mark.parametrize(("state", "reason", "exit_code", "expected"), [
@@ -152,3 +153,14 @@ def test_train_slurm_without_slurm_commands_refuses_before_recording_a_run(tmp_p
 def test_a_slurm_run_cannot_be_followed_in_the_foreground(tmp_path):
     result = CliRunner().invoke(app, ["train", "--slurm", "--foreground", "--db", str(tmp_path / "runs.db")])
     assert result.exit_code == 2 and "a Slurm job's output is in its train.log" in result.output
+
+
+def test_the_local_cluster_says_why_it_cannot_start(tmp_path, monkeypatch):
+    monkeypatch.setattr(slurm_cluster.os, "geteuid", lambda: 1000)
+    assert slurm_cluster.missing_reason().startswith("Slurm tests need root")
+    assert slurm_cluster.install_if_missing().startswith("Slurm tests need root")  # never tries apt-get
+    monkeypatch.setattr(slurm_cluster.os, "geteuid", lambda: 0)
+    monkeypatch.setenv("PATH", str(tmp_path))
+    assert slurm_cluster.missing_reason() == (
+        "Slurm is not installed (munged, slurmctld, slurmd, sbatch, squeue, scancel, scontrol, srun missing; "
+        "apt-get install slurm-wlm munge)")
