@@ -177,8 +177,8 @@ def test_a_preempted_run_checkpoints_ends_stopped_and_requeue_resumes_it_to_comp
     db = tmp_path / "runs" / "dreamlab.db"
     run = submit(db, *TINY, "trainer.total_training_steps=150", "--requeue", "--name", "bumped")
     wait_for(db, run, lambda found: found.status == "running" and found.progress is not None)
-    subprocess.run(["sbatch", "--partition", "urgent", "--ntasks", str(os.cpu_count()), "--wrap", "sleep 5"],
-                   check=True, capture_output=True)
+    subprocess.run(["sbatch", "--partition", "urgent", "--ntasks", str(os.cpu_count()), "--output", "/dev/null",
+                    "--wrap", "sleep 5"], check=True, capture_output=True)
     final = wait_for(db, run, lambda found: found.finished and not (found.exit_reason or "").endswith(
         "(trainer.slurm_requeue)"), timeout=300)
     assert (final.status, final.exit_reason) == ("completed", None)
