@@ -108,6 +108,16 @@ class TrainerConfig:
     nnodes: int = 1
     rdzv_endpoint: str | None = None
     max_checkpoints: int = 3
+    # Where the processes start: here (torchrun, detached) or through Slurm (sbatch; docs in README "Slurm").
+    launcher: str = "local"
+    slurm_partition: str | None = None
+    slurm_account: str | None = None
+    slurm_time: str | None = None
+    slurm_gpus_per_node: int | None = None
+    slurm_args: list[str] = field(default_factory=list)
+    # SIGTERM this many seconds before the time limit, so the trainer checkpoints and ends `stopped`.
+    slurm_signal_s: int = 300
+    slurm_requeue: bool = False
     # How a reader tells running from stalled and lost (docs/store.md "How a status is decided").
     heartbeat_s: float = HEARTBEAT_S
     lost_after_s: float = LOST_AFTER_S
@@ -140,6 +150,7 @@ CHOICES = {
     "optim.lr_scheduler": ("cosine", "constant"),
     "diffusion.time_reweighting": TIME_REWEIGHTINGS,
     "trainer.device": ("auto", "cpu", "cuda"),
+    "trainer.launcher": ("local", "slurm"),
     "trainer.precision": ("auto", "fp32", "bf16"),
 }
 POSITIVE = {
@@ -149,6 +160,7 @@ POSITIVE = {
     "trainer.nnodes", "trainer.max_checkpoints", "model.tiny_hidden_size", "model.tiny_num_layers", "model.tiny_num_heads",
     "model.tiny_intermediate_size", "optim.lr", "optim.clip_grad", "trainer.heartbeat_s", "trainer.lost_after_s",
     "trainer.stall_after_s",
+    "trainer.slurm_signal_s",
 }
 
 
@@ -323,6 +335,18 @@ def _validate_held_out(flat: dict[str, Any]) -> None:
                           "validation rows: set data.val_files=[] or data.val_fraction=null")
 
 
+def _validate_slurm(flat: dict[str, Any]) -> None:
+    """trainer.slurm_args are KEY=VALUE sbatch options; GPUs per node are not negative."""
+    for item in flat["trainer.slurm_args"]:
+        key, sep, _ = item.partition("=")
+        if not sep or not key.strip() or key.startswith("-"):
+            raise RecipeError(f"trainer.slurm_args: {item!r} is not KEY=VALUE (an sbatch long option without "
+                              "its dashes, e.g. mem=64G or constraint=a100)")
+    gpus = flat["trainer.slurm_gpus_per_node"]
+    if gpus is not None and gpus < 0:
+        raise RecipeError(f"trainer.slurm_gpus_per_node: must be >= 0, got {gpus}")
+
+
 def validate(recipe: Recipe, context_length: int | None = None) -> None:
     """Refuse values that cannot run: wrong choices, zero or negative sizes, max_length over the context."""
     flat = recipe.flat()
@@ -358,6 +382,7 @@ def validate(recipe: Recipe, context_length: int | None = None) -> None:
     if not flat["data.train_files"]:
         raise RecipeError("data.train_files: name at least one file (or builtin:arithmetic)")
     _validate_held_out(flat)
+    _validate_slurm(flat)
     if flat["trainer.checks_per_epoch"] is not None:
         for key in ("trainer.save_checkpoint_steps", "trainer.val_check_interval"):
             if flat[key] is not None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 import uuid
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -16,7 +17,17 @@ from rich.table import Table
 from rich.text import Text
 
 from dreamlab import library_versions
-from dreamlab.cli.options import DbOption, JsonOption, resolve_db
+from dreamlab.cli.options import (
+    AccountOption,
+    DbOption,
+    GpusPerNodeOption,
+    JsonOption,
+    PartitionOption,
+    SlurmArgOption,
+    SlurmFlag,
+    TimeOption,
+    resolve_db,
+)
 from dreamlab.evals.compare import compare
 from dreamlab.evals.frontier import frontier_plot, frontier_table
 from dreamlab.evals.grid import SAMPLER_TYPES, extra_settings, grid_cells
@@ -82,9 +93,31 @@ def eval_command(
     db: DbOption = None,
     as_json: JsonOption = False,
     as_csv: Annotated[bool, typer.Option("--csv", help="Print CSV instead of tables.")] = False,
+    slurm: SlurmFlag = False,
+    partition: PartitionOption = None,
+    gpus_per_node: GpusPerNodeOption = None,
+    time_limit: TimeOption = None,
+    account: AccountOption = None,
+    slurm_arg: SlurmArgOption = None,
 ) -> None:
     """Evaluate a model on a task: every (alg, steps) cell of the grid, resumable, recorded in the run store."""
     if ctx.invoked_subcommand is not None:
+        return
+    if slurm:
+        from dreamlab.train import slurm as slurm_jobs
+
+        store_path = resolve_db(db).resolve()
+        name = f"eval-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:4]}"
+        folder = store_path.parent / "evals"
+        options = slurm_jobs.job_options(name=f"dreamlab-{name}", output=folder / f"{name}.log", partition=partition,
+                                         account=account, time_limit=time_limit, gpus_per_node=gpus_per_node,
+                                         extra=slurm_arg or [])
+        command = [sys.executable, "-c", "from dreamlab.cli import main; main()", "eval", *_argv_without_slurm(ctx),
+                   "--db", str(store_path)]
+        with _errors():
+            job_id = slurm_jobs.submit_command(command, folder / f"{name}.sbatch", options)
+        typer.echo(f"submitted the eval as Slurm job {job_id}; its results are recorded in {store_path} as it runs")
+        typer.echo(f"  log: tail -f {folder / f'{name}.log'}")
         return
     sampler = {name: value for name, value in locals().items() if name in SAMPLER_TYPES}  # one option per field
     with _errors():
@@ -96,6 +129,23 @@ def eval_command(
         typer.echo(to_json(records) if as_json else to_csv(records), nl=as_json)
         return
     print_results(records, Console(highlight=False))
+
+
+_SLURM_PARAMS = {"slurm", "partition", "gpus_per_node", "time_limit", "account", "slurm_arg", "db"}
+
+
+def _argv_without_slurm(ctx: typer.Context) -> list[str]:
+    """This eval's options as given (defaults left out), less the Slurm ones: the command the job runs."""
+    argv = []
+    for param in ctx.command.params:
+        value = ctx.params.get(param.name)
+        if param.name in _SLURM_PARAMS or value is None or value == param.default or not param.opts:
+            continue
+        if getattr(param, "is_flag", False):
+            argv.append(param.opts[0] if value else param.secondary_opts[0])
+        else:
+            argv += [param.opts[0], str(value)]
+    return argv
 
 
 def print_results(records: list[EvalRecord], console: Console) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Annotated
 
@@ -20,3 +21,41 @@ JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of 
 def resolve_db(db: Path | None) -> Path:
     """--db, else $DREAMLAB_DB, else runs/dreamlab.db (typer already applied the flag > variable order)."""
     return db if db is not None else default_db_path()
+
+
+# Slurm: for train and sweep each option sets a recipe key of the trainer section (so a recipe can hold it too).
+_SLURM = "Slurm"
+SlurmFlag = Annotated[bool, typer.Option("--slurm", help="Submit to Slurm with sbatch (recipes: trainer.launcher=slurm).",
+                                         rich_help_panel=_SLURM)]
+PartitionOption = Annotated[str | None, typer.Option(help="Partition (recipes: trainer.slurm_partition).", rich_help_panel=_SLURM)]
+NodesOption = Annotated[int | None, typer.Option(min=1, help="Nodes (trainer.nnodes).", rich_help_panel=_SLURM)]
+GpusPerNodeOption = Annotated[int | None, typer.Option(
+    min=0, help="GPUs per node (recipes: trainer.slurm_gpus_per_node, and the processes per node when above 0).",
+    rich_help_panel=_SLURM)]
+TimeOption = Annotated[str | None, typer.Option("--time", help="Time limit, e.g. 1-00:00:00 (recipes: trainer.slurm_time).",
+                                                rich_help_panel=_SLURM)]
+AccountOption = Annotated[str | None, typer.Option(help="Account to charge (recipes: trainer.slurm_account).",
+                                                   rich_help_panel=_SLURM)]
+SlurmArgOption = Annotated[list[str] | None, typer.Option(
+    help="Another sbatch option as KEY=VALUE (repeatable; recipes: trainer.slurm_args).", rich_help_panel=_SLURM)]
+RequeueOption = Annotated[bool, typer.Option("--requeue", help="Resubmit by itself when stopped at its time limit "
+                                             "(trainer.slurm_requeue).", rich_help_panel=_SLURM)]
+
+
+def slurm_overrides(*, slurm: bool, partition: str | None, nodes: int | None, gpus_per_node: int | None,
+                    time_limit: str | None, account: str | None, slurm_args: list[str] | None,
+                    requeue: bool) -> list[str]:
+    """The Slurm options as recipe overrides (trainer section)."""
+    overrides = ["trainer.launcher=slurm"] if slurm else []
+    for key, value in (("trainer.slurm_partition", partition), ("trainer.nnodes", nodes),
+                       ("trainer.slurm_gpus_per_node", gpus_per_node), ("trainer.slurm_time", time_limit),
+                       ("trainer.slurm_account", account)):
+        if value is not None:
+            overrides.append(f"{key}={value}")
+    if gpus_per_node:
+        overrides.append(f"trainer.nproc_per_node={gpus_per_node}")
+    if slurm_args:
+        overrides.append("trainer.slurm_args=" + json.dumps(list(slurm_args)))
+    if requeue:
+        overrides.append("trainer.slurm_requeue=true")
+    return overrides

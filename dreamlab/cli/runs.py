@@ -23,8 +23,10 @@ from dreamlab.display import fmt_value as _text
 from dreamlab.display import fmt_when as _when
 from dreamlab.store import Run, RunStore, StoreError
 from dreamlab.store.health import Health
+from dreamlab.store.records import TERMINAL_STATUSES
 from dreamlab.store.params import flatten
 from dreamlab.train.processes import assess, stop_run
+from dreamlab.train.slurm import watched_jobs
 
 app = typer.Typer(help="Runs in the run store: list, show, compare, stop, remove, query.", no_args_is_help=True)
 
@@ -167,13 +169,18 @@ def show_command(
 
 
 def _record_lost(store: RunStore, lost_after: float | None, stall_after: float | None) -> dict[int, Health]:
-    """Assess every running run and mark lost those that read lost (the CLI records what the console only
-    shows); returns each one's health by id."""
-    running = {run.id: assess(run, lost_after, stall_after) for run in store.list_runs(status="running")}
-    for run_id, health in running.items():
+    """Assess every running run (and queued Slurm job) and record what the console only shows: lost runs, and the
+    endings of Slurm jobs whose run recorded none; returns each one's health by id."""
+    watched = [*store.list_runs(status="running"), *(run for run in store.list_runs(status="queued")
+                                                     if run.launcher == "slurm")]
+    jobs = watched_jobs(watched)
+    assessed = {run.id: assess(run, lost_after, stall_after, jobs=jobs) for run in watched}
+    for run_id, health in assessed.items():
         if health.status == "lost":
             store.mark_lost(run_id, health.reason or "lost")
-    return running
+        elif health.status in TERMINAL_STATUSES:
+            store.end_if_unfinished(run_id, health.status, health.reason or health.status)
+    return assessed
 
 
 def _evals_table(evals: list[Any], names: dict[int, str] | None = None) -> Table:
@@ -255,7 +262,8 @@ def stop_command(
     grace: Annotated[float, typer.Option(min=0, help="Seconds to wait after SIGTERM before SIGKILL.")] = 60.0,
     db: DbOption = None,
 ) -> None:
-    """SIGTERM the run's process group, SIGKILL after the grace period, then mark it stopped."""
+    """SIGTERM the run's process group (a Slurm job: scancel --signal=TERM, a pending one is cancelled), SIGKILL
+    (scancel) after the grace period, then mark it stopped."""
     with _errors():
         store = _open(db)
         result = stop_run(store, run, grace_s=grace, say=typer.echo)
@@ -343,7 +351,8 @@ def _run_table(run: Run, health: Health) -> Table:
                          ("started", _when(run.started)), ("ended", _when(run.ended)),
                          ("duration", _duration(run.duration())), ("heartbeat", _when(run.heartbeat)),
                          ("last step", _progress(run)), ("host", run.host), ("gpus", ", ".join(run.gpus) or None), ("pid / pgid", _pids(run)),
-                         ("worker", _worker(run)), ("git commit", run.git_commit), ("folder", run.run_dir)):
+                         ("worker", _worker(run)), ("Slurm job", run.job_id), ("nodes", run.nodes),
+                         ("git commit", run.git_commit), ("folder", run.run_dir)):
         table.add_row(label, _text(value))
     versions = ", ".join(f"{key} {value}" for key, value in run.versions.items() if value)
     table.add_row("versions", versions or "—")

@@ -15,10 +15,23 @@ from rich.console import Console
 from rich.table import Table
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from dreamlab.cli.options import DbOption, resolve_db
+from dreamlab.cli.options import (
+    AccountOption,
+    DbOption,
+    GpusPerNodeOption,
+    NodesOption,
+    PartitionOption,
+    RequeueOption,
+    SlurmArgOption,
+    SlurmFlag,
+    TimeOption,
+    resolve_db,
+    slurm_overrides,
+)
 from dreamlab.config import RecipeError, load_recipe, recipe_from_dict, split_recipe_args
 from dreamlab.store import RunStore
 from dreamlab.store.errors import StoreError
+from dreamlab.train import STOP_FILE
 
 STEP_LINE = re.compile(r"^step (\d+) (.*)$")
 
@@ -34,6 +47,14 @@ def train(
              "(trainer.nproc_per_node, trainer.nnodes, trainer.rdzv_endpoint, micro batch, accumulation).",
     )] = None,
     estimate: Annotated[bool, typer.Option("--estimate", help="Print the per-GPU memory estimate and exit.")] = False,
+    slurm: SlurmFlag = False,
+    partition: PartitionOption = None,
+    nodes: NodesOption = None,
+    gpus_per_node: GpusPerNodeOption = None,
+    time_limit: TimeOption = None,
+    account: AccountOption = None,
+    slurm_arg: SlurmArgOption = None,
+    requeue: RequeueOption = False,
     db: DbOption = None,
 ) -> None:
     """Train a model with Dream's diffusion SFT (no recipe: the tiny model on the built-in task, CPU)."""
@@ -42,11 +63,15 @@ def train(
         memory_estimate,
         relayout,
         start_process,
+        submit,
         torchrun_command,
         write_run_spec,
     )
 
     console = Console()
+    args = [*(args or []), *slurm_overrides(slurm=slurm, partition=partition, nodes=nodes, gpus_per_node=gpus_per_node,
+                                             time_limit=time_limit, account=account, slurm_args=slurm_arg,
+                                             requeue=requeue)]
     if estimate:
         try:
             recipe = load_recipe(*split_recipe_args(args))
@@ -72,20 +97,41 @@ def train(
             run = store.get_run(resume)
             run_dir = Path(run.run_dir)
             recipe = recipe_from_dict(json.loads((run_dir / "run.json").read_text())["recipe"])
-            changes = relayout(recipe, list(args or []))
+            if not slurm and recipe.trainer.launcher == "slurm":  # without --slurm, a resume runs here
+                args.append("trainer.launcher=local")
+            changes = relayout(recipe, args)
             if changes:
                 write_run_spec(run_dir, recipe, run.id, store_path.resolve())
                 store.record_event(run.id, "relayout", ", ".join(changes))
-            command = torchrun_command(recipe, run_dir, store_path.resolve(), resume=True)
-            process = start_process(command, run_dir, capture=foreground)
-            store.mark_started(run.id, pid=process.pid, pgid=process.pid)
+            if recipe.trainer.launcher == "slurm":
+                refuse_foreground(foreground)
+                from dreamlab.train import slurm as slurm_jobs
+
+                run = slurm_jobs.submit(store, run, recipe, store_path.resolve())
+                process = None
+            else:
+                (run_dir / STOP_FILE).unlink(missing_ok=True)  # a Slurm job's time-limit request, answered already
+                command = torchrun_command(recipe, run_dir, store_path.resolve(), resume=True)
+                process = start_process(command, run_dir, capture=foreground)
+                store.mark_started(run.id, pid=process.pid, pgid=process.pid)
         else:
             recipe = load_recipe(*split_recipe_args(args))
-            run, process = launch(store, store_path, recipe, name=name, capture=foreground)
+            if recipe.trainer.launcher == "slurm":
+                refuse_foreground(foreground)
+                run, process = submit(store, store_path, recipe, name=name), None
+            else:
+                run, process = launch(store, store_path, recipe, name=name, capture=foreground)
             run_dir = Path(run.run_dir)
     except (RecipeError, StoreError, OSError) as error:
         typer.echo(f"error: {error}", err=True)
         raise typer.Exit(2) from None
+    if process is None:
+        console.print(f"submitted run [bold]{run.name}[/bold] as Slurm job {run.job_id} (queued)")
+        console.print(f"  script: {run_dir / 'slurm.sbatch'}")
+        console.print(f"  log:    tail -f {run_dir / 'train.log'}")
+        console.print(f"  status: dreamlab runs show {run.name}")
+        console.print(f"  stop:   dreamlab runs stop {run.name}")
+        return
     if not foreground:
         console.print(f"started run [bold]{run.name}[/bold] (process group {process.pid}), detached")
         console.print(f"  log:    tail -f {run_dir / 'train.log'}")
@@ -94,6 +140,12 @@ def train(
         return
     final = follow_to_end(store, run, process, console)
     raise typer.Exit(0 if final.status in ("completed", "stopped") else 1)
+
+
+def refuse_foreground(foreground: bool) -> None:
+    """--foreground follows a local process; a Slurm job is followed through its log and the store."""
+    if foreground:
+        raise RecipeError("--foreground follows a run started here; a Slurm job's output is in its train.log")
 
 
 def follow_to_end(store: RunStore, run, process, console: Console):

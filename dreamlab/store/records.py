@@ -36,6 +36,9 @@ class Run:
     worker_pid: int | None = None
     worker_started: float | None = None
     progress: Progress | None = None
+    launcher: str = "local"
+    job_id: str | None = None
+    nodes: str | None = None
 
     @property
     def finished(self) -> bool:

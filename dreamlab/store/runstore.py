@@ -186,6 +186,36 @@ class RunStore(EvalStoreMixin):
             _add_event(conn, run.id, "started", f"pid {pid}" + (f", process group {pgid}" if pgid is not None else ""), now)
         return self._run_by_id(run_id)
 
+    def mark_submitted(self, run_id: int, job_id: str) -> Run:
+        """Queued as Slurm job `job_id` (a first submission or a resubmission after it ended); refused while it runs."""
+        now = time.time()
+        with self._write() as conn:
+            run = self._run_by_id(run_id)
+            if run.status == "running":
+                raise StoreError(f"run {run.name} is already running (Slurm job {run.job_id or '-'})")
+            conn.execute("UPDATE runs SET status = 'queued', launcher = 'slurm', job_id = ?, nodes = NULL, ended = NULL, "
+                         "exit_reason = NULL, pid = NULL, pgid = NULL WHERE id = ?", (str(job_id), run.id))
+            _add_event(conn, run.id, "submitted", f"Slurm job {job_id}", now)
+        return self._run_by_id(run_id)
+
+    def record_nodes(self, run_id: int, nodes: str) -> None:
+        """The node list of the run's Slurm job (written by rank 0 when the job starts)."""
+        with self._write() as conn:
+            conn.execute("UPDATE runs SET nodes = ? WHERE id = ?", (nodes, int(run_id)))
+
+    def end_if_unfinished(self, run_id: int, status: str, exit_reason: str) -> bool:
+        """End a queued, running or lost run with `status` (a reader that saw its job end); False if it already ended."""
+        if status not in TERMINAL_STATUSES:
+            raise StoreError(f"cannot end with status {status!r}: use one of {', '.join(TERMINAL_STATUSES)}")
+        with self._write() as conn:
+            now = time.time()
+            cursor = conn.execute("UPDATE runs SET status = ?, ended = ?, exit_reason = ? "
+                                  "WHERE id = ? AND status IN ('queued', 'running', 'lost')",
+                                  (status, now, exit_reason, int(run_id)))
+            if cursor.rowcount == 1:
+                _add_event(conn, int(run_id), status, exit_reason, now)
+            return cursor.rowcount == 1
+
     def record_worker(self, run_id: int, host: str, pid: int, pid_started: float) -> None:
         """The process that beats for the run (rank 0): its host, pid and creation time, for liveness checks."""
         with self._write() as conn:
@@ -495,6 +525,7 @@ def _run_from_row(row: Mapping[str, Any]) -> Run:
         worker_host=row["worker_host"], worker_pid=row["worker_pid"], worker_started=row["worker_started"],
         progress=None if row["progress_step"] is None else Progress(row["progress_step"], row["progress_time"],
                                                                      row["step_seconds"]),
+        launcher=row["launcher"], job_id=row["job_id"], nodes=row["nodes"],
     )
 
 

@@ -214,10 +214,19 @@ _V8_SPEED = """
 """
 
 
+# Version 9: which launcher started a run and its handle there: a Slurm job id, and the job's node list once
+# it runs (local runs keep their pid / pgid and read launcher 'local').
+_V9_LAUNCHER = """
+        ALTER TABLE runs ADD COLUMN launcher TEXT NOT NULL DEFAULT 'local';
+        ALTER TABLE runs ADD COLUMN job_id TEXT;
+        ALTER TABLE runs ADD COLUMN nodes TEXT;
+"""
+
+
 # Ordered: MIGRATIONS[i] takes a database from version i to version i + 1. Never edit a released
 # migration; append a new one.
 MIGRATIONS: tuple[str, ...] = (_V1_INITIAL, _V2_LATEST_METRICS, _V3_EVALS, _V4_EVENTS, _V5_LIVENESS, _V6_LM_EVAL,
-                                _V7_EXTERNAL_METRICS, _V8_SPEED)
+                                _V7_EXTERNAL_METRICS, _V8_SPEED, _V9_LAUNCHER)
 SCHEMA_VERSION = len(MIGRATIONS)
 # Tables that hold a settings dataclass's fields as columns: a new field becomes a column on the next open.
 SETTINGS_COLUMNS = {"evals": SamplerSettings}

@@ -2,7 +2,8 @@
 
 Closing the terminal or losing SSH never stops a run: the torchrun process group belongs to no
 terminal, writes to `runs/<run>/train.log`, and reports to the store. `dreamlab runs stop` signals
-the group (recorded as the run's pgid).
+the group (recorded as the run's pgid). With trainer.launcher=slurm the run is submitted instead
+(`submit`, through `dreamlab.train.slurm`) and recorded queued with its job id.
 """
 
 from __future__ import annotations
@@ -89,7 +90,8 @@ def check_before_launch(recipe: Recipe) -> None:
     from dreamlab.train.memory import gpu_memory_gb
 
     validate(recipe, context_length=model_context_length(recipe))
-    check_memory(recipe, gpu_memory_gb())
+    if recipe.trainer.launcher == "local":  # a Slurm job's GPUs are not this host's
+        check_memory(recipe, gpu_memory_gb())
     for key, files in (("data.train_files", recipe.data.train_files), ("data.val_files", recipe.data.val_files)):
         for spec in files:
             is_hub_id = HUB_ID.match(spec) and not spec.startswith(".")
@@ -126,7 +128,9 @@ def write_run_spec(run_dir: Path, recipe: Recipe, run_id: int, db: Path) -> None
 
 # What `--resume RUN key=value` may change: where and how wide the run is laid out, nothing it learns.
 RELAYOUT_KEYS = ("trainer.nproc_per_node", "trainer.nnodes", "trainer.rdzv_endpoint", "data.micro_batch_size_per_gpu",
-                 "data.gradient_accumulation_steps")
+                 "data.gradient_accumulation_steps", "trainer.launcher", "trainer.slurm_partition",
+                 "trainer.slurm_account", "trainer.slurm_time", "trainer.slurm_gpus_per_node", "trainer.slurm_args",
+                 "trainer.slurm_signal_s", "trainer.slurm_requeue")
 
 
 def relayout(recipe: Recipe, overrides: list[str]) -> list[str]:
@@ -169,6 +173,19 @@ def launch(store: RunStore, store_path: Path, recipe: Recipe, *, name: str | Non
     process = start_process(torchrun_command(recipe, run_dir, store_path.resolve(), resume=False), run_dir,
                             capture=capture)
     return store.mark_started(run.id, pid=process.pid, pgid=process.pid), process
+
+
+def submit(store: RunStore, store_path: Path, recipe: Recipe, *, name: str | None = None) -> Run:
+    """Check the recipe, record the run, write its spec and sbatch it; the run is queued with its job id."""
+    from dreamlab.train import slurm
+
+    missing = slurm.available()
+    if missing:
+        raise RecipeError(f"trainer.launcher=slurm: {missing}")
+    check_before_launch(recipe)
+    run = store.create_run(name=name, recipe=recipe.to_dict(), meta=environment_meta(), run_dir=None)
+    write_run_spec(Path(run.run_dir), recipe, run.id, store_path.resolve())
+    return slurm.submit(store, run, recipe, store_path.resolve())
 
 
 def start_process(command: list[str], run_dir: Path, *, capture: bool,

@@ -1,4 +1,5 @@
-"""A run's processes seen with psutil: is the worker alive (`probe`, `assess`), and stopping the group (`stop_run`)."""
+"""A run's processes seen with psutil (or its job through Slurm): is the worker alive (`probe`, `assess`), and
+stopping it (`stop_run`: the process group here, `scancel` for a Slurm job)."""
 
 from __future__ import annotations
 
@@ -6,15 +7,17 @@ import os
 import signal
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import psutil
 
 from dreamlab.store import Run, RunStore, StoreError
 from dreamlab.store.health import Health, Liveness, Thresholds, judge
+from dreamlab.train import slurm
 
 STOPPABLE = ("running", "lost")  # lost: silent for a while, but its processes may still be alive
+SLURM_STOPPABLE = ("queued", *STOPPABLE)  # a pending job is cancelled
 _GONE = (psutil.STATUS_ZOMBIE, psutil.STATUS_DEAD)
 # psutil derives a creation time from clock ticks since boot: the same process reads the same value
 # to within a tick, a reused pid differs by the time between the two processes' starts.
@@ -36,10 +39,16 @@ def probe(run: Run, host: str | None = None) -> Liveness:
 
 
 def assess(run: Run, lost_after_s: float | None = None, stall_after_s: float | None = None,
-           now: float | None = None) -> Health:
-    """`judge` with the run's thresholds (or these overrides) and its process probed from this host."""
+           now: float | None = None, jobs: Mapping[str, slurm.JobState | None] | None = None) -> Health:
+    """`judge` with the run's thresholds (or these overrides) and its process probed from this host; a Slurm run's
+    job as Slurm reports it (from `jobs`, `slurm.watched_jobs` of many runs, when given)."""
+    now = time.time() if now is None else now
+    thresholds = Thresholds.of_run(run, lost_after_s, stall_after_s)
+    if run.launcher == "slurm" and run.job_id and run.status in ("queued", "running"):
+        job = jobs[run.job_id] if jobs is not None and run.job_id in jobs else slurm.watched_jobs([run])[run.job_id]
+        return slurm.slurm_health(run, job, now, thresholds)
     liveness = probe(run) if run.status == "running" else Liveness.UNKNOWN
-    return judge(run, time.time() if now is None else now, liveness, Thresholds.of_run(run, lost_after_s, stall_after_s))
+    return judge(run, now, liveness, thresholds)
 
 
 def _process_state(pid: int, same: Callable[[float], bool]) -> Liveness:
@@ -70,8 +79,11 @@ class StopResult:
 
 def stop_run(store: RunStore, ref: int | str, grace_s: float = 60.0, *, poll_s: float = 0.1,
              kill_wait_s: float = 5.0, say: Callable[[str], None] = lambda message: None) -> StopResult:
-    """SIGTERM the run's process group, wait up to `grace_s`, SIGKILL if needed; then mark it stopped if still running."""
+    """SIGTERM the run's process group (its Slurm job's processes), wait up to `grace_s`, SIGKILL if needed; then mark
+    it stopped if still running."""
     run = store.get_run(ref)
+    if run.launcher == "slurm" and run.job_id:
+        return _stop_slurm_run(store, run, grace_s, poll_s=max(poll_s, 1.0), kill_wait_s=kill_wait_s, say=say)
     if run.status not in STOPPABLE:
         raise StoreError(f"run {run.name} is not running (status {run.status})")
     pgid = _checked_group(run)
@@ -100,6 +112,47 @@ def stop_run(store: RunStore, ref: int | str, grace_s: float = 60.0, *, poll_s: 
         say(f"process group {pgid} still has live processes after SIGKILL")
     how = "SIGTERM" if result.signals == ["SIGTERM"] else f"SIGKILL after {grace_s:g} s grace"
     result.marked_stopped = store.stop_if_running(run.id, f"stopped by user ({how})")
+    return result
+
+
+def _stop_slurm_run(store: RunStore, run: Run, grace_s: float, *, poll_s: float, kill_wait_s: float,
+                    say: Callable[[str], None]) -> StopResult:
+    """scancel a pending job; SIGTERM a running one's processes (so rank 0 checkpoints), then scancel after `grace_s`."""
+    if run.status not in SLURM_STOPPABLE:
+        raise StoreError(f"run {run.name} is not queued or running (status {run.status})")
+    result = StopResult(run=run)
+    job = slurm.job_state(run.job_id)
+    state = slurm.map_state(job.state)[0] if job else None
+    if state not in ("queued", "running"):
+        say(f"Slurm job {run.job_id} has already ended" + (f" ({job.state})" if job else ""))
+        result.exited = True
+        result.marked_stopped = store.end_if_unfinished(run.id, "stopped", "stopped by user (its Slurm job had already ended)")
+        return result
+    if state == "queued" and run.status == "queued":
+        slurm.cancel(run.job_id)
+        result.signals.append("scancel")
+        say(f"cancelled pending Slurm job {run.job_id}")
+        result.exited = slurm.wait_ended(run.job_id, kill_wait_s, poll_s) is not None
+        result.marked_stopped = store.end_if_unfinished(run.id, "stopped", "cancelled by user while queued in Slurm")
+        return result
+    slurm.cancel(run.job_id, "TERM")
+    result.signals.append("SIGTERM")
+    store.record_event(run.id, "stop requested", f"scancel --signal=TERM {run.job_id}; scancel after {grace_s:g} s")
+    say(f"sent SIGTERM to Slurm job {run.job_id} of run {run.name}; waiting up to {grace_s:g} s")
+    start = time.monotonic()
+    ended = slurm.wait_ended(run.job_id, grace_s, poll_s)
+    result.exited = ended is None or slurm.map_state(ended.state)[0] not in ("queued", "running")
+    if not result.exited:
+        slurm.cancel(run.job_id)
+        result.signals.append("scancel")
+        store.record_event(run.id, "killed", f"scancel {run.job_id}: still running after {grace_s:g} s")
+        say(f"still running after {grace_s:g} s: cancelled the job")
+        ended = slurm.wait_ended(run.job_id, kill_wait_s, poll_s)
+        result.exited = ended is None or slurm.map_state(ended.state)[0] not in ("queued", "running")
+    result.waited_s = time.monotonic() - start
+    say(f"Slurm job {run.job_id} " + (f"ended after {result.waited_s:.1f} s" if result.exited else "is still running"))
+    how = "SIGTERM" if result.signals == ["SIGTERM"] else f"scancel after {grace_s:g} s grace"
+    result.marked_stopped = store.end_if_unfinished(run.id, "stopped", f"stopped by user ({how}, Slurm job {run.job_id})")
     return result
 
 

@@ -32,6 +32,7 @@ from dreamlab.models import build_tiny_model
 from dreamlab.models.loading import load_tokenizer
 from dreamlab.models.tiny import TINY_NAME
 from dreamlab.models.tokenizer import build_char_tokenizer
+from dreamlab.train import STOP_FILE
 from dreamlab.train.checkpoint import complete_checkpoints, load_checkpoint, save_checkpoint
 from dreamlab.train.data import epoch_order, load_rows, rank_batches, split_held_out, tokenize_rows
 from dreamlab.train.schedule import (
@@ -63,16 +64,34 @@ class NoisedBatch:
     t: torch.Tensor
 
 
-class StopFlag:
-    """Set by SIGTERM / SIGINT; the loop checkpoints and exits at the next step boundary."""
+SIGNAL_STOP_REASON = "stop requested (SIGTERM/SIGINT)"
 
-    def __init__(self) -> None:
-        self.raised = False
+
+class StopFlag:
+    """Set by SIGTERM / SIGINT, or by a `stop-request` file in the run folder (its text is the reason, e.g. a Slurm
+    time limit); the loop checkpoints and exits at the next step boundary."""
+
+    def __init__(self, request: Path | None = None) -> None:
+        self.signalled = False
+        self.request = request
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, self._handle)
 
     def _handle(self, signum, frame) -> None:
-        self.raised = True
+        self.signalled = True
+
+    @property
+    def raised(self) -> bool:
+        """Whether a stop was asked for (a signal, or the request file, which outlives a signal sent too early)."""
+        return self.signalled or (self.request is not None and self.request.exists())
+
+    def reason(self) -> str:
+        """Why the run stops: the request file's text, else the signal."""
+        try:
+            text = self.request.read_text().strip() if self.request is not None else ""
+        except OSError:
+            text = ""
+        return text or SIGNAL_STOP_REASON
 
 
 def device_type(wanted: str) -> str:
@@ -155,7 +174,7 @@ class Trainer:
         self.rank = dist.get_rank()
         self.world = dist.get_world_size()
         self.device = self._device()
-        self.stop = StopFlag()
+        self.stop = StopFlag(run_dir / STOP_FILE)
 
     def _device(self) -> torch.device:
         wanted = device_type(self.recipe.trainer.device)
@@ -406,7 +425,7 @@ class Trainer:
                 self.metrics(self.step, {k: v for k, v in values.items() if v is not None})
             if stop:
                 self.checkpoint()
-                return Outcome("stopped", self.step, "stop requested (SIGTERM/SIGINT)")
+                return Outcome("stopped", self.step, self.stop.reason())
             if checkpoint_due(self.step, self.checkpoint_every, self.total_steps):
                 self.checkpoint()
         self.checkpoint()

@@ -19,7 +19,8 @@ from torch.distributed.checkpoint.api import CheckpointException  # a BaseExcept
 
 from dreamlab.config import recipe_from_dict
 from dreamlab.train.heartbeat import HeartbeatThread
-from dreamlab.train.trainer import Trainer, device_type
+from dreamlab.train.slurm import SLURM_STOPS
+from dreamlab.train.trainer import SIGNAL_STOP_REASON, Trainer, device_type
 
 
 def say(text: str) -> None:
@@ -100,6 +101,50 @@ def start_heartbeat(db: str | None, run_id: int | None, interval_s: float) -> He
     return beat
 
 
+def mark_slurm_job_started(db: str | None, run_id: int | None) -> None:
+    """Rank 0 of a Slurm job marks the queued run running, with the job's node list (the launcher is not here)."""
+    if not db or run_id is None or int(os.environ.get("RANK", "0")) != 0:
+        return
+    from dreamlab.store import RunStore, StoreError
+
+    store = RunStore(db)
+    try:
+        store.mark_started(run_id, pid=os.getpid())
+    except StoreError as error:  # still `running`: a job Slurm requeued after its node failed
+        say(f"run store: {error}; continuing")
+    store.record_nodes(run_id, os.environ.get("SLURM_JOB_NODELIST", ""))
+    store.close()
+
+
+def slurm_stop_reason(reason: str) -> str:
+    """A signal that is Slurm preempting the job says so (a time limit already says so through the stop file)."""
+    from dreamlab.train import slurm
+
+    job_id = os.environ.get("SLURM_JOB_ID")
+    if reason != SIGNAL_STOP_REASON or not job_id:
+        return reason
+    try:
+        return f"{slurm.PREEMPTED_REASON} (job {job_id}): checkpointed in its grace time" if slurm.preempted(job_id) else reason
+    except slurm.SlurmError:
+        return reason
+
+
+def requeue(recipe, db: str, run_id: int) -> None:
+    """Submit the stopped run again as a new Slurm job (it resumes from the checkpoint just written)."""
+    from dreamlab.store import RunStore
+    from dreamlab.train import slurm
+
+    store = RunStore(db)
+    try:
+        run = slurm.submit(store, store.get_run(run_id), recipe, Path(db))
+        say(f"resubmitted as Slurm job {run.job_id}")
+    except Exception as error:  # noqa: BLE001 - the run already ended stopped; say why it was not resubmitted
+        store.record_event(run_id, "note", f"not resubmitted: {error}")
+        say(f"not resubmitted: {error}")
+    finally:
+        store.close()
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run one rank of a training run described by DIR/run.json."""
     die_with_torchrun()
@@ -107,9 +152,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--run-dir", required=True, type=Path)
     parser.add_argument("--db", default=None)
     parser.add_argument("--resume", action="store_true")
+    parser.add_argument("--slurm", action="store_true", help="started by a Slurm job (rank 0 marks the run running)")
     args = parser.parse_args(argv)
     spec = json.loads((args.run_dir / "run.json").read_text())
     recipe = recipe_from_dict(spec["recipe"])
+    if args.slurm:
+        mark_slurm_job_started(args.db, spec.get("run_id"))
     beat = start_heartbeat(args.db, spec.get("run_id"), recipe.trainer.heartbeat_s)
     use_cuda = device_type(recipe.trainer.device) == "cuda"
     if not use_cuda:
@@ -118,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     dist.init_process_group("nccl" if use_cuda else "gloo")
     rank = dist.get_rank()
     reporter = StoreReporter(args.db, spec.get("run_id")) if rank == 0 else StoreReporter(None, None)
-    status, reason = "failed", None
+    status, reason, resubmit = "failed", None, False
     try:
         trainer = Trainer(recipe, args.run_dir, metrics=reporter.metrics, on_checkpoint=reporter.checkpoint,
                           on_step=beat.step_done if beat else None)
@@ -137,6 +185,10 @@ def main(argv: list[str] | None = None) -> int:
                                else "no checkpoint: starting fresh")
         outcome = trainer.fit()
         status, reason = outcome.status, outcome.reason
+        if args.slurm and status == "stopped" and rank == 0:
+            reason = slurm_stop_reason(reason)
+            if recipe.trainer.slurm_requeue and reason.startswith(SLURM_STOPS):
+                reason, resubmit = f"{reason}; resubmitted (trainer.slurm_requeue)", True
     except (Exception, CheckpointException) as error:  # noqa: BLE001 - any failure must be recorded before the process dies
         reason = f"{type(error).__name__}: {error}"
         print_traceback()
@@ -145,6 +197,8 @@ def main(argv: list[str] | None = None) -> int:
             beat.stop()
         if rank == 0:
             reporter.finish(status, reason)
+            if resubmit and args.db:
+                requeue(recipe, args.db, spec["run_id"])
         dist.destroy_process_group()
     return 0 if status in ("completed", "stopped") else 1
 

@@ -17,6 +17,7 @@ from typing import Any
 from dreamlab.store import Checkpoint, Comparison, Event, MetricPoint, Run, RunStore
 from dreamlab.store.health import Health
 from dreamlab.train.processes import assess
+from dreamlab.train.slurm import watched_jobs
 
 LOSS_KEY = "train/loss"
 VAL_LOSS_KEY = "val/loss"
@@ -55,10 +56,11 @@ def load_runs(store: RunStore, lost_after_s: float | None = None) -> list[RunRow
     losses = store.latest_metrics_for(ids, keys=[LOSS_KEY])
     best_evals = store.best_eval_accuracy(ids)
     now = time.time()
+    jobs = watched_jobs(runs)  # one squeue call for every Slurm run
     rows = []
     for run in runs:
         loss = losses.get(run.id, {}).get(LOSS_KEY)
-        health = assess(run, lost_after_s=lost_after_s, now=now)
+        health = assess(run, lost_after_s=lost_after_s, now=now, jobs=jobs)
         rows.append(RunRow(
             id=run.id, name=run.name, status=health.status, reason=health.reason,
             model=_nested(run.recipe, "model", "partial_pretrain"), lr=_nested(run.recipe, "optim", "lr"),

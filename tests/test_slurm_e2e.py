@@ -1,0 +1,232 @@
+"""Runs through a real Slurm: a one-node cluster on localhost that this module starts (and installs when root and
+missing), then submission to completion, a pending job, a stop, a time limit with resume and requeue, preemption,
+two FSDP ranks (two processes, or two torchrun agents meeting at the c10d store), a sweep and an eval."""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from dreamlab.cli import app
+from dreamlab.store import Run, RunStore
+from dreamlab.train.checkpoint import complete_checkpoints
+from dreamlab.train import slurm as slurm_jobs
+from dreamlab.tui.queries import load_runs
+from tests import slurm_cluster
+
+pytestmark = pytest.mark.slow
+runner = CliRunner()
+
+TINY = ["data.micro_batch_size_per_gpu=8", "data.val_size=16", "model.tiny_hidden_size=64", "model.tiny_num_layers=2",
+        "model.tiny_intermediate_size=128", "trainer.log_every=1", "trainer.val_check_interval=10"]
+# Slurm may send the time-limit warning up to 60 s before it is due: a 30 s warning on a one-minute job comes
+# between the job's start and its 30th second, so a 150-step run (about 40 s here) is always stopped by it.
+TIME_LIMITED = [*TINY, "trainer.total_training_steps=150", "trainer.slurm_signal_s=30", "--time", "1"]
+
+
+@pytest.fixture(scope="session")
+def cluster(tmp_path_factory):
+    """A local Slurm cluster for the session (SLURM_CONF points the commands at it); skipped, saying why, without."""
+    reason = slurm_cluster.install_if_missing()
+    if reason:
+        pytest.skip(reason)
+    started = time.monotonic()
+    running = slurm_cluster.start(tmp_path_factory.mktemp("slurm"))
+    print(f"local Slurm cluster up in {time.monotonic() - started:.1f} s")
+    previous = os.environ.get("SLURM_CONF")
+    os.environ["SLURM_CONF"] = str(running.conf)
+    yield running
+    running.stop()
+    if previous is None:
+        os.environ.pop("SLURM_CONF", None)
+    else:
+        os.environ["SLURM_CONF"] = previous
+
+
+def cli(db: Path, *args: str):
+    result = runner.invoke(app, [*args, "--db", str(db)])
+    assert result.exit_code == 0, result.output
+    return result
+
+
+def submit(db: Path, *args: str) -> Run:
+    cli(db, "train", *args, "--slurm")
+    run = RunStore(db).list_runs(limit=1)[0]
+    assert run.status == "queued" and run.launcher == "slurm" and run.job_id, run
+    return run
+
+
+def wait_for(db: Path, run: Run, done, timeout: float = 240.0) -> Run:
+    """Poll the store (through `runs list`, which records what Slurm says of jobs whose run recorded no ending)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        cli(db, "runs", "list", "--json")
+        found = RunStore(db).get_run(run.id)
+        if done(found):
+            return found
+        if time.monotonic() > deadline:
+            log = Path(run.run_dir, "train.log")
+            raise AssertionError(f"run {found.name} still {found.status} after {timeout:g} s\n"
+                                 + (log.read_text()[-3000:] if log.exists() else "no train.log"))
+        time.sleep(1.0)
+
+
+def ended(run: Run) -> bool:
+    return run.finished
+
+
+def steps(db: Path, run: Run) -> list[int]:
+    return [point.step for point in RunStore(db).metrics(run.id, key="train/loss")]
+
+
+def test_a_submitted_run_completes_with_its_metrics_job_id_and_nodes(cluster, tmp_path):
+    db = tmp_path / "runs" / "dreamlab.db"
+    run = submit(db, *TINY, "trainer.total_training_steps=20", "--name", "first")
+    assert (Path(run.run_dir) / "slurm.sbatch").is_file()
+    final = wait_for(db, run, ended)
+    assert (final.status, final.exit_reason) == ("completed", None)
+    assert steps(db, final) == list(range(1, 21))
+    assert final.nodes == socket.gethostname()
+    shown = cli(db, "runs", "show", "first").output
+    assert re.search(rf"│ Slurm job\s+│ {final.job_id}\s", shown) and re.search(rf"│ nodes\s+│ {final.nodes}\s", shown), shown
+
+
+def test_a_pending_job_shows_its_reason_and_a_stop_cancels_it(cluster, tmp_path):
+    db = tmp_path / "runs" / "dreamlab.db"
+    run = submit(db, *TINY, "--slurm-arg", "begin=now+3600", "--name", "later")
+    listed = cli(db, "runs", "list").output
+    assert f"later queued: Slurm job pending: BeginTime (job {run.job_id})" in listed
+    (row,) = load_runs(RunStore(db))  # what the console shows
+    assert (row.status, row.reason) == ("queued", f"Slurm job pending: BeginTime (job {run.job_id})")
+    cli(db, "runs", "stop", "later")
+    final = RunStore(db).get_run(run.id)
+    assert (final.status, final.exit_reason) == ("stopped", "cancelled by user while queued in Slurm")
+
+
+def test_a_job_slurm_refuses_is_recorded_failed_with_sbatch_s_reason(cluster, tmp_path):
+    db = tmp_path / "runs" / "dreamlab.db"
+    result = runner.invoke(app, ["train", *TINY, "--slurm", "--partition", "nosuch", "--name", "refused", "--db", str(db)])
+    assert result.exit_code == 2 and "sbatch --parsable failed" in result.output
+    run = RunStore(db).get_run("refused")
+    assert run.status == "failed" and "invalid partition" in run.exit_reason.lower(), run.exit_reason
+
+
+def test_a_job_cancelled_outside_dreamlab_is_recorded_by_runs_list(cluster, tmp_path):
+    db = tmp_path / "runs" / "dreamlab.db"
+    run = submit(db, *TINY, "--slurm-arg", "begin=now+3600", "--name", "dropped")
+    subprocess.run(["scancel", run.job_id], check=True)
+    final = wait_for(db, run, ended, timeout=30)
+    assert (final.status, final.exit_reason) == (
+        "stopped", f"Slurm job cancelled (job {run.job_id}; the run recorded no ending)")
+
+
+def test_a_run_stopped_mid_way_ends_stopped_with_a_checkpoint(cluster, tmp_path):
+    db = tmp_path / "runs" / "dreamlab.db"
+    run = submit(db, *TINY, "trainer.total_training_steps=1000", "--name", "halted")
+    wait_for(db, run, lambda found: found.progress is not None and found.progress.step >= 3)
+    output = cli(db, "runs", "stop", "halted").output
+    assert f"sent SIGTERM to Slurm job {run.job_id}" in output
+    final = RunStore(db).get_run(run.id)
+    assert (final.status, final.exit_reason) == ("stopped", "stop requested (SIGTERM/SIGINT)")
+    last = steps(db, final)[-1]
+    assert 3 <= last < 1000
+    assert [step for step, _ in complete_checkpoints(Path(final.run_dir))] == [last]
+    assert ("stop requested", f"scancel --signal=TERM {run.job_id}; scancel after 60 s") in [
+        (event.kind, event.message) for event in RunStore(db).events(run.id)]
+
+
+def test_a_run_at_its_time_limit_checkpoints_ends_stopped_and_resume_completes_it(cluster, tmp_path):
+    db = tmp_path / "runs" / "dreamlab.db"
+    run = submit(db, *TIME_LIMITED, "--name", "limited")
+    stopped = wait_for(db, run, ended)
+    assert stopped.status == "stopped", stopped.exit_reason
+    assert stopped.exit_reason == f"Slurm time limit (--time=1) of job {run.job_id}: checkpointed before it"
+    ((checkpoint, _),) = complete_checkpoints(Path(run.run_dir))
+    assert checkpoint == steps(db, stopped)[-1] < 150
+    cli(db, "train", "--resume", "limited", "--slurm", "--time", "5")
+    resumed = RunStore(db).get_run(run.id)
+    assert resumed.status == "queued" and resumed.job_id != run.job_id
+    final = wait_for(db, resumed, ended)
+    assert (final.status, final.exit_reason) == ("completed", None)
+    assert steps(db, final)[-1] == 150
+    assert f"resumed from step {checkpoint}" in [event.message for event in RunStore(db).events(run.id)]
+
+
+def test_requeue_resubmits_a_run_stopped_at_its_time_limit_until_it_completes(cluster, tmp_path):
+    db = tmp_path / "runs" / "dreamlab.db"
+    run = submit(db, *TIME_LIMITED, "--requeue", "--name", "again")
+    # Between a stop at the limit and its resubmission the run reads stopped (with the resubmission in its reason).
+    final = wait_for(db, run, lambda found: found.finished and not (found.exit_reason or "").endswith(
+        "(trainer.slurm_requeue)"), timeout=420)
+    assert (final.status, final.exit_reason) == ("completed", None)
+    assert steps(db, final)[-1] == 150
+    events = [(event.kind, event.message) for event in RunStore(db).events(run.id)]
+    assert ("stopped", f"Slurm time limit (--time=1) of job {run.job_id}: checkpointed before it; resubmitted "
+                       "(trainer.slurm_requeue)") in events
+    assert len([kind for kind, _ in events if kind == "submitted"]) >= 2
+
+
+def test_a_preempted_run_checkpoints_ends_stopped_and_requeue_resumes_it_to_completion(cluster, tmp_path):
+    db = tmp_path / "runs" / "dreamlab.db"
+    run = submit(db, *TINY, "trainer.total_training_steps=150", "--requeue", "--name", "bumped")
+    wait_for(db, run, lambda found: found.status == "running" and found.progress is not None)
+    subprocess.run(["sbatch", "--partition", "urgent", "--ntasks", str(os.cpu_count()), "--output", "/dev/null",
+                    "--wrap", "sleep 5"], check=True, capture_output=True)
+    final = wait_for(db, run, lambda found: found.finished and not (found.exit_reason or "").endswith(
+        "(trainer.slurm_requeue)"), timeout=300)
+    assert (final.status, final.exit_reason) == ("completed", None)
+    assert steps(db, final)[-1] == 150
+    events = [(event.kind, event.message) for event in RunStore(db).events(run.id)]
+    assert ("stopped", f"preempted by Slurm (job {run.job_id}): checkpointed in its grace time; resubmitted "
+                       "(trainer.slurm_requeue)") in events
+    assert any(kind == "resumed" and message.startswith("resumed from step ") for kind, message in events)
+
+
+def test_a_job_with_two_tasks_trains_two_fsdp_ranks_through_the_c10d_rendezvous(cluster, tmp_path):
+    """Two torchrun agents (what two nodes run) on this one node, one rank each, meeting at the first node's store."""
+    db = tmp_path / "runs" / "dreamlab.db"
+    run = submit(db, *TINY, "trainer.total_training_steps=6", "--slurm-arg", "ntasks-per-node=2", "--name", "agents")
+    final = wait_for(db, run, ended)
+    assert (final.status, final.exit_reason) == ("completed", None)
+    assert steps(db, final) == list(range(1, 7))
+    assert "device cpu x 2 processes" in Path(run.run_dir, "train.log").read_text()
+
+
+def test_a_job_with_two_processes_per_node_trains_two_fsdp_ranks(cluster, tmp_path):
+    db = tmp_path / "runs" / "dreamlab.db"
+    run = submit(db, *TINY, "trainer.total_training_steps=6", "trainer.nproc_per_node=2", "--name", "pair")
+    final = wait_for(db, run, ended)
+    assert (final.status, final.exit_reason) == ("completed", None)
+    assert steps(db, final) == list(range(1, 7))
+    assert "device cpu x 2 processes" in Path(run.run_dir, "train.log").read_text()
+
+
+def test_a_sweep_submits_every_point_as_its_own_job(cluster, tmp_path):
+    db = tmp_path / "runs" / "dreamlab.db"
+    cli(db, "sweep", *TINY, "trainer.total_training_steps=4", "optim.lr=1e-3,2e-3", "--slurm", "--name", "grid")
+    runs = RunStore(db).list_runs()
+    assert sorted(run.name for run in runs) == ["grid-1", "grid-2"]
+    assert len({run.sweep_id for run in runs}) == 1 and len({run.job_id for run in runs}) == 2
+    for run in runs:
+        final = wait_for(db, run, ended)
+        assert (final.status, steps(db, final)) == ("completed", [1, 2, 3, 4])
+
+
+def test_an_eval_submitted_to_slurm_records_its_results(cluster, tmp_path):
+    db = tmp_path / "runs" / "dreamlab.db"
+    output = cli(db, "eval", "--model", "tiny", "--limit", "2", "--alg", "entropy", "--steps", "4", "--slurm").output
+    job_id = re.search(r"Slurm job (\d+)", output).group(1)
+    deadline = time.monotonic() + 180
+    while slurm_jobs.job_state(job_id).state not in ("COMPLETED", "FAILED", "CANCELLED"):
+        assert time.monotonic() < deadline, f"eval job {job_id} still running"
+        time.sleep(1.0)
+    assert slurm_jobs.job_state(job_id).state == "COMPLETED"
+    (record,) = RunStore(db).list_evals()
+    assert (record.status, record.n_done, record.alg, record.steps) == ("completed", 2, "entropy", 4)
