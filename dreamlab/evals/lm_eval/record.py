@@ -97,10 +97,14 @@ def sample_rows(logged: Sequence[Mapping[str, Any]], generated: Mapping[str, Map
     by_doc: dict[int, dict[str, Mapping[str, Any]]] = {}
     for entry in logged:
         by_doc.setdefault(int(entry["doc_id"]), {})[entry["filter"]] = entry
+    # A metric is a verdict only when every logged value is 0 or 1 (exact_match); an F1 of 0.0 on one document
+    # is no verdict when another scored 0.5.
+    metrics = {entry["metrics"][0] for entry in logged if entry["metrics"]}
+    binary = all(_binary(entry.get(metric)) for entry in logged for metric in metrics)
     rows = []
     for doc_id, filters in sorted(by_doc.items()):
         first = next(iter(filters.values()))
-        metric = first["metrics"][0] if first["metrics"] else None
+        metric = first["metrics"][0] if first["metrics"] and binary else None
         strict, flexible = filters.get(STRICT_FILTER), filters.get(FLEXIBLE_FILTER)
         stats = generated.get(str(doc_id), {})
         rows.append({"idx": doc_id, "question": _context(first), "gold": str(first["target"]),
@@ -129,6 +133,10 @@ def _first(values: Any) -> str | None:
     return None if values is None else str(values)
 
 
+def _binary(value: Any) -> bool:
+    return isinstance(value, (int, float)) and value in (0, 1)
+
+
 def _verdict(value: Any) -> bool | None:
     """A 0/1 metric as a verdict; other metrics (BLEU, F1) have none."""
-    return bool(value) if isinstance(value, (int, float)) and value in (0, 1) else None
+    return bool(value) if _binary(value) else None
