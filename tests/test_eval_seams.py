@@ -69,12 +69,15 @@ def store_path(tmp_path) -> Path:
         _cell(store, run.id, model=PUBLISHED, steps=256, max_new_tokens=256, temperature=0.0, top_p=0.95)
         _bridge(store, tmp_path / "runs" / "alpha" / "checkpoint-6", "gsm8k_cot")
         _bridge(store, tmp_path / "runs" / "alpha" / "checkpoint-6", "f1_task", metric="f1")
+        # the published protocol's settings, but with a cache: not the published protocol
+        _cell(store, run.id, model=PUBLISHED, steps=256, max_new_tokens=256, temperature=0.0, top_p=0.95, block_length=32,
+              cache="dual")
     return db
 
 
 def test_bridge_evals_sit_in_the_store_with_the_columns_dreamlab_eval_fills(store_path):
     with RunStore(store_path) as store:
-        bridge, f1 = store.list_evals()[3:]
+        bridge, f1 = store.list_evals()[3:5]
         f1_samples = store.eval_samples(f1.id)
         samples = store.eval_samples(bridge.id)
     assert (bridge.task, bridge.run_id, bridge.template, bridge.add_bos) == ("lm-eval:gsm8k_cot", 1, "base", True)
@@ -121,22 +124,24 @@ def test_the_evals_screen_shows_plain_cache_published_and_bridge_cells_with_the_
                     break
                 await pilot.pause(0.1)
             assert screen.grid.rows == [("arithmetic", "entropy"), ("arithmetic", "entropy · block 4 · cache dual"),
-                                        ("gsm8k_cot", "entropy"), ("lm-eval:f1_task", "entropy"),
+                                        ("gsm8k_cot", "entropy"), ("gsm8k_cot", "entropy · block 32 · cache dual"),
+                                        ("lm-eval:f1_task", "entropy"),
                                         ("lm-eval:gsm8k_cot", "entropy")]
             assert screen.grid.steps == [8, 256]
             table = screen.query_one("#eval-grid")
             cells = [[table.get_cell_at((row, column)).plain if hasattr(table.get_cell_at((row, column)), "plain")
-                      else str(table.get_cell_at((row, column))) for column in range(3)] for row in range(5)]
+                      else str(table.get_cell_at((row, column))) for column in range(3)] for row in range(6)]
             assert cells == [
                 ["arithmetic / entropy", "50.0% ±40.0 nfe 8", "—"],
                 ["arithmetic / entropy · block 4 · cache dual", "50.0% ±40.0 nfe 8", "—"],
                 ["gsm8k_cot / entropy", "—", "50.0% ±40.0 nfe 8 lm-eval 50.0/50.0 · published 77.2 "
                                               "(Dream 7B blog, hkunlp.github.io/blog/2025/dream)"],
+                ["gsm8k_cot / entropy · block 32 · cache dual", "—", "50.0% ±40.0 nfe 8 lm-eval 50.0/50.0"],
                 ["lm-eval:f1_task / entropy", "completed", "—"],
                 ["lm-eval:gsm8k_cot / entropy", "50.0% ±40.5 nfe 8 lm-eval 50.0/100.0", "—"]]
             plot = screen.query_one("#frontier", FrontierPlot)
-            assert plot.display and plot.show(list(screen.grid.cells.values())) == 4  # the F1 eval has no accuracy
-            table.move_cursor(row=4, column=1)
+            assert plot.display and plot.show(list(screen.grid.cells.values())) == 5  # the F1 eval has no accuracy
+            table.move_cursor(row=5, column=1)
             await pilot.press("enter")
             assert isinstance(app.screen, SamplesScreen)
             for _ in range(100):
