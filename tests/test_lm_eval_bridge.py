@@ -169,11 +169,15 @@ def test_model_args_are_checked_by_key():
     parsed = parse_model_args({"pretrained": "tiny", "steps": "8", "alg": "entropy", "top_p": 1, "add_bos_token": "true"})
     assert parsed.settings().max_new_tokens == 256 and parsed.settings(32).steps == 8
     assert (parsed.sampler["top_p"], parsed.add_bos_token) == (1.0, True)
+    fast = parse_model_args({"pretrained": "tiny", "steps": "32", "alg": "entropy", "block_length": "32", "cache": "dual",
+                             "threshold": "0.9"}).settings(64)
+    assert (fast.block_length, fast.cache, fast.threshold, fast.max_new_tokens) == (32, "dual", 0.9, 64)
     for values, message in (({"pretrained": "tiny", "steps": 8, "stepz": 3}, "unknown key 'stepz'"),
                             ({"steps": 8}, "pretrained= is required"),
                             ({"pretrained": "tiny"}, "steps= is required"),
                             ({"pretrained": "tiny", "steps": "many"}, "steps must be int; got 'many'"),
-                            ({"pretrained": "tiny", "steps": 8, "alg": "greedy"}, "alg must be one of")):
+                            ({"pretrained": "tiny", "steps": 8, "alg": "greedy"}, "alg must be one of"),
+                            ({"pretrained": "tiny", "steps": 8, "cache": "dual"}, "cache=dual needs block_length")):
         with pytest.raises(ValueError, match=message):
             parse_model_args(values)
 
