@@ -152,3 +152,13 @@ def test_the_evals_screen_shows_plain_cache_published_and_bridge_cells_with_the_
             assert "generation: The answer is 5.✂\nQ: y\n" in detail and "cut at character 16" in detail
             assert "main / lm-eval strict / flexible: ✓ ✓ ✓" in detail
     asyncio.run(scenario())
+
+
+def test_the_strict_flexible_filter_uses_lm_evals_strict_verdict_where_there_is_one():
+    from dreamlab.tui.screens.evals import SAMPLE_FILTERS
+
+    disagree = SAMPLE_FILTERS["strict ≠ flexible"]
+    assert not disagree({"correct": True, "strict_correct": False, "flexible_correct": False})  # Math-Verify alone differs
+    assert disagree({"correct": False, "strict_correct": True, "flexible_correct": False})
+    assert disagree({"correct": True, "strict_correct": None, "flexible_correct": False})  # no lm-eval scheme: main verdict
+    assert not disagree({"correct": True, "strict_correct": None, "flexible_correct": None})
