@@ -95,6 +95,13 @@ def test_frontier_and_compare_read_bridge_evals(store_path):
     rows = json.loads(shown.stdout)
     assert [(row["id"], row["accuracy"], row["pareto"]) for row in rows] == [(4, 0.5, True), (5, None, False),
                                                                              (1, 0.5, False)]
+    newest = json.loads(runner.invoke(app, ["eval", "frontier", "--db", str(store_path), "--json"]).stdout)
+    assert [row["id"] for row in newest] == [6]  # the newest eval has no grid: it alone, not every grid-less eval
+    with RunStore(store_path) as store:
+        store.create_or_resume_eval({"task": "t", "alg": "entropy", "steps": 8, "grid_id": "g1"})
+        store.create_or_resume_eval({"task": "t", "alg": "entropy", "steps": 16, "grid_id": "g1"})
+    grid = json.loads(runner.invoke(app, ["eval", "frontier", "--db", str(store_path), "--json"]).stdout)
+    assert [row["id"] for row in grid] == [7, 8]
     table = runner.invoke(app, ["eval", "frontier", "4", "5", "--db", str(store_path)])
     assert table.exit_code == 0 and "lm-eval:gsm8k_cot" in table.output, table.output
     # two bridge evals; the F1 one has no 0/1 verdict, so no sample is shared rather than every sample wrong
