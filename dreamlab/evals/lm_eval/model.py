@@ -4,9 +4,9 @@ Prompts are encoded without special tokens (the tokenizer's BOS first with add_b
 Dream's Base eval does), grouped by their sampler settings, sorted by length and left-padded into
 batches. The sampler's reveal counts are per row and row r draws with seed + doc_id, so a request's
 tokens do not depend on its batch or its neighbours. Each generation is cut at the first EOS, decoded
-and then cut at each of the request's `until` strings, as lm-eval's HF model does; the text before
-that cut, where it was cut and the answer tokens before it are kept for the store, as `dreamlab eval` keeps them. The sampler's
-settings come from --model_args; of a request's gen_kwargs only `until` and `max_gen_toks` count
+and then cut at each of the request's `until` strings, as lm-eval's HF model does; for the store, as
+`dreamlab eval` keeps them, the generation up to EOS, where the until strings cut it and the answer
+tokens before that cut are kept too. The sampler's settings come from --model_args; of a request's gen_kwargs only `until` and `max_gen_toks` count
 (Dream's Instruct protocol samples at temperature 0.1 where gsm8k_cot says do_sample: false).
 """
 
@@ -70,7 +70,7 @@ class DreamlabLM(LM):
             raise ValueError(f"model_args add_bos_token: the tokenizer of {self.args.pretrained} has no BOS token")
         self._device = next(self.model.parameters()).device
         # What each task was generated with, for the store: settings and, per document (its first repeat),
-        # the generation before the until-cut, where it was cut, answer tokens, NFE and seconds.
+        # the generation up to EOS, where the until strings cut it, answer tokens, NFE and seconds.
         self.task_settings: dict[str, SamplerSettings] = {}
         self.generated: dict[str, dict[int, dict[str, Any]]] = defaultdict(dict)
 
