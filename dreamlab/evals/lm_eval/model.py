@@ -6,8 +6,9 @@ batches. The sampler's reveal counts are per row and row r draws with seed + doc
 tokens do not depend on its batch or its neighbours. Each generation is cut at the first EOS, decoded
 and then cut at each of the request's `until` strings, as lm-eval's HF model does; for the store, as
 `dreamlab eval` keeps them, the generation up to EOS, where the until strings cut it and the answer
-tokens before that cut are kept too. The sampler's settings come from --model_args; of a request's gen_kwargs only `until` and `max_gen_toks` count
-(Dream's Instruct protocol samples at temperature 0.1 where gsm8k_cot says do_sample: false).
+tokens before that cut are kept too. The sampler's settings come from --model_args; of a request's
+gen_kwargs only `until` and `max_gen_toks` count (Dream's Instruct protocol samples at temperature
+0.1 where gsm8k_cot says do_sample: false).
 """
 
 from __future__ import annotations
