@@ -5,7 +5,6 @@ from __future__ import annotations
 import random
 
 import pytest
-import torch
 
 from dreamlab.data.collate import CollateSettings, Example, SFTCollator
 

@@ -119,8 +119,11 @@ def test_published_results_show_beside_a_matching_cell_only():
     assert published_note(_dream_base_record()) == note
     assert published_note(_dream_base_record(model="/ckpts/dream-v0-base-7b/")) == note  # a local copy, by folder name
     for differs in ({"shots": 0}, {"template": "chat"}, {"steps": 128}, {"alg": "origin"}, {"limit_n": 100},
-                    {"model": "Dream-org/Dream-v0-Instruct-7B"}, {"template": None}):
+                    {"model": "Dream-org/Dream-v0-Instruct-7B"}, {"template": None}, {"block_length": 32},
+                    {"block_length": 32, "cache": "dual"}, {"block_length": 32, "threshold": 0.9}, {"factor": 1.0},
+                    {"gamma": 0.1}, {"commit_gap": 2.0}):  # a cache or a rule is not the published protocol
         assert published_note(_dream_base_record(**differs)) is None, differs
+    assert published_note(_dream_base_record(block_length=256)) == note  # one block as long as the answer is no block
     cell = _cell_text(_dream_base_record())
     assert cell.splitlines()[-2:] == ["lm-eval strict 70.0% · flexible 76.0%", note]
     assert str(cell_text(_dream_base_record())) == f"75.0% ±3.0 nfe 256 lm-eval 70.0/76.0 · {note}"

@@ -96,3 +96,51 @@ def test_the_consoles_eval_grid_gives_cells_with_a_cache_or_rule_their_own_row_a
         async with app.run_test(size=(60, 20)):
             assert app.query_one(FrontierPlot).show(records) == 2
     asyncio.run(scenario())
+
+
+def test_answer_tokens_count_the_generated_ids_before_a_stop_strings_cut():
+    from dreamlab.evals.harness import answer_tokens
+    from dreamlab.models import build_char_tokenizer
+
+    tokenizer = build_char_tokenizer()
+    # "<think>" spelled out a character at a time: 7 generated ids that re-encode as the one added token.
+    ids = tokenizer.convert_tokens_to_ids(list("<think>12Q:more"))
+    generation = tokenizer.decode(ids)
+    assert generation == "<think>12Q:more"
+    assert answer_tokens(tokenizer, ids, generation, None) == 15
+    assert answer_tokens(tokenizer, ids, generation, generation.find("Q:")) == 9
+    assert len(tokenizer.encode("<think>12", add_special_tokens=False)) == 3  # what a re-encoding would have said
+    assert answer_tokens(tokenizer, ids, generation, 0) == 0
+    whole = tokenizer.convert_tokens_to_ids(["<think>", "1", "Q"])  # a cut inside a token keeps none of it
+    assert answer_tokens(tokenizer, whole, tokenizer.decode(whole), 2) == 0
+
+
+def test_an_eval_cut_by_a_stop_string_counts_the_answer_tokens_before_the_cut():
+    import dataclasses
+
+    import torch
+
+    from dreamlab.diffusion.sampler import generate
+    from dreamlab.diffusion.settings import SamplerSettings
+    from dreamlab.evals.harness import cut_at_eos, evaluate_in_memory, tokenize_prompts
+    from dreamlab.evals.tasks import load_task
+    from dreamlab.models import build_char_tokenizer, build_tiny_model
+
+    torch.manual_seed(0)
+    model, tokenizer = build_tiny_model(seed=0, initializer_range=0.1).eval(), build_char_tokenizer()
+    task, cell = load_task("arithmetic"), SamplerSettings(steps=16, max_new_tokens=16, alg="entropy")
+    [sample] = task.load_samples(1)
+    prompt = tokenize_prompts(task, tokenizer, [sample], "chat", 0)[sample.idx]
+    out = generate(model, torch.tensor([prompt]), None, **dataclasses.asdict(cell), seed=[sample.idx])
+    ids = cut_at_eos(tokenizer, out.sequences[0, len(prompt):].tolist())
+    pieces = [tokenizer.decode([token]) for token in ids]
+    assert len(pieces) >= 4
+    stop = pieces[3][0]  # a character first generated at or before the fourth id
+    before = next(i for i, piece in enumerate(pieces) if stop in piece)
+    cut = dataclasses.replace(task, until=[stop])
+    _, [row] = evaluate_in_memory(model, tokenizer, cut, [sample], cell, batch_size=1)
+    assert row["generation"] == "".join(pieces)
+    assert row["cut_at"] == row["generation"].index(stop) == len("".join(pieces[:before]))
+    assert row["answer_tokens"] == before < len(ids)
+    _, [whole] = evaluate_in_memory(model, tokenizer, task, [sample], cell, batch_size=1)
+    assert (whole["cut_at"], whole["answer_tokens"]) == (None, len(ids))

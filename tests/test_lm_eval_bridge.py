@@ -18,7 +18,8 @@ from dreamlab.evals.harness import cut_at_eos  # noqa: E402
 from dreamlab.evals.lm_eval.__main__ import main  # noqa: E402
 from dreamlab.evals.lm_eval.args import parse_model_args  # noqa: E402
 from dreamlab.evals.lm_eval.model import DreamlabLM  # noqa: E402
-from dreamlab.evals.lm_eval.record import prompt_hash, sample_rows  # noqa: E402
+from dreamlab.evals.lm_eval.record import eval_settings, prompt_hash, sample_rows  # noqa: E402
+from dreamlab.evals.stats import summarize  # noqa: E402
 from dreamlab.models import build_char_tokenizer, build_tiny_model  # noqa: E402
 from dreamlab.models.loading import load_model_and_tokenizer  # noqa: E402
 from dreamlab.store import RunStore  # noqa: E402
@@ -51,26 +52,29 @@ def offline(tmp_path, monkeypatch):
     return tmp_path
 
 
-def sampler_reference(folder: Path, prompts: list[str]) -> tuple[list[str], list[str]]:
-    """dreamlab's own sampler on each prompt alone (seed + doc_id): the text cut at EOS, and then at the until strings."""
+def sampler_reference(folder: Path, prompts: list[str]) -> tuple[list[str], list[str], list[int]]:
+    """dreamlab's own sampler on each prompt alone (seed + doc_id): the text cut at EOS, then at the until strings,
+    and how many generated ids decode within the until-cut text."""
     model, tokenizer = load_model_and_tokenizer(str(folder), device="cpu")
-    raw, cut = [], []
+    raw, cut, kept = [], [], []
     for doc_id, prompt in enumerate(prompts):
         ids = tokenizer(prompt, add_special_tokens=False).input_ids
         out = generate(model, torch.tensor([ids]), None, max_new_tokens=MAX_GEN_TOKS, steps=STEPS, alg="entropy",
                        seed=[SEED + doc_id])
-        text = tokenizer.decode(cut_at_eos(tokenizer, out.sequences[0, len(ids):].tolist()))
+        generated = cut_at_eos(tokenizer, out.sequences[0, len(ids):].tolist())
+        text = tokenizer.decode(generated)
         raw.append(text)
         for stop in UNTIL:
             text = text.split(stop)[0]
         cut.append(text)
-    return raw, cut
+        kept.append(sum(1 for k in range(1, len(generated) + 1) if len(tokenizer.decode(generated[:k])) <= len(text)))
+    return raw, cut, kept
 
 
 @pytest.mark.slow
 def test_an_lm_eval_task_runs_through_the_bridge_into_the_store(tiny_folder, offline):
     prompts = [f"Q: {question}\nA:" for question in QUESTIONS]
-    raw, expected = sampler_reference(tiny_folder, prompts)
+    raw, expected, kept = sampler_reference(tiny_folder, prompts)
     assert any(r != e for r, e in zip(raw, expected))  # an until string really cut something
     targets = [text if doc_id % 2 == 0 else "never" for doc_id, text in enumerate(expected)]
     with open("dreamlab_local_rows.jsonl", "w") as rows:
@@ -89,9 +93,19 @@ def test_an_lm_eval_task_runs_through_the_bridge_into_the_store(tiny_folder, off
     # the task's max_gen_toks (16) wins over model_args' max_new_tokens (64), as in lm-eval's HF model
     assert (record.alg, record.steps, record.max_new_tokens, record.seed, record.shots) == ("entropy", STEPS, 16, SEED, 0)
     assert (record.n_done, record.n_correct, record.accuracy) == (4, 2, 0.5)
+    # no strict-match / flexible-extract filter: no lm-eval-named accuracies, as `dreamlab eval` for such a task
+    assert (record.template, record.add_bos, record.strict_accuracy, record.flexible_accuracy) == ("base", False, None, None)
     assert record.metrics == {"exact_match,none": 0.5, "exact_match_stderr,none": pytest.approx(math.sqrt(1 / 12))}
     assert (record.versions["lm_eval"], record.versions["lm_eval_task"]) == (lm_eval.__version__, "1.0")
-    assert [s["generation"] for s in samples] == expected
+    # the generation is kept whole (up to EOS), cut_at marks the until-cut, answer tokens count the ids before it
+    assert [s["generation"] for s in samples] == raw
+    assert [s["cut_at"] for s in samples] == [len(e) if e != r else None for r, e in zip(raw, expected)]
+    assert [s["generation"][:s["cut_at"]] for s in samples] == expected
+    assert [s["answer_tokens"] for s in samples] == kept
+    assert record.wall_seconds == pytest.approx(sum(s["seconds"] for s in samples))
+    assert record.answer_tokens_per_s == pytest.approx(sum(kept) / record.wall_seconds)
+    assert record.tokens_per_forward == 4 * 16 / sum(s["nfe"] for s in samples)
+    assert [(s["strict_correct"], s["flexible_correct"]) for s in samples] == [(None, None)] * 4
     assert [s["question"] for s in samples] == prompts
     assert [s["gold"] for s in samples] == targets
     assert [s["correct"] for s in samples] == [1, 0, 1, 0]
@@ -134,18 +148,36 @@ def test_lm_eval_gsm8k_cot_itself_runs_on_local_rows_with_both_filters_stored(ti
     assert [s["flexible_extracted"] for s in samples] == [
         list(flexible.apply([[s["generation"]]], [{}]))[0][0] for s in samples]
     assert all(set(s["metrics"]) == {"strict-match", "flexible-extract"} for s in samples)
-    assert all("Q:" not in s["generation"] for s in samples)
+    # the columns `dreamlab eval` fills for gsm8k_cot: strict and flexible verdicts from lm-eval's own filters
+    assert [s["strict_correct"] for s in samples] == [bool(s["metrics"]["strict-match"]["exact_match"]) for s in samples]
+    assert [s["flexible_correct"] for s in samples] == [bool(s["metrics"]["flexible-extract"]["exact_match"])
+                                                        for s in samples]
+    assert [s["correct"] for s in samples] == [int(s["strict_correct"]) for s in samples]
+    strict = RegexFilter(regex_pattern=r"The answer is (\-?[0-9\.\,]+).", group_select=0)
+    assert [s["strict_extracted"] for s in samples] == [
+        list(strict.apply([[s["generation"][:s["cut_at"]]]], [{}]))[0][0] for s in samples]
+    assert record.strict_accuracy == record.metrics["exact_match,strict-match"] == record.accuracy
+    assert record.flexible_accuracy == record.metrics["exact_match,flexible-extract"]
+    assert (record.template, record.add_bos) == ("base", False)
+    for s in samples:  # the scored text is the generation before its cut, and "Q:" (or EOS) is what cut it
+        assert "Q:" not in s["generation"][:s["cut_at"]]
+        assert s["cut_at"] is None or s["generation"][s["cut_at"]:].startswith(("Q:", "</s>", "<|im_end|>"))
+        assert s["answer_tokens"] <= 16 and s["nfe"] <= 8
 
 
 def test_model_args_are_checked_by_key():
     parsed = parse_model_args({"pretrained": "tiny", "steps": "8", "alg": "entropy", "top_p": 1, "add_bos_token": "true"})
     assert parsed.settings().max_new_tokens == 256 and parsed.settings(32).steps == 8
     assert (parsed.sampler["top_p"], parsed.add_bos_token) == (1.0, True)
+    fast = parse_model_args({"pretrained": "tiny", "steps": "32", "alg": "entropy", "block_length": "32", "cache": "dual",
+                             "threshold": "0.9"}).settings(64)
+    assert (fast.block_length, fast.cache, fast.threshold, fast.max_new_tokens) == (32, "dual", 0.9, 64)
     for values, message in (({"pretrained": "tiny", "steps": 8, "stepz": 3}, "unknown key 'stepz'"),
                             ({"steps": 8}, "pretrained= is required"),
                             ({"pretrained": "tiny"}, "steps= is required"),
                             ({"pretrained": "tiny", "steps": "many"}, "steps must be int; got 'many'"),
-                            ({"pretrained": "tiny", "steps": 8, "alg": "greedy"}, "alg must be one of")):
+                            ({"pretrained": "tiny", "steps": 8, "alg": "greedy"}, "alg must be one of"),
+                            ({"pretrained": "tiny", "steps": 8, "cache": "dual"}, "cache=dual needs block_length")):
         with pytest.raises(ValueError, match=message):
             parse_model_args(values)
 
@@ -172,11 +204,17 @@ def test_a_flexible_extract_filter_fills_the_flexible_columns():
               {"doc_id": 0, "filter": "flexible-extract", "metrics": ["exact_match"], "exact_match": 1.0, "target": "18",
                "arguments": {"gen_args_0": {"arg_0": "Q: x\n\nA:", "arg_1": {}}}, "resps": [["so 18 dollars"]],
                "filtered_resps": ["18"]}]
-    [row] = sample_rows(logged, {"0": {"nfe": 3, "seconds": 0.5, "leftover_masks": 0}})
-    assert row == {"idx": 0, "question": "Q: x\n\nA:", "gold": "18", "generation": "so 18 dollars", "extracted": "[invalid]",
-                   "correct": False, "flexible_correct": True, "flexible_extracted": "18", "nfe": 3, "seconds": 0.5,
-                   "leftover_masks": 0, "metrics": {"strict-match": {"exact_match": 0.0},
-                                                    "flexible-extract": {"exact_match": 1.0}}}
+    stats = {"generation": "so 18 dollars\nQ: y", "cut_at": 13, "answer_tokens": 4, "nfe": 3, "seconds": 0.5,
+             "leftover_masks": 0}
+    [row] = sample_rows(logged, {"0": stats})
+    assert row == {"idx": 0, "question": "Q: x\n\nA:", "gold": "18", "generation": "so 18 dollars\nQ: y", "cut_at": 13,
+                   "extracted": "[invalid]", "correct": False, "strict_correct": False, "strict_extracted": "[invalid]",
+                   "flexible_correct": True, "flexible_extracted": "18", "nfe": 3, "seconds": 0.5, "leftover_masks": 0,
+                   "answer_tokens": 4, "metrics": {"strict-match": {"exact_match": 0.0},
+                                                   "flexible-extract": {"exact_match": 1.0}}}
+    summary = summarize([row], max_new_tokens=16, total=1)
+    assert (summary["accuracy"], summary["strict_accuracy"], summary["flexible_accuracy"]) == (0.0, 0.0, 1.0)
+    assert (summary["answer_tokens_per_s"], summary["tokens_per_forward"]) == (8.0, 16 / 3)
 
 
 def _request(doc_id: int, context: str, task: str = "t", **gen_kwargs) -> Instance:
@@ -223,3 +261,15 @@ def test_the_prompt_hash_follows_the_prompt_not_the_model_args():
     assert prompt_hash(results(config), {"add_bos_token": True}, "t") != base
     assert prompt_hash(results(config, chat_template="{{m}}"), {"add_bos_token": False}, "t") != base
     assert prompt_hash(results({**config, "doc_to_text": "Q: {{question}}\n"}), {"add_bos_token": False}, "t") != base
+
+
+def test_the_eval_records_its_template_and_bos_as_dreamlab_eval_does(tmp_path):
+    info = {"checkpoint": None, "pretrained": "tiny", "add_bos_token": True, "batch_size": 1, "seed": 0, "device": "cpu",
+            "tasks": {"t": {"settings": {"alg": "entropy", "steps": 8, "max_new_tokens": 16}, "samples": {}}}}
+    results = {"configs": {"t": {"doc_to_text": "Q: {{question}}"}}, "versions": {"t": 1.0}, "n-shot": {"t": 0},
+               "config": {"limit": None}, "lm_eval_version": "0.4.13"}
+    with RunStore(tmp_path / "s.db") as store:
+        base = eval_settings(store, results, info, "t", 2)
+        chat = eval_settings(store, {**results, "chat_template": "{{m}}"}, info, "t", 2)
+    assert (base["template"], base["add_bos"], base["task"], base["limit_n"]) == ("base", True, "lm-eval:t", None)
+    assert (chat["template"], chat["add_bos"]) == ("chat", True) and chat["template_hash"] != base["template_hash"]

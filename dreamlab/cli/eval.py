@@ -234,9 +234,10 @@ def frontier_command(
             records = [store.get_eval(eval_id) for eval_id in evals]
         elif run is not None or grid is not None:
             records = store.list_evals(run_ref=run, grid_id=grid)
-        else:
+        else:  # the newest grid; an eval without one (the lm-eval bridge's) is a grid of its own
             newest = store.list_evals()
-            records = [r for r in newest if newest and r.grid_id == newest[-1].grid_id]
+            last = newest[-1] if newest else None
+            records = [r for r in newest if last.grid_id is not None and r.grid_id == last.grid_id] or newest[-1:]
         if not records:
             raise ValueError("no evals to plot: run `dreamlab eval` with speed axes (--cache, --threshold, ...) first")
     if as_json:

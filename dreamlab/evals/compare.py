@@ -83,9 +83,12 @@ def pair(a: list[EvalRecord], b: list[EvalRecord]) -> list[tuple[EvalRecord, Eva
 
 
 def compare_pair(store: RunStore, a: EvalRecord, b: EvalRecord) -> CellComparison:
-    """Accuracies on the samples both evals finished, and McNemar's p-value on their discordant pairs."""
-    verdict_a = {s["idx"]: bool(s["correct"]) for s in store.eval_samples(a.id)}
-    verdict_b = {s["idx"]: bool(s["correct"]) for s in store.eval_samples(b.id)}
+    """Accuracies on the samples both evals judged, and McNemar's p-value on their discordant pairs.
+
+    A sample without a verdict (an lm-eval task scored by BLEU or F1 through the bridge) is left out, not counted wrong.
+    """
+    verdict_a = {s["idx"]: bool(s["correct"]) for s in store.eval_samples(a.id) if s["correct"] is not None}
+    verdict_b = {s["idx"]: bool(s["correct"]) for s in store.eval_samples(b.id) if s["correct"] is not None}
     shared = sorted(set(verdict_a) & set(verdict_b))
     both = sum(verdict_a[i] and verdict_b[i] for i in shared)
     only_a = sum(verdict_a[i] and not verdict_b[i] for i in shared)

@@ -53,14 +53,14 @@ def _parse(kind: type, text: str) -> Any:
     return kind(text)
 
 
-# The settings a cell's label names besides alg and steps (when set), in this order.
-_LABELLED = ("block_length", "cache", "threshold", "factor", "gamma", "commit_gap")
+# The settings a cell's label names besides alg and steps (when set), in this order: blocks, a KV cache, decoding rules.
+EXTRA_SETTINGS = ("block_length", "cache", "threshold", "factor", "gamma", "commit_gap")
 
 
 def extra_settings(cell: Any) -> list[str]:
     """The blocks, cache and decoding rules a cell sets (`block 32`, `cache dual`, `threshold 0.9`), in order."""
     return [f"{'block' if name == 'block_length' else name} {getattr(cell, name)}"
-            for name in _LABELLED if getattr(cell, name, None) is not None]
+            for name in EXTRA_SETTINGS if getattr(cell, name, None) is not None]
 
 
 def cell_label(cell: Any) -> str:

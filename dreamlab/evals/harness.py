@@ -84,6 +84,24 @@ def cut_at_eos(tokenizer: Any, ids: list[int]) -> list[int]:
     return ids[: ids.index(eos)] if eos is not None and eos in ids else ids
 
 
+def answer_tokens(tokenizer: Any, ids: list[int], generation: str, cut_at: int | None) -> int:
+    """How many generated ids the answer keeps: all of `ids` (already cut at EOS), or those wholly before a stop cut.
+
+    `generation` is `tokenizer.decode(ids)`. The count is of the ids the sampler produced, not of a
+    re-encoding of the kept text (which can differ: a word spelled out in pieces, a non-canonical split).
+    """
+    if cut_at is None:
+        return len(ids)
+    kept, low, high = generation[:cut_at], 0, len(ids)
+    while low < high:  # the most ids whose decoded text is a prefix of the kept text
+        middle = (low + high + 1) // 2
+        if kept.startswith(tokenizer.decode(ids[:middle])):
+            low = middle
+        else:
+            high = middle - 1
+    return low
+
+
 def tokenize_prompts(task: Task, tokenizer: Any, samples: Sequence[Sample], template: str, shots: int,
                      add_bos: bool = False) -> dict[int, list[int]]:
     """Each sample's prompt ids (by idx), rendered once for the whole grid; BOS first when `add_bos`."""
@@ -133,11 +151,9 @@ def generate_and_score(model: torch.nn.Module, tokenizer: Any, task: Task, batch
                                  lm_eval=task.lm_eval, reference=sample.reference)
         # A row's own model calls (what it costs alone: the sampler is batch-invariant) and answer length:
         # up to EOS, or to a stop string's cut (what lm-eval would keep), never the padding.
-        answer_tokens = len(ids) if score.cut_at is None else len(
-            tokenizer.encode(generation[:score.cut_at], add_special_tokens=False))
         record = {"idx": sample.idx, "question": sample.question, "gold": sample.gold, "generation": generation,
                   **score.as_row(), "nfe": out.row_nfe[row] if out.row_nfe else out.nfe, "seconds": seconds,
-                  "history": None, "answer_tokens": answer_tokens}
+                  "history": None, "answer_tokens": answer_tokens(tokenizer, ids, generation, score.cut_at)}
         record["leftover_masks"] = max(record["leftover_masks"], ids.count(mask_id) if mask_id is not None else 0)
         if keep_history and sample.idx in history_for:
             record["history"] = [step[row, width:].tolist() for step in out.history or []]

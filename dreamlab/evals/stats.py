@@ -57,7 +57,7 @@ def summarize(samples: Sequence[dict[str, Any]], max_new_tokens: int, total: int
     """Accuracy with a Wilson 95% interval, the strict / flexible accuracies, mean NFE and speed over recorded samples.
 
     tokens_per_s counts every generated position (padding included), answer_tokens_per_s only the
-    answer (up to EOS); tokens_per_forward is generated positions per model call; wall_seconds sums
+    answer (up to EOS or a stop string's cut); tokens_per_forward is generated positions per model call; wall_seconds sums
     the samples' shares of their batches' time.
     """
     done = len(samples)

@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 from transformers import AutoModel, AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast, Qwen2Tokenizer
 
-import dreamlab.models  # noqa: F401  (registers the Dream classes with the Auto factories)
+# Importing dreamlab.models.tiny runs dreamlab/models/__init__.py first: that registers the Dream classes with the Auto factories.
 from dreamlab.models.tiny import TINY_NAME, build_tiny_model
 from dreamlab.models.tokenizer import build_char_tokenizer
 from dreamlab.textfiles import read_json_object

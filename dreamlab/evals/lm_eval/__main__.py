@@ -8,6 +8,7 @@ Every lm-eval option works as lm-eval defines it (tasks, --include_path, --apply
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 import tempfile
 import time
@@ -24,7 +25,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     own = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
     own.add_argument("--store", type=Path, default=None)
     options, rest = own.parse_known_args(list(sys.argv[1:] if argv is None else argv))
-    import dreamlab.evals.lm_eval.model  # noqa: F401  (registers --model dreamlab)
+    importlib.import_module("dreamlab.evals.lm_eval.model")  # registers --model dreamlab with lm-eval
 
     if not rest or rest[0] in _LM_EVAL_SUBCOMMANDS or "-h" in rest or "--help" in rest:
         if "-h" in rest or "--help" in rest:

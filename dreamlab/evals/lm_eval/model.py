@@ -4,9 +4,11 @@ Prompts are encoded without special tokens (the tokenizer's BOS first with add_b
 Dream's Base eval does), grouped by their sampler settings, sorted by length and left-padded into
 batches. The sampler's reveal counts are per row and row r draws with seed + doc_id, so a request's
 tokens do not depend on its batch or its neighbours. Each generation is cut at the first EOS, decoded
-and then cut at each of the request's `until` strings, as lm-eval's HF model does. The sampler's
-settings come from --model_args; of a request's gen_kwargs only `until` and `max_gen_toks` count
-(Dream's Instruct protocol samples at temperature 0.1 where gsm8k_cot says do_sample: false).
+and then cut at each of the request's `until` strings, as lm-eval's HF model does; for the store, as
+`dreamlab eval` keeps them, the generation up to EOS, where the until strings cut it and the answer
+tokens before that cut are kept too. The sampler's settings come from --model_args; of a request's
+gen_kwargs only `until` and `max_gen_toks` count (Dream's Instruct protocol samples at temperature
+0.1 where gsm8k_cot says do_sample: false).
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from tqdm import tqdm
 
 from dreamlab.diffusion.sampler import generate
 from dreamlab.diffusion.settings import SamplerSettings
-from dreamlab.evals.harness import cut_at_eos, device_label
+from dreamlab.evals.harness import answer_tokens, cut_at_eos, device_label
 from dreamlab.evals.lm_eval.args import BridgeArgs, parse_model_args
 from dreamlab.models.loading import load_model_and_tokenizer
 
@@ -39,11 +41,12 @@ REPEAT_SEED_STRIDE = 1_000_003
 
 
 class _Job(NamedTuple):
-    """One request to generate: its place in lm-eval's list, task and document, prompt ids, stop strings, seed."""
+    """One request to generate: its place in lm-eval's list, task, document and repeat, prompt ids, stop strings, seed."""
 
     index: int
     task: str
     doc_id: int
+    repeat: int
     ids: list[int]
     until: list[str]
     seed: int
@@ -67,7 +70,8 @@ class DreamlabLM(LM):
         if self.args.add_bos_token and self.tokenizer.bos_token_id is None:
             raise ValueError(f"model_args add_bos_token: the tokenizer of {self.args.pretrained} has no BOS token")
         self._device = next(self.model.parameters()).device
-        # What each task was generated with, for the store: settings and per-document NFE / seconds.
+        # What each task was generated with, for the store: settings and, per document (its first repeat),
+        # the generation up to EOS, where the until strings cut it, answer tokens, NFE and seconds.
         self.task_settings: dict[str, SamplerSettings] = {}
         self.generated: dict[str, dict[int, dict[str, Any]]] = defaultdict(dict)
 
@@ -88,7 +92,7 @@ class DreamlabLM(LM):
             self._note_settings(task, settings)
             repeat = repeats[task, doc_id]
             repeats[task, doc_id] += 1
-            jobs[settings].append(_Job(index, task, doc_id, self.encode(context),
+            jobs[settings].append(_Job(index, task, doc_id, repeat, self.encode(context),
                                        handle_stop_sequences(kwargs.get("until"), eos=self.tokenizer.eos_token),
                                        self.args.seed + doc_id + repeat * REPEAT_SEED_STRIDE))
         texts: list[str] = [""] * len(requests)
@@ -98,8 +102,13 @@ class DreamlabLM(LM):
             for start in range(0, len(group), self.batch_size):
                 batch = group[start:start + self.batch_size]
                 for job, (ids, stats) in zip(batch, self._generate(settings, batch)):
-                    texts[job.index] = postprocess_generated_text(self.tokenizer.decode(ids), job.until, None)
-                    self.generated[job.task][job.doc_id] = stats
+                    raw = self.tokenizer.decode(ids)
+                    texts[job.index] = postprocess_generated_text(raw, job.until, None)  # a prefix of raw
+                    cut_at = len(texts[job.index]) if len(texts[job.index]) < len(raw) else None
+                    if job.repeat == 0:  # the store keeps a document's first response, as lm-eval's samples list it
+                        self.generated[job.task][job.doc_id] = {
+                            "generation": raw, "cut_at": cut_at,
+                            "answer_tokens": answer_tokens(self.tokenizer, ids, raw, cut_at), **stats}
                     self.cache_hook.add_partial("generate_until", requests[job.index].args, texts[job.index])
                 progress.update(len(batch))
         progress.close()
@@ -119,7 +128,8 @@ class DreamlabLM(LM):
         rows = []
         for row in range(len(batch)):
             ids = cut_at_eos(self.tokenizer, out.sequences[row, width:].tolist())
-            rows.append((ids, {"nfe": out.nfe, "seconds": seconds, "leftover_masks": ids.count(mask_id)}))
+            nfe = out.row_nfe[row] if out.row_nfe else out.nfe  # the row's own model calls, as the harness counts
+            rows.append((ids, {"nfe": nfe, "seconds": seconds, "leftover_masks": ids.count(mask_id)}))
         return rows
 
     def _note_settings(self, task: str, settings: SamplerSettings) -> None:

@@ -1,9 +1,13 @@
 """lm-eval's results and logged samples from the dreamlab model, into the run store: one eval per task.
 
 A sample's `correct` is lm-eval's own verdict: the first metric under the task's first filter (for
-gsm8k_cot, exact_match after strict-match); `flexible_correct` is the same metric under a filter named
-flexible-extract when the task has one. Every filter's metrics stay in the sample's `metrics` column
-and lm-eval's aggregated numbers in the eval's.
+gsm8k_cot, exact_match after strict-match); `strict_correct` and `flexible_correct` are the same metric
+under the filters named strict-match and flexible-extract when the task has them (the columns
+`dreamlab eval` fills from lm-eval's filters), so the eval's strict_accuracy and flexible_accuracy are
+lm-eval's numbers. The generation is kept whole, with `cut_at` where an until string cut it and the
+answer tokens before that cut. Every filter's metrics stay in the sample's `metrics` column and
+lm-eval's aggregated numbers in the eval's. The eval records its template (chat when lm-eval applied
+one) and whether prompts began with BOS.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from dreamlab.store import RunStore
 from dreamlab.store.records import EvalRecord
 
 TASK_PREFIX = "lm-eval:"
-FLEXIBLE_FILTER = "flexible-extract"
+STRICT_FILTER, FLEXIBLE_FILTER = "strict-match", "flexible-extract"
 _ADDRESS = re.compile(r" at 0x[0-9a-f]+")  # a task's !function hooks are dumped as "<function f at 0x7f...>"
 
 
@@ -72,6 +76,7 @@ def eval_settings(store: RunStore, results: Mapping[str, Any], info: Mapping[str
                 "lm_eval_task": str(results.get("versions", {}).get(task))}
     return {"run_id": store.run_owning(Path(checkpoint)) if checkpoint else None, "checkpoint": checkpoint,
             "model": info["pretrained"], "task": TASK_PREFIX + task, "shots": results.get("n-shot", {}).get(task),
+            "template": "base" if results.get("chat_template") is None else "chat", "add_bos": info["add_bos_token"],
             "template_hash": prompt_hash(results, info, task), **info["tasks"][task]["settings"],
             "batch_size": info["batch_size"], "seed": info["seed"], "limit_n": n_samples if limited else None,
             "versions": versions, "device": info["device"], "n_samples": n_samples}
@@ -92,18 +97,24 @@ def sample_rows(logged: Sequence[Mapping[str, Any]], generated: Mapping[str, Map
     by_doc: dict[int, dict[str, Mapping[str, Any]]] = {}
     for entry in logged:
         by_doc.setdefault(int(entry["doc_id"]), {})[entry["filter"]] = entry
+    # A metric is a verdict only when every logged value is 0 or 1 (exact_match); an F1 of 0.0 on one document
+    # is no verdict when another scored 0.5.
+    metrics = {entry["metrics"][0] for entry in logged if entry["metrics"]}
+    binary = all(_binary(entry.get(metric)) for entry in logged for metric in metrics)
     rows = []
     for doc_id, filters in sorted(by_doc.items()):
         first = next(iter(filters.values()))
-        metric = first["metrics"][0] if first["metrics"] else None
-        flexible = filters.get(FLEXIBLE_FILTER) if FLEXIBLE_FILTER != first["filter"] else None
+        metric = first["metrics"][0] if first["metrics"] and binary else None
+        strict, flexible = filters.get(STRICT_FILTER), filters.get(FLEXIBLE_FILTER)
         stats = generated.get(str(doc_id), {})
         rows.append({"idx": doc_id, "question": _context(first), "gold": str(first["target"]),
-                     "generation": _first(first["resps"]), "extracted": _first(first["filtered_resps"]),
-                     "correct": _verdict(first.get(metric)),
+                     "generation": stats.get("generation", _first(first["resps"])), "cut_at": stats.get("cut_at"),
+                     "extracted": _first(first["filtered_resps"]), "correct": _verdict(first.get(metric)),
+                     "strict_correct": _verdict(strict.get(metric)) if strict else None,
+                     "strict_extracted": _first(strict["filtered_resps"]) if strict else None,
                      "flexible_correct": _verdict(flexible.get(metric)) if flexible else None,
                      "flexible_extracted": _first(flexible["filtered_resps"]) if flexible else None,
-                     "nfe": stats.get("nfe"), "seconds": stats.get("seconds"), "leftover_masks": stats.get("leftover_masks"),
+                     **{key: stats.get(key) for key in ("nfe", "seconds", "leftover_masks", "answer_tokens")},
                      "metrics": {name: {key: entry.get(key) for key in entry["metrics"]} for name, entry in filters.items()}})
     return rows
 
@@ -122,6 +133,10 @@ def _first(values: Any) -> str | None:
     return None if values is None else str(values)
 
 
+def _binary(value: Any) -> bool:
+    return isinstance(value, (int, float)) and value in (0, 1)
+
+
 def _verdict(value: Any) -> bool | None:
     """A 0/1 metric as a verdict; other metrics (BLEU, F1) have none."""
-    return bool(value) if isinstance(value, (int, float)) and value in (0, 1) else None
+    return bool(value) if _binary(value) else None

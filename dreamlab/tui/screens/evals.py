@@ -96,8 +96,10 @@ def shown(value: Any) -> str:
 SAMPLE_FILTERS: dict[str, Callable[[dict[str, Any]], bool]] = {
     "all": lambda sample: True,
     "wrong": lambda sample: not sample.get("correct"),
-    "strict ≠ flexible": lambda sample: (sample.get("flexible_correct") is not None
-                                         and bool(sample.get("correct")) != bool(sample.get("flexible_correct"))),
+    # lm-eval's strict verdict where the task has one, else the main verdict, against the flexible one.
+    "strict ≠ flexible": lambda sample: (sample.get("flexible_correct") is not None and bool(
+        sample["strict_correct"] if sample.get("strict_correct") is not None else sample.get("correct"))
+        != bool(sample.get("flexible_correct"))),
     "leftover masks": lambda sample: bool(sample.get("leftover_masks")),
 }
 
