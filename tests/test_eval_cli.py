@@ -121,6 +121,15 @@ def test_bad_flags_give_one_line_errors(tmp_path, args, message):
     assert "Traceback" not in result.output
 
 
+
+@pytest.mark.parametrize("command", [["frontier"], ["compare", "a", "b"]])
+def test_frontier_and_compare_refuse_a_store_that_does_not_exist(tmp_path, command):
+    missing = tmp_path / "none.db"
+    result = runner.invoke(app, ["eval", *command, "--db", str(missing)])
+    assert result.exit_code == 2
+    assert result.output.strip() == f"error: no run store at {missing} (pass --db or set DREAMLAB_DB)"
+    assert not missing.exists()
+
 def test_score_rescores_a_generations_file(tmp_path):
     rows = [{"question": "q1", "gold": "#### 1,200", "generation": "so \\boxed{1200}"},
             {"question": "q2", "gold": "7", "generation": "The answer is 8. \\boxed{"},
