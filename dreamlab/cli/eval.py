@@ -26,6 +26,7 @@ from dreamlab.cli.options import (
     SlurmArgOption,
     SlurmFlag,
     TimeOption,
+    open_existing_store,
     resolve_db,
 )
 from dreamlab.evals.compare import compare
@@ -214,14 +215,6 @@ def print_frontier(records: list[EvalRecord], console: Console) -> None:
         console.print(Text.from_ansi(frontier_plot(records, width=min(console.width - 1, 90))))
 
 
-def _existing_store(db: Path | None) -> RunStore:
-    """The store --db (or DREAMLAB_DB, or the default) names, refusing one that does not exist yet."""
-    path = resolve_db(db)
-    if not path.is_file():
-        raise FileNotFoundError(f"no run store at {path} (pass --db or set DREAMLAB_DB)")
-    return RunStore(path)
-
-
 @app.command("frontier")
 def frontier_command(
     evals: Annotated[list[int] | None, typer.Argument(help="Eval ids (default: the newest grid's cells).")] = None,
@@ -234,7 +227,7 @@ def frontier_command(
     from dreamlab.evals.frontier import pareto_ids
 
     with _errors():
-        store = _existing_store(db)
+        store = open_existing_store(db)
         if evals:
             records = [store.get_eval(eval_id) for eval_id in evals]
         elif run is not None or grid is not None:
@@ -317,7 +310,7 @@ def compare_command(
 ) -> None:
     """A and B side by side on their shared cells: accuracy difference and McNemar's paired p-value."""
     with _errors():
-        results = compare(_existing_store(db), a, b)
+        results = compare(open_existing_store(db), a, b)
     if as_json:
         typer.echo(json.dumps([r.to_dict() for r in results], indent=2, default=str))
         return

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from dreamlab.store import DB_ENV, default_db_path
+from dreamlab.store import DB_ENV, RunStore, StoreError, default_db_path
 
 DbOption = Annotated[
     Path | None,
@@ -21,6 +21,14 @@ JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of 
 def resolve_db(db: Path | None) -> Path:
     """--db, else $DREAMLAB_DB, else runs/dreamlab.db (typer already applied the flag > variable order)."""
     return db if db is not None else default_db_path()
+
+
+def open_existing_store(db: Path | None, hint: str = "pass --db or set DREAMLAB_DB") -> RunStore:
+    """The store resolve_db names, refusing (StoreError, with `hint`) one that does not exist yet."""
+    path = resolve_db(db)
+    if not path.is_file():
+        raise StoreError(f"no run store at {path} ({hint})")
+    return RunStore(path)
 
 
 # Slurm: for train and sweep each option sets a recipe key of the trainer section (so a recipe can hold it too).

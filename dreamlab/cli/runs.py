@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from dreamlab.cli.options import DbOption, JsonOption, resolve_db
+from dreamlab.cli.options import DbOption, JsonOption, open_existing_store, resolve_db
 from dreamlab.display import STATUS_STYLES
 from dreamlab.display import fmt_duration as _duration
 from dreamlab.display import fmt_number as _number
@@ -54,10 +54,7 @@ def _errors() -> Iterator[None]:
 
 
 def _open(db: Path | None) -> RunStore:
-    path = resolve_db(db)
-    if not path.is_file():
-        raise StoreError(f"no run store at {path} (no runs yet? pass --db or set DREAMLAB_DB)")
-    return RunStore(path)
+    return open_existing_store(db, hint="no runs yet? pass --db or set DREAMLAB_DB")
 
 
 @app.command("list")

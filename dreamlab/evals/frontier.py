@@ -48,19 +48,24 @@ def frontier_table(records: Sequence[Any], title: str = "") -> Table:
     return table
 
 
-def frontier_plot(records: Sequence[Any], width: int = 80, height: int = 20) -> str:
-    """Accuracy (%) against answer tokens/s in the terminal (plotext); Pareto cells joined by a line."""
-    import plotext as plt
-
+def draw_frontier(plt: Any, records: Sequence[Any]) -> int:
+    """Draw the cells on a plotext figure (plotext or a PlotextPlot's plt), the Pareto ones joined; returns how many."""
     others, front = frontier_points(records)
-    plt.clear_figure()
-    plt.plotsize(width, height)
-    plt.theme("clear")
     if others:
         plt.scatter([s for s, _ in others], [a for _, a in others], label="cell", marker="dot")
     if front:
         plt.plot([s for s, _ in front], [a for _, a in front], label="Pareto", marker="*")
     plt.ylim(0, 100)
+    return len(others) + len(front)
+
+def frontier_plot(records: Sequence[Any], width: int = 80, height: int = 20) -> str:
+    """Accuracy (%) against answer tokens/s in the terminal (plotext); Pareto cells joined by a line."""
+    import plotext as plt
+
+    plt.clear_figure()
+    plt.plotsize(width, height)
+    plt.theme("clear")
+    draw_frontier(plt, records)
     plt.xlabel("answer tokens/s")
     plt.ylabel("accuracy %")
     plt.title("accuracy vs answer tokens/s")

@@ -8,7 +8,7 @@ from typing import Protocol, cast
 
 from textual_plotext import PlotextPlot
 
-from dreamlab.evals.frontier import frontier_points
+from dreamlab.evals.frontier import draw_frontier
 from dreamlab.tui.queries import LOSS_KEY, LR_KEY, VAL_LOSS_KEY, Curves, load_curves
 from dreamlab.tui.widgets.polling import Polling
 
@@ -130,15 +130,10 @@ class FrontierPlot(PlotextPlot):
 
     def show(self, records: list) -> int:
         """Draw the evals that recorded accuracy and speed; returns how many were drawn."""
-        others, front = frontier_points(records)
         plt = self.plt
         plt.clear_data()
         plt.clear_figure()
-        if others:
-            plt.scatter([s for s, _ in others], [a for _, a in others], label="cell", marker="dot")
-        if front:
-            plt.plot([s for s, _ in front], [a for _, a in front], label="Pareto", marker="*")
-        plt.ylim(0, 100)
+        drawn = draw_frontier(plt, records)
         plt.title("accuracy % vs answer tokens/s")
         self.refresh()
-        return len(others) + len(front)
+        return drawn
