@@ -4,16 +4,14 @@ from __future__ import annotations
 
 import math
 import warnings
-from types import SimpleNamespace
 
 import pytest
 import torch
-from torch import nn
 
 from dreamlab.diffusion.rules import entropies, entropy_bound_count, factor_count, top2_gaps
 from dreamlab.diffusion.sampler import generate
 from dreamlab.diffusion.settings import SamplerSettings
-from tests.test_sampler import MASK, prompt
+from tests.test_sampler import MASK, LovesMask, prompt
 
 
 def test_the_factor_rule_reveals_while_rank_plus_one_times_the_error_stays_below_the_factor():
@@ -67,15 +65,7 @@ def test_a_parallel_rule_without_blocks_warns_loudly_and_with_blocks_does_not():
 
 @pytest.mark.parametrize("rule", [{"factor": 1e9}, {"gamma": 1e9}, {"commit_gap": 1e-9}, {"threshold": 1e-9}])
 def test_no_rule_reveals_the_mask_token_even_when_the_model_prefers_it(tiny_model, rule):
-    class LovesMask(nn.Module):
-        config = tiny_model.config
-
-        def forward(self, **kwargs):
-            logits = tiny_model(**kwargs).logits.clone()
-            logits[..., MASK] = 100.0
-            return SimpleNamespace(logits=logits)
-
-    out = generate(LovesMask(), prompt(4, 0), max_new_tokens=8, steps=8, alg="maskgit_plus", block_length=4, **rule)
+    out = generate(LovesMask(tiny_model), prompt(4, 0), max_new_tokens=8, steps=8, alg="maskgit_plus", block_length=4, **rule)
     assert not (out.sequences == MASK).any() and out.nfe == 2
 
 

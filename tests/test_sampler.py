@@ -216,19 +216,24 @@ def test_a_tokens_hook_can_force_tokens(tiny_model):
     assert out.sequences[0, 5] == 42
 
 
+class LovesMask(nn.Module):
+    """A model that prefers the mask token above every other: the sampler must still never reveal it."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model, self.config = model, model.config
+
+    def forward(self, **kwargs):
+        logits = self.model(**kwargs).logits.clone()
+        logits[..., MASK] = 100.0
+        return SimpleNamespace(logits=logits)
+
+
 def test_the_mask_token_is_never_revealed_even_when_the_model_prefers_it(tiny_model):
-    class LovesMask(nn.Module):
-        config = tiny_model.config
-
-        def forward(self, **kwargs):
-            logits = tiny_model(**kwargs).logits.clone()
-            logits[..., MASK] = 100.0
-            return SimpleNamespace(logits=logits)
-
     for alg in ("origin", "maskgit_plus", "entropy"):
-        out = generate(LovesMask(), prompt(4, 0), max_new_tokens=8, steps=8, alg=alg)
+        out = generate(LovesMask(tiny_model), prompt(4, 0), max_new_tokens=8, steps=8, alg=alg)
         assert not (out.sequences == MASK).any()
-    stuck, _ = dream_generate(LovesMask(), prompt(4, 0), None, max_new_tokens=8, steps=8, mask_token_id=MASK, alg="maskgit_plus")
+    stuck, _ = dream_generate(LovesMask(tiny_model), prompt(4, 0), None, max_new_tokens=8, steps=8, mask_token_id=MASK, alg="maskgit_plus")
     assert (stuck == MASK).all(dim=0)[4:].all()  # Dream's loop leaves every position masked
 
 
