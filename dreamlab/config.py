@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -335,8 +336,29 @@ def _validate_held_out(flat: dict[str, Any]) -> None:
                           "validation rows: set data.val_files=[] or data.val_fraction=null")
 
 
+SLURM_TIME = re.compile(r"^(?:(\d+)-)?(\d+)(?::(\d+))?(?::(\d+))?$")
+
+
+def slurm_time_seconds(text: str) -> int | None:
+    """A Slurm `--time` in seconds (minutes, m:s, h:m:s, d-h, d-h:m, d-h:m:s); None for INFINITE / UNLIMITED."""
+    if text.strip().upper() in ("INFINITE", "UNLIMITED"):
+        return None
+    match = SLURM_TIME.match(text.strip())
+    if not match:
+        raise RecipeError(f"trainer.slurm_time: {text!r} is not a Slurm time (minutes, minutes:seconds, "
+                          "hours:minutes:seconds, days-hours, days-hours:minutes or days-hours:minutes:seconds)")
+    days, first, second, third = match.groups()
+    if days is not None:  # d-h, d-h:m, d-h:m:s
+        hours, minutes, seconds = int(first), int(second or 0), int(third or 0)
+        return ((int(days) * 24 + hours) * 60 + minutes) * 60 + seconds
+    if third is not None:  # h:m:s
+        return (int(first) * 60 + int(second)) * 60 + int(third)
+    return int(first) * 60 + int(second or 0)  # m or m:s
+
+
 def _validate_slurm(flat: dict[str, Any]) -> None:
-    """trainer.slurm_args are KEY=VALUE sbatch options; GPUs per node are not negative."""
+    """trainer.slurm_args are KEY=VALUE sbatch options; GPUs per node are not negative; the time-limit warning
+    comes after the job starts."""
     for item in flat["trainer.slurm_args"]:
         key, sep, _ = item.partition("=")
         if not sep or not key.strip() or key.startswith("-"):
@@ -345,6 +367,12 @@ def _validate_slurm(flat: dict[str, Any]) -> None:
     gpus = flat["trainer.slurm_gpus_per_node"]
     if gpus is not None and gpus < 0:
         raise RecipeError(f"trainer.slurm_gpus_per_node: must be >= 0, got {gpus}")
+    limit = None if flat["trainer.slurm_time"] is None else slurm_time_seconds(str(flat["trainer.slurm_time"]))
+    if limit is not None and flat["trainer.slurm_signal_s"] >= limit:
+        # Slurm would send the warning as the job starts: the run would checkpoint and stop after its first step.
+        raise RecipeError(f"trainer.slurm_signal_s: the time-limit warning {flat['trainer.slurm_signal_s']} s before "
+                          f"the end comes before the job starts under trainer.slurm_time={flat['trainer.slurm_time']} "
+                          f"({limit} s): set trainer.slurm_signal_s below {limit} (e.g. {max(1, limit // 4)})")
 
 
 def validate(recipe: Recipe, context_length: int | None = None) -> None:

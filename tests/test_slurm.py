@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from dreamlab.cli import app
 from dreamlab.cli.options import slurm_overrides
-from dreamlab.config import RecipeError, load_recipe
+from dreamlab.config import RecipeError, load_recipe, slurm_time_seconds
 from dreamlab.store import Run, RunStore, StoreError
 from dreamlab.store.health import Health, Thresholds
 from dreamlab.store.schema import migrate
@@ -99,6 +99,42 @@ def test_the_script_is_valid_bash_with_the_partition_s_default_time(tmp_path):
     checked = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True)
     assert checked.returncode == 0, checked.stderr
     assert "stop_reason='Slurm time limit (the partition'\"'\"'s default) of job'\n" in script.read_text()
+
+
+@pytest.mark.parametrize("fake, signalled_while", [("rm", "the script starts"), ("srun", "the run trains")])
+def test_the_time_limit_warning_becomes_the_stop_request_whenever_it_comes(tmp_path, fake, signalled_while):
+    """Slurm's warning (USR1 to the batch shell) is sent here by a fake command the script runs: `rm` before the
+    script's own trap is set (a warning as the job starts), or `srun` while the run trains."""
+    recipe = load_recipe(None, ["trainer.launcher=slurm", "trainer.slurm_time=10", "trainer.slurm_signal_s=60"])
+    script = write_script(recipe, tmp_path, "r", tmp_path / "dreamlab.db")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for name, body in {"scontrol": "echo node1", "srun": "sleep 0.2", "rm": "true"}.items():
+        signal = "kill -USR1 $PPID; " if name == fake else ""
+        (bin_dir / name).write_text(f"#!/bin/bash\n{signal}{body}\n")
+        (bin_dir / name).chmod(0o755)
+    done = subprocess.run(["bash", str(script)], capture_output=True, text=True, cwd=tmp_path,
+                          env={"PATH": f"{bin_dir}:/usr/bin:/bin", "SLURM_JOB_ID": "7", "SLURM_JOB_NODELIST": "node1",
+                               "SLURM_NTASKS": "1"})
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "stop-request").read_text() == "Slurm time limit (--time=10) of job 7: checkpointed before it\n"
+
+
+@pytest.mark.parametrize("text, seconds", [("5", 300), ("5:30", 330), ("2:00:00", 7200), ("1-0", 86400),
+                                           ("1-2:30", 95400), ("1-00:00:10", 86410), ("INFINITE", None),
+                                           ("unlimited", None)])
+def test_slurm_time_formats_in_seconds(text, seconds):
+    assert slurm_time_seconds(text) == seconds
+
+
+def test_a_recipe_refuses_a_bad_time_and_a_warning_before_the_job_starts():
+    with pytest.raises(RecipeError, match=r"trainer.slurm_time: '1h' is not a Slurm time"):
+        load_recipe(None, ["trainer.slurm_time=1h"])
+    with pytest.raises(RecipeError, match=r"trainer.slurm_signal_s: the time-limit warning 300 s before the end comes "
+                                          r"before the job starts under trainer.slurm_time=5 \(300 s\): set "
+                                          r"trainer.slurm_signal_s below 300 \(e.g. 75\)"):
+        load_recipe(None, ["trainer.slurm_time=5"])
+    assert load_recipe(None, ["trainer.slurm_time=6"]).trainer.slurm_time == "6"
 
 
 def test_a_recipe_refuses_an_sbatch_argument_that_is_not_key_value():

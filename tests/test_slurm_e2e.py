@@ -4,6 +4,7 @@ two FSDP ranks (two processes, or two torchrun agents meeting at the c10d store)
 
 from __future__ import annotations
 
+import getpass
 import os
 import re
 import socket
@@ -24,11 +25,12 @@ from tests import slurm_cluster
 pytestmark = pytest.mark.slow
 runner = CliRunner()
 
-TINY = ["data.micro_batch_size_per_gpu=8", "data.val_size=16", "model.tiny_hidden_size=64", "model.tiny_num_layers=2",
+TINY = ["model.compile=false", "data.micro_batch_size_per_gpu=8", "data.val_size=16", "model.tiny_hidden_size=64", "model.tiny_num_layers=2",
         "model.tiny_intermediate_size=128", "trainer.log_every=1", "trainer.val_check_interval=10"]
-# Slurm may send the time-limit warning up to 60 s before it is due: a 30 s warning on a one-minute job comes
-# between the job's start and its 30th second, so a 150-step run (about 40 s here) is always stopped by it.
-TIME_LIMITED = [*TINY, "trainer.total_training_steps=150", "trainer.slurm_signal_s=30", "--time", "1"]
+# Runs that no machine finishes before Slurm's time limit or a preemption reaches them (about 7 hours here):
+# their tests end them with `runs stop`, and `stop_leftover_jobs` cancels them if a test fails first.
+LONG = [*TINY, "trainer.total_training_steps=100000"]
+TIME_LIMITED = [*LONG, "trainer.slurm_signal_s=30", "--time", "1"]
 
 
 @pytest.fixture(scope="session")
@@ -48,6 +50,13 @@ def cluster(tmp_path_factory):
         os.environ.pop("SLURM_CONF", None)
     else:
         os.environ["SLURM_CONF"] = previous
+
+
+@pytest.fixture(autouse=True)
+def stop_leftover_jobs(cluster):
+    """Cancel whatever a test left in the queue (a failed test's long run would hold the node for hours)."""
+    yield
+    subprocess.run(["scancel", "--user", getpass.getuser()], check=False, capture_output=True)
 
 
 def cli(db: Path, *args: str):
@@ -82,6 +91,33 @@ def ended(run: Run) -> bool:
     return run.finished
 
 
+def stepped_past(run: Run, step: int | None) -> bool:
+    """Whether the run is running and has logged a step after `step` (None: not known yet)."""
+    return step is not None and run.status == "running" and run.progress is not None and run.progress.step > step
+
+
+def resumed_from(db: Path, run: Run) -> int | None:
+    """The step the run's latest resume started from (None before any)."""
+    found = [int(event.message.split()[3].rstrip(",;:")) for event in RunStore(db).events(run.id)
+             if event.kind == "resumed" and event.message.startswith("resumed from step ")]
+    return found[-1] if found else None
+
+
+def stop(db: Path, run: Run) -> Run:
+    """`runs stop` a running Slurm run: it ends stopped at a checkpoint of its last step, and no requeue follows."""
+    output = cli(db, "runs", "stop", run.name).output
+    assert f"sent SIGTERM to Slurm job {run.job_id}" in output
+    final = RunStore(db).get_run(run.id)
+    assert (final.status, final.exit_reason) == ("stopped", "stop requested (SIGTERM/SIGINT)")
+    assert complete_checkpoints(Path(final.run_dir))[-1][0] == steps(db, final)[-1]
+    submitted = len([event for event in RunStore(db).events(run.id) if event.kind == "submitted"])
+    job = slurm_jobs.wait_ended(run.job_id, timeout_s=90)
+    assert job is None or slurm_jobs.map_state(job.state)[0] not in ("queued", "running"), job
+    assert RunStore(db).get_run(run.id).status == "stopped"
+    assert len([event for event in RunStore(db).events(run.id) if event.kind == "submitted"]) == submitted
+    return final
+
+
 def steps(db: Path, run: Run) -> list[int]:
     return [point.step for point in RunStore(db).metrics(run.id, key="train/loss")]
 
@@ -101,8 +137,10 @@ def test_a_submitted_run_completes_with_its_metrics_job_id_and_nodes(cluster, tm
 def test_a_pending_job_shows_its_reason_and_a_stop_cancels_it(cluster, tmp_path):
     db = tmp_path / "runs" / "dreamlab.db"
     run = submit(db, *TINY, "--slurm-arg", "begin=now+3600", "--name", "later")
-    listed = cli(db, "runs", "list").output
-    assert f"later queued: Slurm job pending: BeginTime (job {run.job_id})" in listed
+    expected, deadline = f"later queued: Slurm job pending: BeginTime (job {run.job_id})", time.monotonic() + 60
+    while expected not in (listed := cli(db, "runs", "list").output):  # the reason is Slurm's once it has looked
+        assert time.monotonic() < deadline, listed
+        time.sleep(1.0)
     (row,) = load_runs(RunStore(db))  # what the console shows
     assert (row.status, row.reason) == ("queued", f"Slurm job pending: BeginTime (job {run.job_id})")
     cli(db, "runs", "stop", "later")
@@ -142,51 +180,66 @@ def test_a_run_stopped_mid_way_ends_stopped_with_a_checkpoint(cluster, tmp_path)
         (event.kind, event.message) for event in RunStore(db).events(run.id)]
 
 
-def test_a_run_at_its_time_limit_checkpoints_ends_stopped_and_resume_completes_it(cluster, tmp_path):
+def test_a_run_at_its_time_limit_checkpoints_ends_stopped_and_resume_continues_it(cluster, tmp_path):
     db = tmp_path / "runs" / "dreamlab.db"
     run = submit(db, *TIME_LIMITED, "--name", "limited")
     stopped = wait_for(db, run, ended)
-    assert stopped.status == "stopped", stopped.exit_reason
-    assert stopped.exit_reason == f"Slurm time limit (--time=1) of job {run.job_id}: checkpointed before it"
+    assert (stopped.status, stopped.exit_reason) == (
+        "stopped", f"Slurm time limit (--time=1) of job {run.job_id}: checkpointed before it")
     ((checkpoint, _),) = complete_checkpoints(Path(run.run_dir))
-    assert checkpoint == steps(db, stopped)[-1] < 150
+    assert checkpoint == steps(db, stopped)[-1]
     cli(db, "train", "--resume", "limited", "--slurm", "--time", "5")
     resumed = RunStore(db).get_run(run.id)
     assert resumed.status == "queued" and resumed.job_id != run.job_id
-    final = wait_for(db, resumed, ended)
+    wait_for(db, resumed, lambda found: stepped_past(found, checkpoint))
+    final = stop(db, resumed)
+    assert f"resumed from step {checkpoint}" in [event.message for event in RunStore(db).events(run.id)]
+    assert steps(db, final) == list(range(1, steps(db, final)[-1] + 1))  # the second job went on from the checkpoint
+
+
+def test_a_time_limit_warning_mid_run_checkpoints_and_resume_completes_the_run(cluster, tmp_path):
+    """The warning is sent by hand, as Slurm sends `--signal=B:USR1@N` (to the batch shell), at a step the test
+    chooses, so the run cannot have ended first; the test above has Slurm's own clock send it."""
+    db = tmp_path / "runs" / "dreamlab.db"
+    run = submit(db, *TINY, "trainer.total_training_steps=100", "trainer.slurm_signal_s=30", "--time", "5",
+                 "--name", "warned")
+    wait_for(db, run, lambda found: stepped_past(found, 2))
+    subprocess.run(["scancel", "--batch", "--signal=USR1", run.job_id], check=True)
+    stopped = wait_for(db, run, ended)
+    assert (stopped.status, stopped.exit_reason) == (
+        "stopped", f"Slurm time limit (--time=5) of job {run.job_id}: checkpointed before it")
+    ((checkpoint, _),) = complete_checkpoints(Path(run.run_dir))
+    assert checkpoint == steps(db, stopped)[-1] < 100
+    cli(db, "train", "--resume", "warned", "--slurm")
+    final = wait_for(db, RunStore(db).get_run(run.id), ended, timeout=600)  # a busy machine: seconds a step
     assert (final.status, final.exit_reason) == ("completed", None)
-    assert steps(db, final)[-1] == 150
+    assert steps(db, final) == list(range(1, 101))
     assert f"resumed from step {checkpoint}" in [event.message for event in RunStore(db).events(run.id)]
 
 
-def test_requeue_resubmits_a_run_stopped_at_its_time_limit_until_it_completes(cluster, tmp_path):
+def test_requeue_resubmits_a_run_stopped_at_its_time_limit_and_a_user_stop_ends_the_chain(cluster, tmp_path):
     db = tmp_path / "runs" / "dreamlab.db"
-    run = submit(db, *TIME_LIMITED, "--requeue", "--name", "again")
-    # Between a stop at the limit and its resubmission the run reads stopped (with the resubmission in its reason).
-    final = wait_for(db, run, lambda found: found.finished and not (found.exit_reason or "").endswith(
-        "(trainer.slurm_requeue)"), timeout=420)
-    assert (final.status, final.exit_reason) == ("completed", None)
-    assert steps(db, final)[-1] == 150
+    # Three minutes: the resubmitted job has a minute or more before its own warning, time to see it train and stop it.
+    run = submit(db, *LONG, "trainer.slurm_signal_s=30", "--time", "3", "--requeue", "--name", "again")
+    resumed = wait_for(db, run, lambda found: stepped_past(found, resumed_from(db, run)), timeout=420)
     events = [(event.kind, event.message) for event in RunStore(db).events(run.id)]
-    assert ("stopped", f"Slurm time limit (--time=1) of job {run.job_id}: checkpointed before it; resubmitted "
+    assert ("stopped", f"Slurm time limit (--time=3) of job {run.job_id}: checkpointed before it; resubmitted "
                        "(trainer.slurm_requeue)") in events
-    assert len([kind for kind, _ in events if kind == "submitted"]) >= 2
+    assert len([kind for kind, _ in events if kind == "submitted"]) == 2
+    stop(db, resumed)
 
 
-def test_a_preempted_run_checkpoints_ends_stopped_and_requeue_resumes_it_to_completion(cluster, tmp_path):
+def test_a_preempted_run_checkpoints_ends_stopped_and_requeue_resumes_it(cluster, tmp_path):
     db = tmp_path / "runs" / "dreamlab.db"
-    run = submit(db, *TINY, "trainer.total_training_steps=150", "--requeue", "--name", "bumped")
-    wait_for(db, run, lambda found: found.status == "running" and found.progress is not None)
+    run = submit(db, *LONG, "--requeue", "--name", "bumped")
+    wait_for(db, run, lambda found: stepped_past(found, 0))
     subprocess.run(["sbatch", "--partition", "urgent", "--ntasks", str(os.cpu_count()), "--output", "/dev/null",
                     "--wrap", "sleep 5"], check=True, capture_output=True)
-    final = wait_for(db, run, lambda found: found.finished and not (found.exit_reason or "").endswith(
-        "(trainer.slurm_requeue)"), timeout=300)
-    assert (final.status, final.exit_reason) == ("completed", None)
-    assert steps(db, final)[-1] == 150
+    resumed = wait_for(db, run, lambda found: stepped_past(found, resumed_from(db, run)), timeout=300)
     events = [(event.kind, event.message) for event in RunStore(db).events(run.id)]
     assert ("stopped", f"preempted by Slurm (job {run.job_id}): checkpointed in its grace time; resubmitted "
                        "(trainer.slurm_requeue)") in events
-    assert any(kind == "resumed" and message.startswith("resumed from step ") for kind, message in events)
+    stop(db, resumed)
 
 
 def test_a_job_with_two_tasks_trains_two_fsdp_ranks_through_the_c10d_rendezvous(cluster, tmp_path):
