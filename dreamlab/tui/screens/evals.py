@@ -179,7 +179,7 @@ class EvalsScreen(Screen):
 
     BINDINGS = [Binding("escape", "app.pop_screen", "Back"), Binding("enter", "samples", "Samples"),
                 Binding("m", "mark", "Mark"), Binding("c", "compare", "Compare"), Binding("n", "new_eval", "New eval"),
-                Binding("x", "stop", "Stop eval"), Binding("tab", "focus_next", "Jobs/grid", show=False)]
+                Binding("x", "stop", "Stop eval")]
 
     def __init__(self, run_id: int | None, run_name: str | None) -> None:
         super().__init__()
