@@ -147,6 +147,8 @@ def job_cells(row: EvalJobRow) -> list[Any]:
 class EvalJobsTable(DataTable, Polling):
     """The recent eval jobs, live (progress, accuracy so far, ETA); each poll also feeds the screen's grid."""
 
+    rows_shown: list[EvalJobRow] = []  # the jobs as listed (replaced, never mutated)
+
     def load(self) -> EvalsView:
         """Jobs and eval rows (worker thread)."""
         return load_evals_view(self.app.store, self.screen.run_id)
@@ -164,8 +166,6 @@ class EvalJobsTable(DataTable, Polling):
         if data.jobs:
             self.move_cursor(row=min(row, len(data.jobs) - 1))
         self.screen.show_evals(data.evals)
-
-    rows_shown: list[EvalJobRow] = []
 
     def current_job(self) -> EvalJobRow | None:
         """The job under the cursor."""
