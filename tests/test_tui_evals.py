@@ -1,10 +1,15 @@
-"""The console's eval jobs: the form that starts a detached eval, the live evals screen, the compare view (Pilot, 80x24)."""
+"""The console's eval jobs: the form that starts a detached eval, the live evals screen, the compare view (Pilot, 80x24).
+
+Screens are saved as SVG into the test's tmp_path; with DREAMLAB_DOCS_SVG=1 also to docs/console-*.svg.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import time
+from pathlib import Path
 
 import pytest
 from textual.widgets import DataTable, Input
@@ -21,6 +26,14 @@ from dreamlab.tui.screens.evals import EvalJobsTable, EvalsScreen
 
 runner = CliRunner()
 RUN = "tiny-sft"
+DOCS = Path(__file__).resolve().parents[1] / "docs"
+
+
+def _save(app, tmp_path: Path, name: str) -> None:
+    app.save_screenshot(f"console-{name}.svg", str(tmp_path))
+    assert (tmp_path / f"console-{name}.svg").stat().st_size > 1000
+    if os.environ.get("DREAMLAB_DOCS_SVG"):
+        shutil.copy(tmp_path / f"console-{name}.svg", DOCS / f"console-{name}.svg")
 
 
 def test_the_form_builds_the_eval_command_line():
@@ -108,7 +121,7 @@ def test_the_form_starts_a_detached_eval_that_outlives_the_console(db, tmp_path)
             form.query_one("#batch-size", Input).value = "2"
             form.query_one("#limit", Input).value = "4"
             await _until(pilot, lambda: _text(verdict).startswith("ok: 1 cell(s) of arithmetic"))
-            app.save_screenshot("console-eval-form.svg", str(tmp_path))
+            _save(app, tmp_path, "eval-form")
             await pilot.press("ctrl+s")
             await _until(pilot, lambda: isinstance(app.screen, RunDetailScreen))
         # the console has closed; the eval goes on in its own session
@@ -145,12 +158,14 @@ def test_the_evals_screen_follows_a_running_eval_live(db, tmp_path):
             assert cells[:4] == [str(job_id), "running", "arithmetic", f"{shown.job.n_done}/16"]
             assert cells[4] == f"{100 * shown.job.n_correct / shown.job.n_done:.1f}%" and cells[5] != "—"  # an ETA
             grid = app.screen.query_one("#eval-grid", DataTable)
-            running_cell = [record for record in app.screen.grid.cells.values() if record.status == "running"]
-            assert running_cell and _text_of(grid.get_cell_at((0, 1))).startswith(f"{running_cell[0].n_done}/16")
-            app.save_screenshot("console-evals-live.svg", str(tmp_path))
+            where = (app.screen.grid.rows.index(("arithmetic", "origin")), app.screen.grid.steps.index(16) + 1)
+            running_cell = app.screen.grid.cells[("arithmetic", "origin", 16)]
+            assert running_cell.status == "running"
+            assert _text_of(grid.get_cell_at(where)).startswith(f"{running_cell.n_done}/16")
+            _save(app, tmp_path, "evals-live")
             await _until(pilot, lambda: row().status == "completed")
             final = app.store.get_eval(row().job.eval_ids[0])
-            await _until(pilot, lambda: _text_of(grid.get_cell_at((0, 1))).startswith(f"{100 * final.accuracy:.1f}%"))
+            await _until(pilot, lambda: _text_of(grid.get_cell_at(where)).startswith(f"{100 * final.accuracy:.1f}%"))
             assert _text_of(jobs.get_cell_at((jobs.rows_shown.index(row()), 3))) == "16/16"
 
     asyncio.run(scenario())
@@ -197,6 +212,6 @@ def test_two_evals_compared_with_mcnemar_and_their_differing_samples(db, tmp_pat
             table = compare.query_one("#differences", DataTable)
             assert [table.get_cell_at((i, 0)) for i in range(table.row_count)] == [str(i) for i in discordant]
             assert len(discordant) == expected.only_a + expected.only_b
-            app.save_screenshot("console-eval-compare.svg", str(tmp_path))
+            _save(app, tmp_path, "eval-compare")
 
     asyncio.run(scenario())

@@ -15,7 +15,7 @@ from rich.table import Table
 from rich.text import Text
 
 from dreamlab.cli.options import DbOption, JsonOption, open_existing_store
-from dreamlab.display import STATUS_STYLES, fmt_duration, fmt_when
+from dreamlab.display import STATUS_STYLES, fmt_duration
 from dreamlab.evals.jobs import LOST_AFTER_S, assess, stop_job
 from dreamlab.evals.progress import eta_seconds, running_accuracy
 from dreamlab.store import EVAL_JOB_STATUSES, EvalJob, RunStore, StoreError
@@ -78,14 +78,14 @@ def list_command(
         typer.echo(json.dumps(rows, indent=2, default=str))
         return
     table = Table(title=f"eval jobs in {store.path}", title_justify="left")
-    for column in ("id", "status", "task", "model", "done", "accuracy", "samples/s", "eta", "started", "duration"):
+    for column in ("id", "status", "task", "model", "done", "accuracy", "samples/s", "eta", "duration"):
         table.add_column(column, justify="right" if column in ("id", "done", "accuracy", "samples/s", "eta") else "left",
                          no_wrap=column in ("id", "status"))
     for row in rows:
         table.add_row(str(row["id"]), Text(row["status"], style=STATUS_STYLES.get(row["status"], "")), row["task"] or "—",
                       row["model"] or "—", progress_text(row["n_done"], row["n_total"]), percent(row["accuracy"]),
                       "—" if row["samples_per_s"] is None else f"{row['samples_per_s']:.2f}", fmt_duration(row["eta_s"]),
-                      fmt_when(row["started"], short=True), fmt_duration(row["duration_s"]))
+                      fmt_duration(row["duration_s"]))
     console = Console(highlight=False)
     console.print(table if rows else "no eval jobs", soft_wrap=not rows)
     for row in rows:
