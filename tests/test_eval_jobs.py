@@ -161,12 +161,14 @@ def test_evals_commands_refuse_bad_input(tmp_path, store):
              (["evals", "stop", "77"], "no eval job with id 77"),
              (["evals", "list", "--status", "done"], "unknown eval job status 'done'"),
              (["evals", "list", "--db", str(tmp_path / "none.db")], "no run store at"),
-             (["eval", "--run", "ghost", "--detach"], "no run named ghost")]
+             (["eval", "--run", "ghost", "--detach"], "no run named ghost"),
+             (["eval", "--model", "tiny", "--alg", "greedy", "--detach"], "alg must be one of origin"),
+             (["eval", "--model", "tiny", "--task", "nope", "--detach"], "unknown task 'nope'")]
     for args, message in cases:
         result = runner.invoke(app, [*args, "--db", db] if "--db" not in args else args)
         assert result.exit_code == 2, (args, result.output)
         assert result.output.strip().startswith("error:") and message in result.output, (args, result.output)
-    assert [j.id for j in store.list_eval_jobs()] == [job.id]  # the refused --detach recorded nothing
+    assert [j.id for j in store.list_eval_jobs()] == [job.id]  # the refused --detach started and recorded nothing
     listed = runner.invoke(app, ["evals", "list", "--db", db, "--json"])
     assert listed.exit_code == 0 and [row["status"] for row in json.loads(listed.stdout)] == ["completed"]
 

@@ -29,6 +29,7 @@ from dreamlab.cli.options import (
     open_existing_store,
     resolve_db,
 )
+from dreamlab.diffusion.settings import SamplerSettings
 from dreamlab.evals.compare import compare
 from dreamlab.evals.frontier import frontier_plot, frontier_table
 from dreamlab.evals.grid import SAMPLER_TYPES, extra_settings, grid_cells
@@ -37,7 +38,7 @@ from dreamlab.evals.progress import StoreProgress
 from dreamlab.evals.report import RichProgress, accuracy_plot, export_rows, results_table, to_csv, to_json
 from dreamlab.evals.scoring import score_generation
 from dreamlab.evals.stats import summarize
-from dreamlab.evals.tasks import TaskError, load_task
+from dreamlab.evals.tasks import Task, TaskError, load_task
 from dreamlab.store import EvalRecord, RunStore, StoreError
 from dreamlab.store.models import choose_model
 from dreamlab.textfiles import json_lines
@@ -125,10 +126,12 @@ def eval_command(
         typer.echo(f"submitted the eval as Slurm job {job_id}; its results are recorded in {store_path} as it runs")
         typer.echo(f"  log: tail -f {folder / f'{name}.log'}")
         return
+    sampler = {name: value for name, value in locals().items() if name in SAMPLER_TYPES}  # one option per field
     if detach:
+        with _errors():  # refuse bad flags here, not in the detached eval's log
+            check_options(task, sampler, template, shots, limit, batch_size, question_field, answer_field)
         start_detached_eval(ctx, db, model=model, run=run, task=task, as_json=as_json)
         return
-    sampler = {name: value for name, value in locals().items() if name in SAMPLER_TYPES}  # one option per field
     options = dict(model=model, run=run, sampler=sampler, template=template, shots=shots, add_bos=bos, limit=limit,
                    batch_size=batch_size, seed=seed, data=data, question_field=question_field, answer_field=answer_field,
                    history=history, device=device, dtype=dtype, trust_remote_code=trust_remote_code, db=db)
@@ -218,6 +221,18 @@ def print_results(records: list[EvalRecord], console: Console) -> None:
         console.print(Text.from_ansi(accuracy_plot(records, width=min(console.width - 1, 90))))
 
 
+def check_options(task: str, sampler: Mapping[str, Any] | None, template: str | None, shots: int | None,
+                  limit: int | None, batch_size: int, question_field: str | None = None,
+                  answer_field: str | None = None) -> tuple[Task, str, int, list[SamplerSettings]]:
+    """The task, its prompt shape and the grid's cells, or the error `dreamlab eval` refuses the flags with."""
+    spec = load_task(task, question_field=question_field, answer_field=answer_field)
+    template, shots = spec.prompt_shape(template, shots)
+    for flag, value in (("limit", limit), ("batch_size", batch_size)):
+        if value is not None and value < 1:
+            raise ValueError(f"--{flag.replace('_', '-')} must be >= 1; got {value}")
+    return spec, template, shots, grid_cells(sampler or {}, spec.settings_for(template), spec.name)
+
+
 def run_eval(task: str = DEFAULT_TASK, *, model: str | None = None, run: str | None = None,
              sampler: Mapping[str, Any] | None = None, template: str | None = None, shots: int | None = None,
              add_bos: bool | None = None, limit: int | None = None, batch_size: int = 16, seed: int = 0, data: str | None = None,
@@ -233,12 +248,8 @@ def run_eval(task: str = DEFAULT_TASK, *, model: str | None = None, run: str | N
     from dreamlab.evals.harness import EvalPlan, run_plan  # torch
     from dreamlab.models.loading import load_model_and_tokenizer  # torch, transformers
 
-    spec = load_task(task, question_field=question_field, answer_field=answer_field)
-    template, shots = spec.prompt_shape(template, shots)
-    for flag, value in (("limit", limit), ("batch_size", batch_size)):
-        if value is not None and value < 1:
-            raise ValueError(f"--{flag.replace('_', '-')} must be >= 1; got {value}")
-    cells = grid_cells(sampler or {}, spec.settings_for(template), spec.name)
+    spec, template, shots, cells = check_options(task, sampler, template, shots, limit, batch_size, question_field,
+                                                 answer_field)
     store_path = resolve_db(db)
     choice = choose_model(store_path, model, run)
     samples = spec.load_samples(limit, data)
