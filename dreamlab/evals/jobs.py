@@ -58,6 +58,9 @@ def start_detached(store: RunStore, argv: Sequence[str], *, run_id: int | None =
     except OSError as error:
         store.finish_eval_job(job.id, "failed", f"could not start: {error}")
         raise
+    # A long-lived starter (the console) reaps the eval when it ends instead of keeping a zombie; one that exits
+    # first (the CLI) leaves it to init.
+    threading.Thread(target=process.wait, name=f"dreamlab-eval-{job.id}-reaper", daemon=True).start()
     return store.mark_eval_job_started(job.id, pid=process.pid, pgid=process.pid, log_path=str(log))
 
 
