@@ -215,3 +215,30 @@ def test_two_evals_compared_with_mcnemar_and_their_differing_samples(db, tmp_pat
             _save(app, tmp_path, "eval-compare")
 
     asyncio.run(scenario())
+
+
+@pytest.mark.slow
+def test_x_on_the_evals_screen_stops_the_highlighted_eval_job(db):
+    started = runner.invoke(cli, ["eval", "--run", RUN, "--alg", "topk_margin", "--steps", "16", "--max-new-tokens", "16",
+                                  "--limit", "16", "--batch-size", "2", "--detach", "--db", str(db)])
+    assert started.exit_code == 0, started.output
+    store = RunStore(db)
+    job_id = store.list_eval_jobs()[0].id
+
+    async def scenario() -> None:
+        app = build_app(db, poll_s=0.3)
+        async with app.run_test(size=(80, 24)) as pilot:
+            app.open_evals(store.get_run(RUN).id, RUN)
+            await _until(pilot, lambda: isinstance(app.screen, EvalsScreen) and app.screen.query("#eval-jobs"))
+            jobs = app.screen.query_one("#eval-jobs", EvalJobsTable)
+            await _until(pilot, lambda: jobs.rows_shown and jobs.rows_shown[0].job.id == job_id
+                         and jobs.rows_shown[0].job.n_done >= 2)
+            await pilot.press("x")
+            await _until(pilot, lambda: type(app.screen).__name__ == "ConfirmScreen")
+            await pilot.press("y")
+            await _until(pilot, lambda: jobs.rows_shown[0].status == "stopped", timeout=60)
+
+    asyncio.run(scenario())
+    job = store.get_eval_job(job_id)
+    assert job.status == "stopped" and "SIGTERM" in job.exit_reason
+    assert 2 <= job.n_done < 16 and len(store.eval_samples(job.eval_ids[0])) == job.n_done
