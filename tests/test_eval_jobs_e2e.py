@@ -102,8 +102,8 @@ def test_an_eval_killed_with_sigkill_reads_lost(tmp_path):
     _wait(lambda: store.get_eval_job(started["id"]).n_done >= 2)
     os.killpg(started["pgid"], signal.SIGKILL)
     _wait(lambda: not group_alive(started["pgid"]), timeout=30)
-    listed = runner.invoke(app, ["evals", "list", "--lost-after", "0", "--db", str(db), "--json"])
-    row = json.loads(listed.stdout)[0]
+    listed = runner.invoke(app, ["evals", "list", "--status", "lost", "--lost-after", "0", "--db", str(db), "--json"])
+    [row] = json.loads(listed.stdout)  # read lost and listed by that status in the same call
     assert row["status"] == "lost" and f"process {started['pid']} is gone" in row["reason"]
     job = store.get_eval_job(started["id"])
     assert job.status == "lost" and job.ended == job.heartbeat

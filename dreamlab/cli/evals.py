@@ -70,8 +70,9 @@ def list_command(
     total, running accuracy, samples/s and ETA. A running job that reads lost is marked lost in the store."""
     with _errors():
         store = open_existing_store(db, hint="no evals yet? pass --db or set DREAMLAB_DB")
+        newly_lost = assess_and_record(store, store.list_eval_jobs(status="running"), lost_after)  # before filtering
         jobs = store.list_eval_jobs(status=status, limit=limit)
-        health = assess_and_record(store, jobs, lost_after)
+        health = {job.id: newly_lost.get(job.id) or assess(job, lost_after) for job in jobs}
     now = time.time()
     rows = [job_row(job, health[job.id], now) for job in jobs]
     if as_json:
