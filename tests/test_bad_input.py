@@ -268,7 +268,7 @@ STORE_COMMANDS = [
     ["runs", "list"], ["runs", "show", "alpha"], ["runs", "compare", "alpha", "beta"], ["runs", "stop", "alpha"],
     ["runs", "rm", "alpha", "--yes"], ["runs", "query", "SELECT COUNT(*) FROM runs"], ["eval", "compare", "1", "2"],
     ["eval", "--run", "latest"], ["eval", "--limit", "1"], ["generate", "--run", "latest"], ["train", "--name", "never"],
-    ["sweep", "optim.lr=1e-3,2e-3"], [],
+    ["sweep", "optim.lr=1e-3,2e-3"], ["evals", "list"], ["evals", "stop", "1"], ["eval", "--limit", "1", "--detach"], [],
 ]
 
 

@@ -10,6 +10,7 @@ from dreamlab.cli import data as data_cmd
 from dreamlab.cli import demo as demo_cmd
 from dreamlab.cli import doctor as doctor_cmd
 from dreamlab.cli import eval as eval_cmd
+from dreamlab.cli import evals as evals_cmd
 from dreamlab.cli import generate as generate_cmd
 from dreamlab.cli import runs as runs_cmd
 from dreamlab.cli import sweep as sweep_cmd
@@ -31,6 +32,7 @@ app.command("sweep")(sweep_cmd.sweep)
 app.add_typer(data_cmd.app, name="data")
 app.add_typer(runs_cmd.app, name="runs")
 app.add_typer(eval_cmd.app, name="eval")
+app.add_typer(evals_cmd.app, name="evals")
 
 
 @app.callback()

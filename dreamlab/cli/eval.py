@@ -6,8 +6,8 @@ import json
 import sys
 import time
 import uuid
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -29,13 +29,16 @@ from dreamlab.cli.options import (
     open_existing_store,
     resolve_db,
 )
+from dreamlab.diffusion.settings import SamplerSettings
 from dreamlab.evals.compare import compare
 from dreamlab.evals.frontier import frontier_plot, frontier_table
 from dreamlab.evals.grid import SAMPLER_TYPES, extra_settings, grid_cells
+from dreamlab.evals.jobs import JobTracker, running_job
+from dreamlab.evals.progress import StoreProgress
 from dreamlab.evals.report import RichProgress, accuracy_plot, export_rows, results_table, to_csv, to_json
 from dreamlab.evals.scoring import score_generation
 from dreamlab.evals.stats import summarize
-from dreamlab.evals.tasks import TaskError, load_task
+from dreamlab.evals.tasks import Task, TaskError, load_task
 from dreamlab.store import EvalRecord, RunStore, StoreError
 from dreamlab.store.models import choose_model
 from dreamlab.textfiles import json_lines
@@ -100,6 +103,9 @@ def eval_command(
     time_limit: TimeOption = None,
     account: AccountOption = None,
     slurm_arg: SlurmArgOption = None,
+    detach: Annotated[bool, typer.Option("--detach", help="Run in the background, detached from this terminal (log in "
+                                         "<store folder>/evals/<job>/eval.log); watch with `dreamlab evals list`.")] = False,
+    job_id: Annotated[int | None, typer.Option(hidden=True, help="The eval job this process works for (set by --detach).")] = None,
 ) -> None:
     """Evaluate a model on a task: every (alg, steps) cell of the grid, resumable, recorded in the run store."""
     if ctx.invoked_subcommand is not None:
@@ -121,32 +127,80 @@ def eval_command(
         typer.echo(f"  log: tail -f {folder / f'{name}.log'}")
         return
     sampler = {name: value for name, value in locals().items() if name in SAMPLER_TYPES}  # one option per field
-    with _errors():
-        records = run_eval(task, model=model, run=run, sampler=sampler, template=template, shots=shots, add_bos=bos, limit=limit,
-                           batch_size=batch_size, seed=seed, data=data, question_field=question_field,
-                           answer_field=answer_field, history=history, device=device, dtype=dtype,
-                           trust_remote_code=trust_remote_code, db=db)
+    if detach:
+        with _errors():  # refuse bad flags here, not in the detached eval's log
+            check_options(task, sampler, template, shots, limit, batch_size, question_field, answer_field)
+        start_detached_eval(ctx, db, model=model, run=run, task=task, as_json=as_json)
+        return
+    options = dict(model=model, run=run, sampler=sampler, template=template, shots=shots, add_bos=bos, limit=limit,
+                   batch_size=batch_size, seed=seed, data=data, question_field=question_field, answer_field=answer_field,
+                   history=history, device=device, dtype=dtype, trust_remote_code=trust_remote_code, db=db)
+    command = _argv_without(ctx, _JOB_PARAMS)
+    with _errors(), _interrupt_exits():
+        if job_id is None:  # a job is recorded once the flags are known good (a typo leaves no failed job behind)
+            records = run_eval(task, **options, start_job=lambda: running_job(RunStore(resolve_db(db)), None, command))
+        else:  # the detached process of a recorded job: whatever fails ends the job
+            with running_job(RunStore(resolve_db(db)), job_id, command) as job:
+                records = run_eval(task, **options, start_job=lambda: nullcontext(job))
     if as_json or as_csv:
         typer.echo(to_json(records) if as_json else to_csv(records), nl=as_json)
         return
     print_results(records, Console(highlight=False))
 
 
-_SLURM_PARAMS = {"slurm", "partition", "gpus_per_node", "time_limit", "account", "slurm_arg", "db"}
+@contextmanager
+def _interrupt_exits() -> Iterator[None]:
+    """An interrupt (or SIGTERM) before the grid started, during the model load, exits 130 without a traceback."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        typer.echo("interrupted", err=True)
+        raise typer.Exit(130) from None
+
+
+_SLURM_PARAMS = {"slurm", "partition", "gpus_per_node", "time_limit", "account", "slurm_arg", "db", "detach", "job_id"}
+# What a job records as its command (and a detached one runs): the eval's own options, not where its output goes.
+_JOB_PARAMS = _SLURM_PARAMS | {"as_json", "as_csv"}
 
 
 def _argv_without_slurm(ctx: typer.Context) -> list[str]:
     """This eval's options as given (defaults left out), less the Slurm ones: the command the job runs."""
+    return _argv_without(ctx, _SLURM_PARAMS)
+
+
+def _argv_without(ctx: typer.Context, leave_out: set[str]) -> list[str]:
+    """This eval's options as given (defaults left out), less those named in `leave_out`."""
     argv = []
     for param in ctx.command.params:
         value = ctx.params.get(param.name)
-        if param.name in _SLURM_PARAMS or value is None or value == param.default or not param.opts:
+        if param.name in leave_out or value is None or value == param.default or not param.opts:
             continue
         if getattr(param, "is_flag", False):
             argv.append(param.opts[0] if value else param.secondary_opts[0])
         else:
             argv += [param.opts[0], str(value)]
     return argv
+
+
+def start_detached_eval(ctx: typer.Context, db: Path | None, *, model: str | None, run: str | None, task: str,
+                        as_json: bool) -> None:
+    """`--detach`: check the model choice, record the job, start it in its own session and say how to watch it."""
+    from dreamlab.evals.jobs import start_detached
+
+    with _errors():
+        store_path = resolve_db(db)
+        choice = choose_model(store_path, model, run)  # a bad --run / --model is refused here, not in the log
+        job = start_detached(RunStore(store_path), _argv_without(ctx, _JOB_PARAMS), run_id=choice.run_id,
+                             model=choice.spec, task=task)
+    if as_json:
+        typer.echo(json.dumps(job.to_dict(), indent=2, default=str))
+        return
+    db_flag = "" if db is None else f" --db {db}"
+    typer.echo(f"started eval job {job.id}, detached (pid {job.pid}, process group {job.pgid}); closing this terminal "
+               "does not stop it")
+    typer.echo(f"  progress: dreamlab evals list{db_flag}")
+    typer.echo(f"  log:      tail -f {job.log_path}")
+    typer.echo(f"  stop:     dreamlab evals stop {job.id}{db_flag}")
 
 
 def print_results(records: list[EvalRecord], console: Console) -> None:
@@ -167,22 +221,35 @@ def print_results(records: list[EvalRecord], console: Console) -> None:
         console.print(Text.from_ansi(accuracy_plot(records, width=min(console.width - 1, 90))))
 
 
-def run_eval(task: str = DEFAULT_TASK, *, model: str | None = None, run: str | None = None,
-             sampler: Mapping[str, Any] | None = None, template: str | None = None, shots: int | None = None,
-             add_bos: bool | None = None, limit: int | None = None, batch_size: int = 16, seed: int = 0, data: str | None = None,
-             question_field: str | None = None, answer_field: str | None = None, history: bool = False,
-             device: str = "auto", dtype: str = "auto", trust_remote_code: bool = False,
-             db: Path | None = None) -> list[EvalRecord]:
-    """Run an eval grid as `dreamlab eval` does; `sampler` maps SamplerSettings fields to values or comma lists."""
-    from dreamlab.evals.harness import EvalPlan, run_plan  # torch
-    from dreamlab.models.loading import load_model_and_tokenizer  # torch, transformers
-
+def check_options(task: str, sampler: Mapping[str, Any] | None, template: str | None, shots: int | None,
+                  limit: int | None, batch_size: int, question_field: str | None = None,
+                  answer_field: str | None = None) -> tuple[Task, str, int, list[SamplerSettings]]:
+    """The task, its prompt shape and the grid's cells, or the error `dreamlab eval` refuses the flags with."""
     spec = load_task(task, question_field=question_field, answer_field=answer_field)
     template, shots = spec.prompt_shape(template, shots)
     for flag, value in (("limit", limit), ("batch_size", batch_size)):
         if value is not None and value < 1:
             raise ValueError(f"--{flag.replace('_', '-')} must be >= 1; got {value}")
-    cells = grid_cells(sampler or {}, spec.settings_for(template), spec.name)
+    return spec, template, shots, grid_cells(sampler or {}, spec.settings_for(template), spec.name)
+
+
+def run_eval(task: str = DEFAULT_TASK, *, model: str | None = None, run: str | None = None,
+             sampler: Mapping[str, Any] | None = None, template: str | None = None, shots: int | None = None,
+             add_bos: bool | None = None, limit: int | None = None, batch_size: int = 16, seed: int = 0, data: str | None = None,
+             question_field: str | None = None, answer_field: str | None = None, history: bool = False,
+             device: str = "auto", dtype: str = "auto", trust_remote_code: bool = False,
+             db: Path | None = None,
+             start_job: Callable[[], AbstractContextManager[JobTracker]] | None = None) -> list[EvalRecord]:
+    """Run an eval grid as `dreamlab eval` does; `sampler` maps SamplerSettings fields to values or comma lists.
+
+    With `start_job`, the eval runs as that job (entered once the options are checked): the job is described
+    (grid, samples x cells) before the model loads and its progress written after every batch.
+    """
+    from dreamlab.evals.harness import EvalPlan, run_plan  # torch
+    from dreamlab.models.loading import load_model_and_tokenizer  # torch, transformers
+
+    spec, template, shots, cells = check_options(task, sampler, template, shots, limit, batch_size, question_field,
+                                                 answer_field)
     store_path = resolve_db(db)
     choice = choose_model(store_path, model, run)
     samples = spec.load_samples(limit, data)
@@ -192,18 +259,26 @@ def run_eval(task: str = DEFAULT_TASK, *, model: str | None = None, run: str | N
     bos_note = ", BOS" if spec.bos_for(template, add_bos) else ""
     err.print(f"[dim]{spec.name}: {len(samples)} problems, {template} template{bos_note}, {shots} shots, {len(cells)} cells; "
               f"model {choice.spec}{' (' + choice.checkpoint + ')' if choice.checkpoint else ''}[/dim]")
-    net, tokenizer = load_model_and_tokenizer(choice.source, device=device, dtype=dtype, trust_remote_code=trust_remote_code)
-    plan = EvalPlan(task=spec, samples=samples, template=template, shots=shots, cells=cells, model=choice.spec,
-                    batch_size=batch_size, seed=seed, limit=limit, checkpoint=choice.checkpoint, run_id=choice.run_id,
-                    history=history, grid_id=uuid.uuid4().hex[:8], add_bos=add_bos,
-                    task_label=spec.name if data is None else f"{spec.name}:{Path(data).resolve()}",
-                    versions=library_versions())
-    try:
-        with RichProgress(err) as progress:
-            return run_plan(RunStore(store_path), net, tokenizer, plan, progress)
-    except KeyboardInterrupt:
-        err.print("interrupted: finished samples are saved; run the same command again to resume")
-        raise typer.Exit(130) from None
+    grid_id = uuid.uuid4().hex[:8]
+    task_label = spec.name if data is None else f"{spec.name}:{Path(data).resolve()}"
+    with start_job() if start_job is not None else nullcontext() as job:
+        if job is not None:
+            job.store.describe_eval_job(job.id, run_id=choice.run_id, model=choice.spec, task=task_label, grid_id=grid_id,
+                                        n_total=len(samples) * len(cells))
+        net, tokenizer = load_model_and_tokenizer(choice.source, device=device, dtype=dtype,
+                                                  trust_remote_code=trust_remote_code)
+        plan = EvalPlan(task=spec, samples=samples, template=template, shots=shots, cells=cells, model=choice.spec,
+                        batch_size=batch_size, seed=seed, limit=limit, checkpoint=choice.checkpoint, run_id=choice.run_id,
+                        history=history, grid_id=grid_id, add_bos=add_bos, task_label=task_label,
+                        versions=library_versions())
+        try:
+            with RichProgress(err) as progress:
+                if job is None:
+                    return run_plan(RunStore(store_path), net, tokenizer, plan, progress)
+                return run_plan(job.store, net, tokenizer, plan, StoreProgress(job.store, job.id, progress))
+        except KeyboardInterrupt:
+            err.print("interrupted: finished samples are saved; run the same command again to resume")
+            raise typer.Exit(130) from None
 
 
 def print_frontier(records: list[EvalRecord], console: Console) -> None:

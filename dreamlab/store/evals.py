@@ -86,10 +86,11 @@ class EvalStoreMixin:
                 eval_id = conn.execute("SELECT last_insert_rowid()").fetchone()[0]
             else:
                 eval_id, status = found
+                # A completed cell joins the new grid too: the grid (and its job) are every cell this eval covers.
+                conn.execute("UPDATE evals SET grid_id = COALESCE(?, grid_id) WHERE id = ?", (row["grid_id"], eval_id))
                 if status != "completed":
-                    conn.execute("UPDATE evals SET status = 'running', ended = NULL, grid_id = COALESCE(?, grid_id), "
-                                 "n_samples = COALESCE(?, n_samples) WHERE id = ?",
-                                 (row["grid_id"], row["n_samples"], eval_id))
+                    conn.execute("UPDATE evals SET status = 'running', ended = NULL, "
+                                 "n_samples = COALESCE(?, n_samples) WHERE id = ?", (row["n_samples"], eval_id))
         return _get_eval(self, eval_id)
 
     def record_eval_samples(self: StoreCore, eval_id: int, rows: Iterable[Mapping[str, Any]]) -> None:

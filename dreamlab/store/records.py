@@ -142,3 +142,38 @@ EvalRecord = make_dataclass("EvalRecord", [
     ("wall_seconds", float | None, None),
 ], frozen=True, namespace={"to_dict": _eval_record_to_dict, "__module__": __name__,
                             "__doc__": "One row of `evals`: a grid cell's settings, progress and summary (None until known)."})
+
+
+@dataclass(frozen=True)
+class EvalJob:
+    """One `dreamlab eval` invocation as a job: its command, process, heartbeat and progress over its grid."""
+
+    id: int
+    status: str
+    command: list[str] = field(default_factory=list)
+    detached: bool = False
+    run_id: int | None = None
+    model: str | None = None
+    task: str | None = None
+    grid_id: str | None = None
+    eval_ids: list[int] = field(default_factory=list)
+    host: str | None = None
+    pid: int | None = None
+    pgid: int | None = None
+    log_path: str | None = None
+    worker_pid: int | None = None
+    worker_started: float | None = None
+    n_total: int | None = None
+    n_done: int = 0
+    n_correct: int = 0
+    samples_per_s: float | None = None
+    progress_time: float | None = None
+    created: float = 0.0
+    started: float | None = None
+    ended: float | None = None
+    heartbeat: float | None = None
+    exit_reason: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict of every field."""
+        return asdict(self)

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from dreamlab.store.errors import StoreError
+from dreamlab.store.eval_jobs import EvalJobStoreMixin
 from dreamlab.store.evals import EvalStoreMixin
 from dreamlab.store.names import generate_run_name, validate_run_name
 from dreamlab.store.params import decode_value, flatten_recipe, same_value
@@ -58,7 +59,7 @@ def default_db_path() -> Path:
     return Path(os.environ.get(DB_ENV) or DEFAULT_DB)
 
 
-class RunStore(EvalStoreMixin):
+class RunStore(EvalStoreMixin, EvalJobStoreMixin):
     """A SQLite run store in WAL mode; safe to share between the trainer, evaluators and readers."""
 
     def __init__(self, path: str | os.PathLike[str], *, busy_timeout_s: float = 10.0) -> None:

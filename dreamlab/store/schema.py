@@ -12,6 +12,8 @@ from dreamlab.store.errors import StoreError
 
 STATUSES = ("queued", "running", "completed", "failed", "diverged", "stopped", "lost")
 EVAL_STATUSES = ("running", "completed", "interrupted", "failed")
+# One `dreamlab eval` invocation (a grid of eval rows) as a job: recorded, started, watched, stopped.
+EVAL_JOB_STATUSES = ("queued", "running", "completed", "failed", "stopped", "lost")
 _STATUS_CHECK = ", ".join(f"'{status}'" for status in STATUSES)
 
 
@@ -223,10 +225,49 @@ _V9_LAUNCHER = """
 """
 
 
+# Version 10: evals as jobs, like runs. One row per `dreamlab eval` invocation (detached or in the foreground):
+# its command line, process (pid, process group, log file; the writing process's pid and creation time for
+# liveness), heartbeat, the grid it evaluates (its eval rows share grid_id) and its progress: samples done /
+# total over the grid, correct so far, samples per second this session (the ETA's rate).
+_JOB_STATUSES = ", ".join(f"'{status}'" for status in EVAL_JOB_STATUSES)
+_V10_EVAL_JOBS = f"""
+        CREATE TABLE eval_jobs (
+            id INTEGER PRIMARY KEY,
+            status TEXT NOT NULL CHECK (status IN ({_JOB_STATUSES})),
+            command TEXT NOT NULL DEFAULT '[]',
+            detached INTEGER NOT NULL DEFAULT 0,
+            run_id INTEGER REFERENCES runs (id) ON DELETE SET NULL,
+            model TEXT,
+            task TEXT,
+            grid_id TEXT,
+            eval_ids TEXT NOT NULL DEFAULT '[]',
+            host TEXT,
+            pid INTEGER,
+            pgid INTEGER,
+            log_path TEXT,
+            worker_pid INTEGER,
+            worker_started REAL,
+            n_total INTEGER,
+            n_done INTEGER NOT NULL DEFAULT 0,
+            n_correct INTEGER NOT NULL DEFAULT 0,
+            samples_per_s REAL,
+            progress_time REAL,
+            created REAL NOT NULL,
+            started REAL,
+            ended REAL,
+            heartbeat REAL,
+            exit_reason TEXT
+        );
+        CREATE INDEX eval_jobs_by_created ON eval_jobs (created);
+        CREATE INDEX eval_jobs_by_status ON eval_jobs (status);
+        CREATE INDEX eval_jobs_by_run ON eval_jobs (run_id);
+"""
+
+
 # Ordered: MIGRATIONS[i] takes a database from version i to version i + 1. Never edit a released
 # migration; append a new one.
 MIGRATIONS: tuple[str, ...] = (_V1_INITIAL, _V2_LATEST_METRICS, _V3_EVALS, _V4_EVENTS, _V5_LIVENESS, _V6_LM_EVAL,
-                                _V7_EXTERNAL_METRICS, _V8_SPEED, _V9_LAUNCHER)
+                                _V7_EXTERNAL_METRICS, _V8_SPEED, _V9_LAUNCHER, _V10_EVAL_JOBS)
 SCHEMA_VERSION = len(MIGRATIONS)
 # Tables that hold a settings dataclass's fields as columns: a new field becomes a column on the next open.
 SETTINGS_COLUMNS = {"evals": SamplerSettings}

@@ -31,11 +31,11 @@ def probe(run: Run, host: str | None = None) -> Liveness:
     if run.worker_pid is not None:
         if run.worker_host != host:
             return Liveness.UNKNOWN
-        return _process_state(run.worker_pid, lambda created: abs(created - (run.worker_started or 0.0)) <= _SAME_PROCESS_S)
+        return process_state(run.worker_pid, lambda created: abs(created - (run.worker_started or 0.0)) <= _SAME_PROCESS_S)
     if run.pid is None or run.host != host or run.started is None:
         return Liveness.UNKNOWN
     # No worker yet (torchrun still starting it): the launcher stands in; one made after the start is a reused pid.
-    return _process_state(run.pid, lambda created: created <= run.started + _SAME_PROCESS_S)
+    return process_state(run.pid, lambda created: created <= run.started + _SAME_PROCESS_S)
 
 
 def assess(run: Run, lost_after_s: float | None = None, stall_after_s: float | None = None,
@@ -51,7 +51,8 @@ def assess(run: Run, lost_after_s: float | None = None, stall_after_s: float | N
     return judge(run, now, liveness, thresholds)
 
 
-def _process_state(pid: int, same: Callable[[float], bool]) -> Liveness:
+def process_state(pid: int, same: Callable[[float], bool]) -> Liveness:
+    """Whether process `pid` is alive, stopped or gone; `same(creation time)` tells it from a newer one with its pid."""
     try:
         process = psutil.Process(pid)
         if not same(process.create_time()):

@@ -10,12 +10,15 @@ from textual.binding import Binding
 from textual.message import Message
 
 from dreamlab.store import RunStore, StoreError
+from dreamlab.evals.jobs import stop_job
 from dreamlab.train.processes import stop_run
 from dreamlab.tui.commands import ConsoleCommands
 from dreamlab.tui.queries import RunRow
 from dreamlab.tui.screens.compare import CompareScreen
 from dreamlab.tui.screens.detail import RunDetailScreen
 from dreamlab.tui.screens.dialogs import ConfirmScreen, ErrorScreen
+from dreamlab.tui.screens.eval_compare import EvalCompareScreen
+from dreamlab.tui.screens.eval_launch import EvalLaunchScreen
 from dreamlab.tui.screens.evals import EvalsScreen, ReplayScreen, SamplesScreen
 from dreamlab.tui.screens.help import HelpScreen
 from dreamlab.tui.screens.launch import LaunchScreen
@@ -76,9 +79,13 @@ class DreamlabApp(App):
             return
         self.push_screen(RunDetailScreen(run))
 
-    def open_evals(self, run_id: int, run_name: str) -> None:
-        """Push the evals screen of a run (its accuracy grid, samples and replays)."""
+    def open_evals(self, run_id: int | None, run_name: str | None) -> None:
+        """Push the evals screen of a run (its eval jobs, accuracy grid, samples and replays); None: every eval."""
         self.push_screen(EvalsScreen(run_id, run_name))
+
+    def action_all_evals(self) -> None:
+        """Every eval job and eval in the store, whatever model it evaluated."""
+        self.open_evals(None, None)
 
     def current_run(self) -> tuple[int, str] | None:
         """(id, name) of the run on screen: the detail screen's run, else the runs table's cursor row."""
@@ -118,7 +125,8 @@ class DreamlabApp(App):
         sections = [("Everywhere", self.BINDINGS), ("Runs", RunsScreen.BINDINGS),
                     ("Run detail", RunDetailScreen.BINDINGS), ("Compare", CompareScreen.BINDINGS),
                     ("New run", LaunchScreen.BINDINGS), ("Evals", EvalsScreen.BINDINGS),
-                    ("Eval samples", SamplesScreen.BINDINGS), ("Denoising replay", ReplayScreen.BINDINGS)]
+                    ("Eval samples", SamplesScreen.BINDINGS), ("Denoising replay", ReplayScreen.BINDINGS),
+                    ("New eval", EvalLaunchScreen.BINDINGS), ("Eval compare", EvalCompareScreen.BINDINGS)]
         self.push_screen(HelpScreen(sections))
 
     # -- launch and stop ------------------------------------------------------------------------
@@ -144,6 +152,38 @@ class DreamlabApp(App):
         self.push_screen(ConfirmScreen(f"Stop run {name}?", f"SIGTERM to its processes: it finishes the step, "
                                        f"writes a checkpoint and ends as stopped (SIGKILL after {STOP_GRACE_S:g} s)."),
                          answered)
+
+    def open_eval_form(self, run_id: int, run_name: str, checkpoint: str | None = None) -> None:
+        """The eval form for a run's newest checkpoint (or one checkpoint); the job runs detached."""
+        def started(job_id: int | None) -> None:
+            if job_id is not None:
+                self.notify(f"started eval job {job_id}, detached (closing the console does not stop it)")
+                self.refresh_pollers()
+        self.push_screen(EvalLaunchScreen(run_id, run_name, checkpoint), started)
+
+    def confirm_stop_eval(self, job_id: int, status: str) -> None:
+        """Ask, then stop the eval job (SIGTERM: it ends stopped, its finished samples kept)."""
+        if status not in ("running", "lost"):
+            self.notify(f"eval job {job_id} is not running ({status})", severity="warning")
+            return
+
+        def answered(yes: bool | None) -> None:
+            if yes:
+                self.notify(f"stopping eval job {job_id}…")
+                self._stop_eval_worker(job_id)
+        self.push_screen(ConfirmScreen(f"Stop eval job {job_id}?", "SIGTERM to its processes: it ends stopped with its "
+                                       "finished samples kept (the same command resumes it)."), answered)
+
+    @work(thread=True, group="stop")
+    def _stop_eval_worker(self, job_id: int) -> None:
+        name = f"eval job {job_id}"
+        try:
+            result = stop_job(self.store, job_id, grace_s=STOP_GRACE_S)
+        except Exception as failure:  # noqa: BLE001 - reported in the error dialog
+            self.post_message(self.StopDone(name, None, str(failure)))
+            return
+        summary = f"{name}: {' then '.join(result.signals) or 'already gone'}, stopped"
+        self.post_message(self.StopDone(name, summary, None))
 
     @work(thread=True, group="stop")
     def _stop_worker(self, run_id: int, name: str) -> None:

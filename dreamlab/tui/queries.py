@@ -14,7 +14,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dreamlab.store import Checkpoint, Comparison, Event, MetricPoint, Run, RunStore
+from dreamlab.evals import jobs
+from dreamlab.evals.progress import eta_seconds, running_accuracy
+from dreamlab.evals.published import published_note
+from dreamlab.store import Checkpoint, Comparison, EvalJob, Event, MetricPoint, Run, RunStore
 from dreamlab.store.health import Health
 from dreamlab.train.processes import assess
 from dreamlab.train.slurm import watched_jobs
@@ -149,6 +152,40 @@ def load_compare(store: RunStore, run_ids: list[int]) -> CompareData:
     """The params that differ, final metrics and loss curves of the chosen runs."""
     comparison = store.compare(run_ids)
     return CompareData(comparison, {run.id: _series(store.metrics(run.id, LOSS_KEY)) for run in comparison.runs})
+
+
+@dataclass(frozen=True)
+class EvalJobRow:
+    """One eval job as the evals screen shows it: status as assessed now (never written), accuracy and ETA so far."""
+
+    job: EvalJob
+    status: str
+    reason: str | None
+    accuracy: float | None
+    eta_s: float | None
+
+
+@dataclass(frozen=True)
+class EvalsView:
+    """The evals screen's data: the recent jobs and every eval row (of one run, or of the store)."""
+
+    jobs: list[EvalJobRow]
+    evals: list[Any]
+
+
+def load_evals_view(store: RunStore, run_id: int | None, limit: int = 20) -> EvalsView:
+    """The newest `limit` eval jobs and the eval rows of run `run_id` (None: of every run and model)."""
+    now = time.time()
+    rows = []
+    for job in store.list_eval_jobs(run_id=run_id, limit=limit):
+        health = jobs.assess(job, now=now)
+        eta = eta_seconds(job.n_total, job.n_done, job.samples_per_s) if health.status == "running" else None
+        rows.append(EvalJobRow(job, health.status, health.reason or job.exit_reason,
+                               running_accuracy(job.n_correct, job.n_done), eta))
+    evals = store.list_evals(run_ref=run_id)
+    for record in evals:
+        published_note(record)  # reads the task files here, not on the UI thread (cached)
+    return EvalsView(rows, evals)
 
 
 def age(seconds_ago: float | None, now: float | None = None) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import VerticalScroll
@@ -26,6 +27,7 @@ class RunDetailScreen(Screen):
         Binding("escape", "app.pop_screen", "Back"),
         Binding("x", "stop", "Stop"),
         Binding("e", "evals", "Evals"),
+        Binding("v", "evaluate", "Evaluate"),
         Binding("l", "tab('loss')", "Loss"),
         Binding("g", "tab('gpu')", "GPU"),
         Binding("p", "tab('recipe')", "Recipe"),
@@ -77,3 +79,20 @@ class RunDetailScreen(Screen):
     def action_evals(self) -> None:
         """Open this run's evals."""
         self.app.open_evals(self.run.id, self.run.name)
+
+    def action_evaluate(self) -> None:
+        """The eval form for this run's newest checkpoint."""
+        self.app.open_eval_form(self.run.id, self.run.name)
+
+    @on(DataTable.RowSelected, "#checkpoints")
+    def checkpoint_selected(self, event: DataTable.RowSelected) -> None:
+        """Enter on a checkpoint: the eval form for that checkpoint."""
+        summary = self.query_one(RunSummaryView).summary
+        checkpoints = summary.checkpoints if summary is not None else []
+        if not 0 <= event.cursor_row < len(checkpoints):
+            return
+        checkpoint = checkpoints[event.cursor_row]
+        if not checkpoint.complete:
+            self.notify(f"checkpoint {checkpoint.step} is still being written", severity="warning")
+            return
+        self.app.open_eval_form(self.run.id, self.run.name, checkpoint.path)

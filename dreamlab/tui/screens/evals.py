@@ -1,4 +1,8 @@
-"""Evaluations of one run: the accuracy grid (algorithms x steps, with NFE), samples, and denoising replay.
+"""Evaluations of one run (or of the whole store): its eval jobs, live, the accuracy grid (algorithms x steps, with
+NFE), samples, denoising replay; two marked cells compared.
+
+The jobs table and the grid are polled together (running cells show samples done and accuracy so far); a
+job's status is assessed as read (lost when its process died silently), never written by the console.
 
 Cells that set blocks, a cache or a decoding rule get their own grid row (`entropy · cache dual`), and
 when cells recorded their speed, the accuracy-vs-answer-tokens/s frontier is plotted under the grid.
@@ -28,10 +32,13 @@ from textual.screen import Screen
 from textual.timer import Timer
 from textual.widgets import DataTable, Footer, Static
 
-from dreamlab.display import MASK_GLYPH, fmt_number, render_with_masks
+from dreamlab.display import MASK_GLYPH, STATUS_STYLES, fmt_number, render_with_masks
 from dreamlab.evals.grid import extra_settings
 from dreamlab.evals.published import published_note
+from dreamlab.tui.queries import EvalJobRow, EvalsView, duration, load_evals_view
+from dreamlab.tui.screens.eval_compare import EvalCompareScreen
 from dreamlab.tui.widgets.plots import FrontierPlot
+from dreamlab.tui.widgets.polling import Polling
 
 
 @dataclass(frozen=True)
@@ -128,82 +135,170 @@ def tokenizer_of(record: Any) -> Any:
     return load_tokenizer(str(source))
 
 
+def job_cells(row: EvalJobRow) -> list[Any]:
+    """One jobs-table line: id, status, task, done / total, accuracy so far, ETA, model."""
+    job = row.job
+    done = f"{job.n_done}/{job.n_total}" if job.n_total else f"{job.n_done}/?"
+    accuracy = "—" if row.accuracy is None else f"{100 * row.accuracy:.1f}%"
+    return [str(job.id), Text(row.status, style=STATUS_STYLES.get(row.status, "")), job.task or "—", done, accuracy,
+            duration(row.eta_s) if row.eta_s is not None else "—", job.model or "—"]
+
+
+class EvalJobsTable(DataTable, Polling):
+    """The recent eval jobs, live (progress, accuracy so far, ETA); each poll also feeds the screen's grid."""
+
+    rows_shown: list[EvalJobRow] = []  # the jobs as listed (replaced, never mutated)
+
+    def load(self) -> EvalsView:
+        """Jobs and eval rows (worker thread)."""
+        return load_evals_view(self.app.store, self.screen.run_id)
+
+    def apply(self, data: EvalsView) -> None:
+        """Redraw the jobs, then hand the eval rows to the screen."""
+        self.rows_shown = data.jobs
+        row = self.cursor_row
+        if not self.columns:
+            self.add_columns("job", "status", "task", "done", "accuracy", "eta", "model")
+        self.clear()
+        for job_row in data.jobs:
+            self.add_row(*job_cells(job_row), key=str(job_row.job.id))
+        self.display = bool(data.jobs)
+        if data.jobs:
+            self.move_cursor(row=min(row, len(data.jobs) - 1))
+        self.screen.show_evals(data.evals)
+
+    def current_job(self) -> EvalJobRow | None:
+        """The job under the cursor."""
+        if not self.rows_shown or not 0 <= self.cursor_row < len(self.rows_shown):
+            return None
+        return self.rows_shown[self.cursor_row]
+
+
 class EvalsScreen(Screen):
-    """A run's accuracy grid; enter on a cell opens its samples."""
+    """A run's eval jobs (live) and accuracy grid (or every eval in the store); enter on a cell opens its samples."""
 
-    BINDINGS = [Binding("escape", "app.pop_screen", "Back"), Binding("enter", "samples", "Samples")]
+    BINDINGS = [Binding("escape", "app.pop_screen", "Back"), Binding("enter", "samples", "Samples"),
+                Binding("m", "mark", "Mark"), Binding("c", "compare", "Compare"), Binding("n", "new_eval", "New eval"),
+                Binding("x", "stop", "Stop eval")]
 
-    class Loaded(Message):
-        """The run's evals arrived (or why not)."""
-
-        def __init__(self, evals: list[Any] | None, error: str | None) -> None:
-            super().__init__()
-            self.evals, self.error = evals, error
-
-    def __init__(self, run_id: int, run_name: str) -> None:
+    def __init__(self, run_id: int | None, run_name: str | None) -> None:
         super().__init__()
         self.run_id, self.run_name = run_id, run_name
         self.grid = Grid([], [], {})
+        self.evals: list[Any] | None = None
+        self.marked: list[int] = []  # eval ids, at most two (the compare pair), oldest first
+
+    @property
+    def subject(self) -> str:
+        """`alpha` or `the store`."""
+        return self.run_name if self.run_name is not None else "the store"
 
     def compose(self) -> ComposeResult:
-        """Title, grid, key bar."""
-        yield Static(f"evals of {self.run_name}…", id="title")
+        """Title, jobs, grid, key bar."""
+        yield Static(f"evals of {self.subject}…", id="title")
+        yield EvalJobsTable(id="eval-jobs", cursor_type="row")
         yield DataTable(id="eval-grid", cursor_type="cell")
         yield FrontierPlot(id="frontier")
         yield Footer()
 
     def on_mount(self) -> None:
-        """Load in a worker."""
+        """First poll; the grid takes the keys."""
         self.query_one("#frontier", FrontierPlot).display = False
-        self._load()
+        self.query_one("#eval-jobs", EvalJobsTable).display = False
+        self.query_one("#eval-grid", DataTable).focus()
+        self.query_one("#eval-jobs", EvalJobsTable).poll_now()
 
-    @work(thread=True, exclusive=True)
-    def _load(self) -> None:
-        try:
-            evals = self.app.store.list_evals(run_ref=self.run_id)
-            for record in evals:
-                published_note(record)  # reads the task files here, not on the UI thread
-            self.post_message(self.Loaded(evals, None))
-        except Exception as failure:  # noqa: BLE001 - shown in the title
-            self.post_message(self.Loaded(None, f"{type(failure).__name__}: {failure}"))
-
-    def on_evals_screen_loaded(self, message: Loaded) -> None:
-        """Draw the grid: one row per (task, alg), one column per steps."""
-        title = self.query_one("#title", Static)
-        if message.error is not None:
-            title.update(f"cannot read evals: {message.error}")
+    def show_evals(self, evals: list[Any]) -> None:
+        """Draw the grid (one row per (task, alg), one column per steps) when the eval rows changed; keep the cursor."""
+        if evals == self.evals:
             return
-        self.grid = grid = build_grid(message.evals or [])
-        title.update(f"evals of {self.run_name}: {len(grid.cells)} · accuracy ±95% CI, mean NFE, lm-eval strict/flexible"
-                     " · enter: samples"
-                     if grid.cells else f"no evals of {self.run_name} yet (dreamlab eval)")
+        self.evals = evals
+        self.grid = grid = build_grid(evals)
+        self.update_title()
         table = self.query_one("#eval-grid", DataTable)
+        cursor = table.cursor_coordinate
         table.clear(columns=True)
         table.add_column("task / alg", key="row")
         for step in grid.steps:
             table.add_column(f"{step} steps", key=str(step))
         for task, alg in grid.rows:
-            table.add_row(f"{task} / {alg}", *(cell_text(grid.cells[(task, alg, step)])
+            table.add_row(f"{task} / {alg}", *(self.cell(grid.cells[(task, alg, step)])
                                               if (task, alg, step) in grid.cells else "—" for step in grid.steps))
+        if grid.rows:
+            table.move_cursor(row=min(cursor.row, len(grid.rows) - 1), column=min(cursor.column, len(grid.steps)))
         plot = self.query_one("#frontier", FrontierPlot)
         plot.display = plot.show(list(grid.cells.values())) > 1
 
-    def action_samples(self) -> None:
-        """Open the samples of the eval under the cursor."""
+    def cell(self, record: Any) -> Text:
+        """A grid cell: accuracy (or progress while it runs), ● when marked for compare."""
+        text = cell_text(record)
+        if record.status == "running" and record.n_samples:
+            text = Text(f"{record.n_done}/{record.n_samples}", style="bold cyan")
+            if record.n_done:
+                text.append(f" {100 * record.n_correct / record.n_done:.1f}%")
+        return Text("● ", style="bold magenta") + text if record.id in self.marked else text
+
+    def update_title(self) -> None:
+        """What is on screen and which keys act on it."""
+        marked = f" · marked {', '.join(str(i) for i in self.marked)}" if self.marked else ""
+        self.query_one("#title", Static).update(
+            f"evals of {self.subject}: {len(self.grid.cells)} · accuracy ±95% CI, mean NFE · enter: samples · "
+            f"m mark, c compare{marked}" if self.grid.cells else f"no evals of {self.subject} yet (n: new eval)")
+
+    def record_under_cursor(self) -> Any:
+        """The eval of the grid cell under the cursor (None on the label column or an empty cell)."""
         table = self.query_one("#eval-grid", DataTable)
         row, column = table.cursor_coordinate
-        if not self.grid.rows or column == 0:
-            return
-        if row >= len(self.grid.rows) or column > len(self.grid.steps):
-            return
-        record = self.grid.cells.get((*self.grid.rows[row], self.grid.steps[column - 1]))
+        if not self.grid.rows or column == 0 or row >= len(self.grid.rows) or column > len(self.grid.steps):
+            return None
+        return self.grid.cells.get((*self.grid.rows[row], self.grid.steps[column - 1]))
+
+    def action_samples(self) -> None:
+        """Open the samples of the eval under the cursor."""
+        record = self.record_under_cursor()
         if record is not None:
             self.app.push_screen(SamplesScreen(record))
 
-    @on(DataTable.CellSelected)
+    @on(DataTable.CellSelected, "#eval-grid")
     def cell_selected(self) -> None:
         """Enter (or a click) on a cell opens its samples."""
         self.action_samples()
+
+    def action_mark(self) -> None:
+        """Mark (or unmark) the cell under the cursor for compare; a third mark drops the oldest."""
+        record = self.record_under_cursor()
+        if record is None:
+            return
+        if record.id in self.marked:
+            self.marked.remove(record.id)
+        else:
+            self.marked = [*self.marked, record.id][-2:]
+        evals, self.evals = self.evals, None
+        self.show_evals(evals or [])  # redraw the marks
+        self.update_title()
+
+    def action_compare(self) -> None:
+        """Compare the two marked evals: McNemar's p-value and the samples whose verdicts differ."""
+        if len(self.marked) != 2:
+            self.notify("mark two evals with m first", severity="warning")
+            return
+        by_id = {record.id: record for record in self.evals or []}
+        self.app.push_screen(EvalCompareScreen(by_id[self.marked[0]], by_id[self.marked[1]]))
+
+    def action_new_eval(self) -> None:
+        """Start an eval of this run (detached)."""
+        if self.run_id is None:
+            self.notify("open a run's evals (or its Checkpoints tab) to start an eval of it", severity="warning")
+            return
+        self.app.open_eval_form(self.run_id, self.run_name or str(self.run_id))
+
+    def action_stop(self) -> None:
+        """Stop the eval job under the jobs table's cursor (after confirmation)."""
+        row = self.query_one("#eval-jobs", EvalJobsTable).current_job()
+        if row is None:
+            self.notify("no eval job here", severity="warning")
+            return
+        self.app.confirm_stop_eval(row.job.id, row.status)
 
 
 class SamplesScreen(Screen):

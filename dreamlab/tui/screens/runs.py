@@ -19,6 +19,7 @@ class RunsScreen(Screen):
         Binding("space", "mark", "Mark"),
         Binding("c", "compare", "Compare"),
         Binding("e", "evals", "Evals"),
+        Binding("a", "app.all_evals", "All evals"),
         Binding("n", "new_run", "New run"),
         Binding("x", "stop", "Stop"),
         Binding("slash", "filter", "Filter"),
