@@ -54,6 +54,16 @@ def report(label: str, results: dict, tokens: int) -> None:
         print(f"  identical generations, batch {size} vs {next(iter(results))}: {same}/{len(reference)}")
 
 
+def print_padding(samples, prompts, sizes) -> None:
+    """Pad positions of the length buckets against batches cut in task order."""
+    for size in sizes:
+        padded, total = padding_count(length_batches(samples, prompts, size), prompts)
+        unsorted = [samples[i:i + size] for i in range(0, len(samples), size)]
+        padded_given, total_given = padding_count(unsorted, prompts)
+        print(f"  batch {size}: prompt padding {padded}/{total} positions bucketed by length "
+              f"({100 * padded / total:.1f}%), {padded_given}/{total_given} in task order ({100 * padded_given / total_given:.1f}%)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--model", default="tiny", help="`tiny` or a checkpoint's model folder")
@@ -62,10 +72,21 @@ def main() -> None:
     parser.add_argument("--batch-sizes", default="1,8,32")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--allocator-ab", action="store_true", help="first measure glibc's default malloc settings")
+    parser.add_argument("--padding-only", metavar="TASK:DATA", help="only print the prompt padding of a task's data "
+                        "(e.g. gsm8k_cot:../shared/data/gsm8k/test.jsonl) at each batch size, with --model's tokenizer")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     sizes = [parse_batch_size(size) for size in args.batch_sizes.split(",")]
     model, tokenizer = load_model_and_tokenizer(args.model, device="cpu")
+    if args.padding_only:
+        name, data = args.padding_only.split(":", 1)
+        task = load_task(name)
+        template, shots = task.prompt_shape(None, None)
+        samples = task.load_samples(None, data)
+        prompts = tokenize_prompts(task, tokenizer, samples, template, shots)  # no BOS: the char tokenizer has none
+        print(f"{name}: {len(samples)} prompts, {template} template, {shots} shots")
+        print_padding(samples, prompts, [size for size in sizes if isinstance(size, int)])
+        return
     task = load_task("arithmetic")
     samples = task.load_samples(args.limit)
     cell = SamplerSettings(alg="entropy", steps=args.max_new_tokens, max_new_tokens=args.max_new_tokens)
@@ -73,13 +94,7 @@ def main() -> None:
     tokens = len(samples) * args.max_new_tokens
     print(f"{args.model}: {len(samples)} arithmetic problems x {args.max_new_tokens} new tokens, entropy, "
           f"steps = max_new_tokens, {torch.get_num_threads()} thread(s)")
-    for size in sizes:
-        if isinstance(size, int):
-            padded, total = padding_count(length_batches(samples, prompts, size), prompts)
-            unsorted = [samples[i:i + size] for i in range(0, len(samples), size)]
-            padded_given, total_given = padding_count(unsorted, prompts)
-            print(f"  batch {size}: prompt padding {padded}/{total} positions bucketed by length "
-                  f"({100 * padded / total:.1f}%), {padded_given}/{total_given} in task order ({100 * padded_given / total_given:.1f}%)")
+    print_padding(samples, prompts, [size for size in sizes if isinstance(size, int)])
     if args.allocator_ab:
         ends = list(dict.fromkeys([sizes[0], sizes[-1]]))
         report("glibc default malloc:", {size: measure(model, tokenizer, task, samples, cell, size) for size in ends}, tokens)
