@@ -2,7 +2,7 @@
 
 glibc hands each allocation above its mmap threshold (128 KiB, rising with use) to the kernel and gives it
 back on free: every batched forward then faults its activations in page by page again (measured on the
-tiny model at batch 32: ~12,700 minor faults and about 40% more CPU time a forward; bench/README.md,
+demo model at batch 32: ~10,000 minor faults a forward, 1.4x the CPU time of the eval; bench/README.md,
 "Eval throughput"). PyTorch has no caching allocator on the CPU, so the fix is glibc's own settings.
 """
 
