@@ -56,7 +56,7 @@ def padding_count(batches: Sequence[Sequence[Sample]], prompts: Mapping[int, lis
 
 
 def starting_batch_size(requested: BatchSize, device: torch.device, pending: int) -> int:
-    """The first batch size to try: the number asked for; for `auto` every pending sample, at most CPU_AUTO_BATCH_SIZE off CUDA."""
+    """The first size to try: the number asked for; `auto`: every pending sample (at most CPU_AUTO_BATCH_SIZE off CUDA)."""
     if requested != AUTO:
         return int(requested)
     return max(1, pending) if device.type == "cuda" else max(1, min(pending, CPU_AUTO_BATCH_SIZE))

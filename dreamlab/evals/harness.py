@@ -59,8 +59,9 @@ class EvalPlan:
                 "task": self.task_label or self.task.name, "shots": self.shots, "template": self.template,
                 "add_bos": self.bos, "template_hash": self.task.template_hash(self.template, self.shots, self.bos),
                 **asdict(cell),
-                "batch_size": None if self.batch_size == AUTO else self.batch_size, "dtype": dtype, "seed": self.seed, "limit_n": self.limit, "versions": self.versions,
-                "device": device, "n_samples": len(self.samples), "grid_id": self.grid_id}
+                "batch_size": None if self.batch_size == AUTO else self.batch_size, "seed": self.seed,
+                "limit_n": self.limit, "versions": self.versions, "device": device, "dtype": dtype,
+                "n_samples": len(self.samples), "grid_id": self.grid_id}
 
 
 class Progress(Protocol):
