@@ -102,6 +102,8 @@ def test_a_fixed_batch_size_does_not_back_off_and_other_errors_pass_through():
     with pytest.raises(RuntimeError, match="a bug"):
         run_in_batches(lambda: samples, broken, prompts, AUTO, CPU)
     assert run_in_batches(lambda: [], broken, prompts, AUTO, CPU) is None
+    with pytest.raises(ValueError, match="--batch-size auto: out of memory even at batch size 1"):
+        run_in_batches(lambda: samples, oom, prompts, AUTO, CPU)
 
 
 class OutOfMemoryAbove(torch.nn.Module):

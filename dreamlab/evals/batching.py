@@ -93,4 +93,10 @@ def run_in_batches(pending: Callable[[], list[Sample]], handle: Callable[[list[S
             handle(batch)
         return batch_size
 
-    return attempt()
+    try:
+        return attempt()
+    except RuntimeError as error:
+        if "No executable batch size found" not in str(error):
+            raise
+        raise ValueError("--batch-size auto: out of memory even at batch size 1; lower --max-new-tokens or --shots, "
+                         "or use a device with more memory") from error
