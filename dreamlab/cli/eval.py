@@ -89,7 +89,7 @@ def eval_command(
     answer_field: Annotated[str | None, typer.Option(help="The gold answer field of --data rows.")] = None,
     history: Annotated[bool, typer.Option(help="Keep the per-step sequences of the first 4 samples (for replay).")] = False,
     device: str = "auto",
-    dtype: str = "auto",
+    dtype: Annotated[str, typer.Option(help="auto (bfloat16 on CUDA, float32 on the CPU), float32, bfloat16 or float16; recorded with each cell.")] = "auto",
     trust_remote_code: Annotated[bool, typer.Option(help="Allow a checkpoint's own Python code to run.")] = False,
     db: DbOption = None,
     as_json: JsonOption = False,
