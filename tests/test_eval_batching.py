@@ -87,18 +87,19 @@ def test_out_of_memory_backs_off_without_losing_or_redoing_a_sample():
     assert used == 2
 
 
-def test_a_fixed_batch_size_does_not_back_off_and_other_errors_pass_through():
+def test_a_fixed_batch_size_names_itself_on_out_of_memory_and_other_errors_pass_through():
     samples, prompts = samples_with_lengths([3, 3])
 
     def oom(batch):
         raise torch.OutOfMemoryError(FAKE_OOM)
 
-    with pytest.raises(torch.OutOfMemoryError):
-        run_in_batches(lambda: samples, oom, prompts, 2, CPU)
-
     def broken(batch):
         raise RuntimeError("a bug, not memory")
 
+    with pytest.raises(ValueError, match="out of memory at --batch-size 2: use a smaller one, or auto"):
+        run_in_batches(lambda: samples, oom, prompts, 2, CPU)
+    with pytest.raises(RuntimeError, match="a bug"):
+        run_in_batches(lambda: samples, broken, prompts, 2, CPU)
     with pytest.raises(RuntimeError, match="a bug"):
         run_in_batches(lambda: samples, broken, prompts, AUTO, CPU)
     assert run_in_batches(lambda: [], broken, prompts, AUTO, CPU) is None

@@ -15,6 +15,7 @@ from typing import Literal
 
 import torch
 from accelerate.utils import find_executable_batch_size
+from accelerate.utils.memory import should_reduce_batch_size
 
 from dreamlab.evals.tasks import Sample
 
@@ -74,8 +75,14 @@ def run_in_batches(pending: Callable[[], list[Sample]], handle: Callable[[list[S
     if not todo:
         return None
     if requested != AUTO:
-        for batch in length_batches(todo, prompts, int(requested)):
-            handle(batch)
+        try:
+            for batch in length_batches(todo, prompts, int(requested)):
+                handle(batch)
+        except RuntimeError as error:
+            if not should_reduce_batch_size(error):
+                raise
+            raise ValueError(f"out of memory at --batch-size {requested}: use a smaller one, or auto to find the "
+                             "largest that fits (finished samples are saved)") from error
         return int(requested)
     size = starting_batch_size(AUTO, device, len(todo))
 
