@@ -201,7 +201,7 @@ def run_eval(task: str = DEFAULT_TASK, *, model: str | None = None, run: str | N
         keep_freed_memory()
     if batch_size == AUTO:
         err.print("[dim]--batch-size auto: " + ("every remaining problem in one batch, 0.9x on each out-of-memory error" if on_cuda
-                  else f"{CPU_AUTO_BATCH_SIZE} (the CPU default; the largest that fits is searched on CUDA only)") + "[/dim]")
+                  else f"{CPU_AUTO_BATCH_SIZE} at most (the CPU default; the largest that fits is searched on CUDA only)") + "[/dim]")
     plan = EvalPlan(task=spec, samples=samples, template=template, shots=shots, cells=cells, model=choice.spec,
                     batch_size=batch_size, seed=seed, limit=limit, checkpoint=choice.checkpoint, run_id=choice.run_id,
                     history=history, grid_id=uuid.uuid4().hex[:8], add_bos=add_bos,
