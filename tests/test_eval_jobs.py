@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 from dreamlab.cli import app
 from dreamlab.evals.jobs import judge
 from dreamlab.evals.progress import StoreProgress, eta_seconds, running_accuracy, samples_per_second
-from dreamlab.store import RunStore, StoreError
+from dreamlab.store import SCHEMA_VERSION, RunStore, StoreError
 from dreamlab.store.health import Liveness
 from dreamlab.store.schema import migrate, schema_version
 
@@ -146,7 +146,7 @@ def test_a_v9_store_migrates_to_eval_jobs(tmp_path):
         assert store.list_eval_jobs() == []
         assert store.create_eval_job([], detached=False).id == 1
     check = sqlite3.connect(path)
-    assert schema_version(check) == 10
+    assert schema_version(check) == SCHEMA_VERSION
     with pytest.raises(sqlite3.IntegrityError):
         check.execute("INSERT INTO eval_jobs (status, created) VALUES ('done', 0)")
     check.close()

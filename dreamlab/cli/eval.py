@@ -85,14 +85,14 @@ def eval_command(
     shots: Annotated[int | None, typer.Option(help="Few-shot examples (task default).")] = None,
     bos: Annotated[bool | None, typer.Option("--bos/--no-bos", help="Start base prompts with the tokenizer's BOS (task default: prompt.add_bos).")] = None,
     limit: Annotated[int | None, typer.Option(help="Evaluate the first N problems.")] = None,
-    batch_size: Annotated[int, typer.Option(help="Rows per sampler call (a speed setting: the sampler is batch-invariant).")] = 16,
+    batch_size: Annotated[str, typer.Option(help="Rows per sampler call, or auto: the largest that fits on CUDA (backs off on out-of-memory), 32 on the CPU. A speed setting: the sampler is batch-invariant.")] = "16",
     seed: Annotated[int, typer.Option(help="Sample idx uses seed + idx.")] = 0,
     data: Annotated[str | None, typer.Option(help="A data file for --task jsonl, or in place of a task's hub data set.")] = None,
     question_field: Annotated[str | None, typer.Option(help="The question field of --data rows.")] = None,
     answer_field: Annotated[str | None, typer.Option(help="The gold answer field of --data rows.")] = None,
     history: Annotated[bool, typer.Option(help="Keep the per-step sequences of the first 4 samples (for replay).")] = False,
     device: str = "auto",
-    dtype: str = "auto",
+    dtype: Annotated[str, typer.Option(help="auto (bfloat16 on CUDA, float32 on the CPU), float32, bfloat16 or float16; recorded with each cell.")] = "auto",
     trust_remote_code: Annotated[bool, typer.Option(help="Allow a checkpoint's own Python code to run.")] = False,
     db: DbOption = None,
     as_json: JsonOption = False,
@@ -215,29 +215,32 @@ def print_results(records: list[EvalRecord], console: Console) -> None:
         return
     prompt = f"{first.template or 'base'}{' + BOS' if first.add_bos else ''}"
     table = results_table(records, title=f"{first.task} · {first.model} · {first.n_samples} problems · {first.shots} shots · {prompt}")
-    table.caption = f"eval ids {', '.join(str(r.id) for r in records)} · accuracy [95% Wilson CI] · mean NFE · tokens/s"
+    table.caption = (f"eval ids {', '.join(str(r.id) for r in records)} · accuracy [95% Wilson CI] · mean NFE · tokens/s "
+                     "of every generated position · answer: tokens/s up to EOS or the stop string")
     console.print(table)
     if len({r.steps for r in records}) > 1:
         console.print(Text.from_ansi(accuracy_plot(records, width=min(console.width - 1, 90))))
 
 
 def check_options(task: str, sampler: Mapping[str, Any] | None, template: str | None, shots: int | None,
-                  limit: int | None, batch_size: int, question_field: str | None = None,
+                  limit: int | None, batch_size: int | str, question_field: str | None = None,
                   answer_field: str | None = None) -> tuple[Task, str, int, list[SamplerSettings]]:
     """The task, its prompt shape and the grid's cells, or the error `dreamlab eval` refuses the flags with."""
+    from dreamlab.evals.batching import parse_batch_size  # torch
+
     spec = load_task(task, question_field=question_field, answer_field=answer_field)
     template, shots = spec.prompt_shape(template, shots)
-    for flag, value in (("limit", limit), ("batch_size", batch_size)):
-        if value is not None and value < 1:
-            raise ValueError(f"--{flag.replace('_', '-')} must be >= 1; got {value}")
+    if limit is not None and limit < 1:
+        raise ValueError(f"--limit must be >= 1; got {limit}")
+    parse_batch_size(batch_size)
     return spec, template, shots, grid_cells(sampler or {}, spec.settings_for(template), spec.name)
 
 
 def run_eval(task: str = DEFAULT_TASK, *, model: str | None = None, run: str | None = None,
              sampler: Mapping[str, Any] | None = None, template: str | None = None, shots: int | None = None,
-             add_bos: bool | None = None, limit: int | None = None, batch_size: int = 16, seed: int = 0, data: str | None = None,
-             question_field: str | None = None, answer_field: str | None = None, history: bool = False,
-             device: str = "auto", dtype: str = "auto", trust_remote_code: bool = False,
+             add_bos: bool | None = None, limit: int | None = None, batch_size: int | str = 16, seed: int = 0,
+             data: str | None = None, question_field: str | None = None, answer_field: str | None = None,
+             history: bool = False, device: str = "auto", dtype: str = "auto", trust_remote_code: bool = False,
              db: Path | None = None,
              start_job: Callable[[], AbstractContextManager[JobTracker]] | None = None) -> list[EvalRecord]:
     """Run an eval grid as `dreamlab eval` does; `sampler` maps SamplerSettings fields to values or comma lists.
@@ -245,11 +248,14 @@ def run_eval(task: str = DEFAULT_TASK, *, model: str | None = None, run: str | N
     With `start_job`, the eval runs as that job (entered once the options are checked): the job is described
     (grid, samples x cells) before the model loads and its progress written after every batch.
     """
+    from dreamlab.cpu_memory import keep_freed_memory
+    from dreamlab.evals.batching import AUTO, CPU_AUTO_BATCH_SIZE, parse_batch_size  # torch
     from dreamlab.evals.harness import EvalPlan, run_plan  # torch
     from dreamlab.models.loading import load_model_and_tokenizer  # torch, transformers
 
     spec, template, shots, cells = check_options(task, sampler, template, shots, limit, batch_size, question_field,
                                                  answer_field)
+    batch_size = parse_batch_size(batch_size)
     store_path = resolve_db(db)
     choice = choose_model(store_path, model, run)
     samples = spec.load_samples(limit, data)
@@ -267,15 +273,27 @@ def run_eval(task: str = DEFAULT_TASK, *, model: str | None = None, run: str | N
                                         n_total=len(samples) * len(cells))
         net, tokenizer = load_model_and_tokenizer(choice.source, device=device, dtype=dtype,
                                                   trust_remote_code=trust_remote_code)
+        on_cuda = next(net.parameters()).device.type == "cuda"
+        if not on_cuda:
+            keep_freed_memory()
+        if batch_size == AUTO:
+            err.print("[dim]--batch-size auto: " + ("every remaining problem in one batch, 0.9x on each out-of-memory "
+                                                    "error" if on_cuda else f"{CPU_AUTO_BATCH_SIZE} at most (the CPU "
+                                                    "default; the largest that fits is searched on CUDA only)") + "[/dim]")
         plan = EvalPlan(task=spec, samples=samples, template=template, shots=shots, cells=cells, model=choice.spec,
                         batch_size=batch_size, seed=seed, limit=limit, checkpoint=choice.checkpoint, run_id=choice.run_id,
                         history=history, grid_id=grid_id, add_bos=add_bos, task_label=task_label,
                         versions=library_versions())
+
+        def on_backoff(old: int, new: int) -> None:
+            err.print(f"out of memory at batch size {old}: retrying the unfinished problems at {new}")
+
         try:
             with RichProgress(err) as progress:
                 if job is None:
-                    return run_plan(RunStore(store_path), net, tokenizer, plan, progress)
-                return run_plan(job.store, net, tokenizer, plan, StoreProgress(job.store, job.id, progress))
+                    return run_plan(RunStore(store_path), net, tokenizer, plan, progress, on_backoff=on_backoff)
+                return run_plan(job.store, net, tokenizer, plan, StoreProgress(job.store, job.id, progress),
+                                on_backoff=on_backoff)
         except KeyboardInterrupt:
             err.print("interrupted: finished samples are saved; run the same command again to resume")
             raise typer.Exit(130) from None

@@ -29,6 +29,7 @@ NFE counts both kinds; `full_forwards` counts the refreshes (one per block that 
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -198,6 +199,7 @@ class _Sampler:
         self.cache = None if s.cache is None else BlockCache(self.model, s.cache, self.attention, self.position_ids,
                                                              self.refresh_cache_every_call)
         self.row_nfe = [0] * batch
+        self.keep = self._logits_to_keep(input_ids, s.max_new_tokens)
         self.generators = _row_generators(seed, batch, device)
         # Per-row choices look at the row from its first real token on, so a padded row picks
         # (ties and random draws included) exactly as it would alone.
@@ -222,11 +224,28 @@ class _Sampler:
         return GenerateOutput(sequences=x, nfe=self.nfe, settings=s, history=self.history, row_nfe=self.row_nfe,
                               full_forwards=full)
 
+    def _logits_to_keep(self, input_ids, max_new_tokens: int) -> int:
+        """How many trailing positions need logits (0: all): the new tokens and the last prompt position, whose
+        shifted logits predict the first new token. Only for a model that takes `logits_to_keep`, without a
+        cache or hooks (they see every position's logits) and when the prompt holds no mask to fill."""
+        hooked = self.hooks.tokens is not None or self.hooks.logits is not None
+        if self.settings.cache is not None or hooked or bool((input_ids == self.mask_id).any()):
+            return 0
+        try:
+            accepts = "logits_to_keep" in inspect.signature(self.model.forward).parameters
+        except (TypeError, ValueError):
+            accepts = False
+        return max_new_tokens + 1 if accepts else 0
+
     def forward(self, x, block: int, region: slice) -> tuple[torch.Tensor, int]:
         """Unshifted logits for columns [offset, offset + n) of x, and offset: the model, or the cache."""
         self.nfe += 1
         if self.cache is not None:
             return self.cache.logits(x, block, region.start, region.stop)
+        if self.keep:  # the prompt's logits are never read: an lm_head over 152k tokens skips them
+            logits = self.model(input_ids=x, attention_mask=self.attention, position_ids=self.position_ids,
+                                logits_to_keep=self.keep).logits
+            return logits, x.shape[1] - self.keep
         return self.model(input_ids=x, attention_mask=self.attention, position_ids=self.position_ids).logits, 0
 
     def step(self, x, step: int, block: int, region: slice, t, s_next, last: bool) -> torch.Tensor:

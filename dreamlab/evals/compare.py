@@ -94,7 +94,7 @@ def compare_pair(store: RunStore, a: EvalRecord, b: EvalRecord) -> CellCompariso
     only_a = sum(verdict_a[i] and not verdict_b[i] for i in shared)
     only_b = sum(verdict_b[i] and not verdict_a[i] for i in shared)
     p_value, method = mcnemar(only_a, only_b)
-    fields = ("checkpoint", "model", *CELL_FIELDS, "batch_size", "device")
+    fields = ("checkpoint", "model", *CELL_FIELDS, "batch_size", "device", "dtype")
     differs = {key: (getattr(a, key), getattr(b, key)) for key in fields if getattr(a, key) != getattr(b, key)}
     count = len(shared)
     return CellComparison(a=a, b=b, shared=count, accuracy_a=(both + only_a) / count if count else None,

@@ -32,10 +32,10 @@ def frontier_points(records: Sequence[Any]) -> tuple[list[tuple[float, float]], 
 
 
 def frontier_table(records: Sequence[Any], title: str = "") -> Table:
-    """One row per cell, fastest first: accuracy [95% CI], NFE, tokens per forward, answer tokens/s, wall time, ★ Pareto."""
+    """One row per cell, fastest first: accuracy [95% CI], NFE, tokens per forward, all and answer tokens/s, wall time, ★ Pareto."""
     best = pareto_ids(records)
     table = Table(title=title or None, title_justify="left")
-    for column in ("", "eval", "cell", "accuracy [95% CI]", "NFE", "tok/forward", "answer tok/s", "speed-up", "wall s"):
+    for column in ("", "eval", "cell", "accuracy [95% CI]", "NFE", "tok/forward", "tok/s", "answer tok/s", "speed-up", "wall s"):
         table.add_column(column, justify="left" if column in ("", "cell") else "right")
     ordered = sorted(records, key=lambda r: -(r.answer_tokens_per_s or 0.0))
     slowest = min((r.answer_tokens_per_s for r in records if r.answer_tokens_per_s), default=None)
@@ -43,7 +43,7 @@ def frontier_table(records: Sequence[Any], title: str = "") -> Table:
         accuracy = "—" if r.accuracy is None else f"{100 * r.accuracy:.1f}% [{100 * r.ci_low:.1f}, {100 * r.ci_high:.1f}]"
         speed = r.answer_tokens_per_s
         table.add_row("★" if r.id in best else "", str(r.id), cell_label(r), accuracy, _number(r.nfe_mean, 1),
-                      _number(r.tokens_per_forward, 2), _number(speed, 1),
+                      _number(r.tokens_per_forward, 2), _number(r.tokens_per_s, 1), _number(speed, 1),
                       f"{speed / slowest:.2f}x" if speed and slowest else "—", _number(r.wall_seconds, 1))
     return table
 

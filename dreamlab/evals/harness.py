@@ -10,7 +10,7 @@ padding) and batch size is a speed setting.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
@@ -18,6 +18,7 @@ import torch
 
 from dreamlab.diffusion.sampler import generate
 from dreamlab.diffusion.settings import SamplerSettings
+from dreamlab.evals.batching import AUTO, BatchSize, run_in_batches
 from dreamlab.evals.grid import cell_label
 from dreamlab.evals.scoring import score_generation
 from dreamlab.evals.stats import summarize
@@ -36,7 +37,7 @@ class EvalPlan:
     shots: int
     cells: list[SamplerSettings]
     model: str
-    batch_size: int = 16
+    batch_size: BatchSize = 16  # or "auto" (evals/batching.py)
     seed: int = 0
     limit: int | None = None
     checkpoint: str | None = None
@@ -52,14 +53,15 @@ class EvalPlan:
         """Whether every prompt starts with the tokenizer's BOS."""
         return self.task.bos_for(self.template, self.add_bos)
 
-    def settings(self, cell: SamplerSettings, device: str) -> dict[str, Any]:
-        """The store's eval settings for one cell."""
+    def settings(self, cell: SamplerSettings, device: str, dtype: str | None = None) -> dict[str, Any]:
+        """The store's eval settings for one cell (batch_size None: auto, the size used is recorded at the end)."""
         return {"run_id": self.run_id, "checkpoint": self.checkpoint, "model": self.model,
                 "task": self.task_label or self.task.name, "shots": self.shots, "template": self.template,
                 "add_bos": self.bos, "template_hash": self.task.template_hash(self.template, self.shots, self.bos),
                 **asdict(cell),
-                "batch_size": self.batch_size, "seed": self.seed, "limit_n": self.limit, "versions": self.versions,
-                "device": device, "n_samples": len(self.samples), "grid_id": self.grid_id}
+                "batch_size": None if self.batch_size == AUTO else self.batch_size, "seed": self.seed,
+                "limit_n": self.limit, "versions": self.versions, "device": device, "dtype": dtype,
+                "n_samples": len(self.samples), "grid_id": self.grid_id}
 
 
 class Progress(Protocol):
@@ -76,6 +78,11 @@ def device_label(model: torch.nn.Module) -> str:
     if device.type == "cuda":
         return f"{device} ({torch.cuda.get_device_name(device)})"
     return str(device)
+
+
+def dtype_label(model: torch.nn.Module) -> str:
+    """The parameters' dtype without the `torch.` prefix: `float32`, `bfloat16`."""
+    return str(next(model.parameters()).dtype).removeprefix("torch.")
 
 
 def cut_at_eos(tokenizer: Any, ids: list[int]) -> list[int]:
@@ -162,52 +169,72 @@ def generate_and_score(model: torch.nn.Module, tokenizer: Any, task: Task, batch
 
 
 def run_cell(store: Any, model: torch.nn.Module, tokenizer: Any, plan: EvalPlan, cell: SamplerSettings,
-             prompts: dict[int, list[int]], progress: Progress, device: str) -> Any:
+             prompts: dict[int, list[int]], progress: Progress, device: str,
+             on_backoff: Callable[[int, int], None] | None = None) -> Any:
     """Evaluate one cell into its store row, skipping samples already recorded; returns the finished EvalRecord."""
-    record = store.create_or_resume_eval(plan.settings(cell, device))
+    record = store.create_or_resume_eval(plan.settings(cell, device, dtype_label(model)))
     label = cell_label(cell)
     if record.status == "completed":
         progress.start_cell(label, len(plan.samples), len(plan.samples))
         progress.end_cell(record)
         return record
     done = store.done_sample_indices(record.id)
-    todo = sorted((s for s in plan.samples if s.idx not in done), key=lambda s: (len(prompts[s.idx]), s.idx))
     history_for = {s.idx for s in sorted(plan.samples, key=lambda s: s.idx)[:HISTORY_SAMPLES]} if plan.history else set()
-    progress.start_cell(label, len(plan.samples), len(plan.samples) - len(todo))
+    progress.start_cell(label, len(plan.samples), len(done & {s.idx for s in plan.samples}))
+
+    def pending() -> list[Sample]:
+        recorded = store.done_sample_indices(record.id)
+        return [s for s in plan.samples if s.idx not in recorded]
+
+    def handle(batch: list[Sample]) -> None:
+        store.record_eval_samples(record.id, generate_and_score(model, tokenizer, plan.task, batch, prompts, cell,
+                                                                plan.seed, history_for))
+        progress.advance(len(batch))
+
+    used = None
     try:
-        for start in range(0, len(todo), plan.batch_size):
-            batch = todo[start:start + plan.batch_size]
-            store.record_eval_samples(record.id, generate_and_score(model, tokenizer, plan.task, batch, prompts, cell,
-                                                                    plan.seed, history_for))
-            progress.advance(len(batch))
+        used = run_in_batches(pending, handle, prompts, plan.batch_size, next(model.parameters()).device, on_backoff)
     except BaseException as error:
         status = "interrupted" if isinstance(error, KeyboardInterrupt) else "failed"
-        store.finish_eval(record.id, status, summarize(store.eval_samples(record.id), cell.max_new_tokens, len(plan.samples)))
+        store.finish_eval(record.id, status, _summary(store, record.id, cell, plan, used))
         raise
-    finished = store.finish_eval(record.id, "completed",
-                                 summarize(store.eval_samples(record.id), cell.max_new_tokens, len(plan.samples)))
+    finished = store.finish_eval(record.id, "completed", _summary(store, record.id, cell, plan, used))
     progress.end_cell(finished)
     return finished
 
 
-def run_plan(store: Any, model: torch.nn.Module, tokenizer: Any, plan: EvalPlan, progress: Progress) -> list[Any]:
+def _summary(store: Any, eval_id: int, cell: SamplerSettings, plan: EvalPlan, used: int | None) -> dict[str, Any]:
+    summary = summarize(store.eval_samples(eval_id), cell.max_new_tokens, len(plan.samples))
+    if used is not None:  # a resumed cell with nothing left keeps the size its batches ran at
+        summary["batch_size_used"] = used
+    return summary
+
+
+def run_plan(store: Any, model: torch.nn.Module, tokenizer: Any, plan: EvalPlan, progress: Progress,
+             on_backoff: Callable[[int, int], None] | None = None) -> list[Any]:
     """Every cell of the plan with the model loaded once; returns the EvalRecords in grid order."""
     prompts = tokenize_prompts(plan.task, tokenizer, plan.samples, plan.template, plan.shots, plan.bos)
     check_context(model, prompts, plan.cells)
     device = device_label(model)
-    return [run_cell(store, model, tokenizer, plan, cell, prompts, progress, device) for cell in plan.cells]
+    return [run_cell(store, model, tokenizer, plan, cell, prompts, progress, device, on_backoff) for cell in plan.cells]
 
 
 def evaluate_in_memory(model: torch.nn.Module, tokenizer: Any, task: Task, samples: Sequence[Sample], cell: SamplerSettings, *,
-                       template: str | None = None, shots: int | None = None, batch_size: int = 64,
+                       template: str | None = None, shots: int | None = None, batch_size: BatchSize = 64,
                        seed: int = 0, add_bos: bool | None = None) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """Score a model without a store (benchmarks, notebooks): the summary and the per-sample rows."""
+    """Score a model without a store (benchmarks, notebooks): the summary (with batch_size_used) and the per-sample rows."""
     template, shots = task.prompt_shape(template, shots)
     prompts = tokenize_prompts(task, tokenizer, samples, template, shots, task.bos_for(template, add_bos))
     check_context(model, prompts, [cell])
-    ordered = sorted(samples, key=lambda s: (len(prompts[s.idx]), s.idx))
     rows: list[dict[str, Any]] = []
-    for start in range(0, len(ordered), batch_size):
-        rows += generate_and_score(model, tokenizer, task, ordered[start:start + batch_size], prompts, cell, seed)
+
+    def pending() -> list[Sample]:
+        finished = {row["idx"] for row in rows}
+        return [s for s in samples if s.idx not in finished]
+
+    def handle(batch: list[Sample]) -> None:
+        rows.extend(generate_and_score(model, tokenizer, task, batch, prompts, cell, seed))
+
+    used = run_in_batches(pending, handle, prompts, batch_size, next(model.parameters()).device)
     rows.sort(key=lambda row: row["idx"])
-    return summarize(rows, cell.max_new_tokens, len(samples)), rows
+    return {**summarize(rows, cell.max_new_tokens, len(samples)), "batch_size_used": used}, rows

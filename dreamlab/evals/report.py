@@ -16,7 +16,7 @@ from dreamlab.diffusion.settings import SamplerSettings, field_types
 from dreamlab.evals.published import published_note
 
 EXPORT_FIELDS = ("id", "task", "model", "checkpoint", "shots", "template", "add_bos", "template_hash",
-                 *field_types(SamplerSettings), "batch_size", "seed", "limit_n", "device", "status", "n_samples", "n_done",
+                 *field_types(SamplerSettings), "batch_size", "batch_size_used", "seed", "limit_n", "device", "dtype", "status", "n_samples", "n_done",
                  "n_correct", "accuracy", "strict_accuracy", "flexible_accuracy", "ci_low", "ci_high", "nfe_mean",
                  "tokens_per_s", "tokens_per_forward", "answer_tokens_per_s", "wall_seconds", "grid_id")
 
@@ -57,6 +57,8 @@ def _cell_text(record: Any) -> str:
         return f"— ({record.status})"
     text = (f"{100 * record.accuracy:.1f}% [{100 * record.ci_low:.1f}, {100 * record.ci_high:.1f}]\n"
             f"NFE {record.nfe_mean:.0f} · {record.tokens_per_s or 0:.1f} tok/s")
+    if record.answer_tokens_per_s is not None:
+        text += f" · answer {record.answer_tokens_per_s:.1f}"
     if record.strict_accuracy is not None:
         text += f"\nlm-eval strict {100 * record.strict_accuracy:.1f}% · flexible {100 * record.flexible_accuracy:.1f}%"
     note = published_note(record)
@@ -64,7 +66,7 @@ def _cell_text(record: Any) -> str:
 
 
 def results_table(records: Sequence[Any], title: str = "") -> Table:
-    """Algorithms as rows, step counts as columns: accuracy, 95% CI, NFE, tokens/s, lm-eval's columns, a published match."""
+    """Algorithms as rows, step counts as columns: accuracy, 95% CI, NFE, tokens/s (all positions, answer), lm-eval's columns, a published match."""
     algs = list(dict.fromkeys(r.alg for r in records))
     steps = sorted({r.steps for r in records})
     table = Table(title=title or None, title_justify="left", show_lines=True)

@@ -335,9 +335,10 @@ class DreamModel(DreamPreTrainedModel):
         cache: DreamKVCache | None = None,
         use_cache: bool | None = None,
         cache_start: int | None = None,
+        logits_to_keep: int = 0,
         **kwargs,
     ) -> DreamModelOutput:
-        """Logits for every input position.
+        """Logits for every input position, or for the last `logits_to_keep` ones (0: all; transformers' convention).
 
         `use_cache=True` (without a cache) also returns this forward's keys and values as `.cache`; with
         `cache` and `cache_start`, the input is the window [cache_start, cache_start + n)
@@ -350,4 +351,6 @@ class DreamModel(DreamPreTrainedModel):
             raise ValueError("pass cache and cache_start together (a window of a cached sequence)")
         filled = DreamKVCache() if use_cache and cache is None else None
         hidden_states = self.model(input_ids, attention_mask, position_ids, inputs_embeds, cache or filled, cache_start)
+        if logits_to_keep:
+            hidden_states = hidden_states[:, -logits_to_keep:]
         return DreamModelOutput(logits=self.lm_head(hidden_states), cache=filled)

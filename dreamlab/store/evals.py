@@ -30,6 +30,9 @@ KEY_FIELDS = tuple(name for name in EVAL_SETTING_COLUMNS
 _FIRST_SAMPLER_FIELDS = ("alg", "steps", "max_new_tokens", "temperature", "top_p", "top_k", "alg_temp", "block_length",
                          "threshold")
 _SAMPLER_DEFAULTS = {f.name: f.default for f in fields(SamplerSettings)}
+# Other settings added to the key later, with the values that leave it as it was (float32 is what every
+# CPU eval ran in; a GPU eval recorded before v10 ran in bfloat16 unrecorded and does not resume into a new one).
+_LATER_KEY_FIELDS = {"dtype": (None, "float32")}
 # Optional filters are NULL parameters and lists travel as one JSON array (as in runstore).
 _LIST_EVALS = """SELECT * FROM evals WHERE (:run_id IS NULL OR run_id = :run_id)
     AND (:grid_id IS NULL OR grid_id = :grid_id) AND (:checkpoint IS NULL OR checkpoint = :checkpoint) ORDER BY id"""
@@ -45,6 +48,9 @@ def settings_key(settings: Mapping[str, Any]) -> str:
     """A stable hash of the answer-changing settings (floats as given, dicts with sorted keys)."""
     picked = {key: settings.get(key) for key in KEY_FIELDS if key in _FIRST_SAMPLER_FIELDS or key not in SAMPLER_FIELDS
               or settings.get(key, _SAMPLER_DEFAULTS[key]) != _SAMPLER_DEFAULTS[key]}
+    for key, neutral in _LATER_KEY_FIELDS.items():
+        if picked.get(key) in neutral:
+            del picked[key]
     if picked["checkpoint"] is None:
         picked["model"] = settings.get("model")
     text = json.dumps(picked, sort_keys=True, default=str)

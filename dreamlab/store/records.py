@@ -134,12 +134,12 @@ EvalRecord = make_dataclass("EvalRecord", [
     *((name, kind | None, None) for name, kind in field_types(SamplerSettings).items()),
     ("batch_size", int | None, None), ("seed", int | None, None), ("limit_n", int | None, None),
     ("versions", dict[str, Any], field(default_factory=dict)), ("device", str | None, None),
-    ("n_samples", int | None, None), ("n_done", int, 0), ("n_correct", int, 0), ("accuracy", float | None, None),
+    ("dtype", str | None, None), ("n_samples", int | None, None), ("n_done", int, 0), ("n_correct", int, 0), ("accuracy", float | None, None),
     ("strict_accuracy", float | None, None), ("flexible_accuracy", float | None, None), ("ci_low", float | None, None), ("ci_high", float | None, None), ("nfe_mean", float | None, None),
     ("tokens_per_s", float | None, None), ("grid_id", str | None, None), ("started", float | None, None),
     ("ended", float | None, None), ("metrics", dict[str, Any] | None, None),
     ("tokens_per_forward", float | None, None), ("answer_tokens_per_s", float | None, None),
-    ("wall_seconds", float | None, None),
+    ("wall_seconds", float | None, None), ("batch_size_used", int | None, None),
 ], frozen=True, namespace={"to_dict": _eval_record_to_dict, "__module__": __name__,
                             "__doc__": "One row of `evals`: a grid cell's settings, progress and summary (None until known)."})
 

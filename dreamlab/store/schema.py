@@ -264,10 +264,19 @@ _V10_EVAL_JOBS = f"""
 """
 
 
+# Version 11: one device at full speed. The dtype the model ran in (bfloat16 on CUDA by default) and the batch
+# size a cell's batches actually ran at (`--batch-size auto` records NULL in batch_size and the size it found
+# here; a fixed size is recorded in both).
+_V11_DEVICE_SPEED = """
+        ALTER TABLE evals ADD COLUMN dtype TEXT;
+        ALTER TABLE evals ADD COLUMN batch_size_used INTEGER;
+"""
+
+
 # Ordered: MIGRATIONS[i] takes a database from version i to version i + 1. Never edit a released
 # migration; append a new one.
 MIGRATIONS: tuple[str, ...] = (_V1_INITIAL, _V2_LATEST_METRICS, _V3_EVALS, _V4_EVENTS, _V5_LIVENESS, _V6_LM_EVAL,
-                                _V7_EXTERNAL_METRICS, _V8_SPEED, _V9_LAUNCHER, _V10_EVAL_JOBS)
+                                _V7_EXTERNAL_METRICS, _V8_SPEED, _V9_LAUNCHER, _V10_EVAL_JOBS, _V11_DEVICE_SPEED)
 SCHEMA_VERSION = len(MIGRATIONS)
 # Tables that hold a settings dataclass's fields as columns: a new field becomes a column on the next open.
 SETTINGS_COLUMNS = {"evals": SamplerSettings}
@@ -277,13 +286,13 @@ _SQL_TYPES = {int: "INTEGER", float: "REAL", str: "TEXT", bool: "INTEGER"}
 # sampler setting needs no edit. Callers pass parameter dicts; nothing is built at call time.
 EVAL_SETTING_COLUMNS = ("run_id", "model", "checkpoint", "task", "shots", "template", "add_bos", "template_hash",
                         *(item.name for item in fields(SETTINGS_COLUMNS["evals"])), "batch_size", "seed", "limit_n",
-                        "versions", "device", "n_samples", "grid_id")
+                        "versions", "device", "dtype", "n_samples", "grid_id")
 EVAL_SAMPLE_COLUMNS = ("idx", "question", "gold", "generation", "extracted", "correct", "flexible_correct",
                        "flexible_extracted", "strict_correct", "strict_extracted", "cut_at", "nfe", "seconds",
                        "leftover_masks", "unclosed_boxed", "n_boxed", "history", "metrics", "answer_tokens")
 EVAL_SUMMARY_COLUMNS = ("accuracy", "strict_accuracy", "flexible_accuracy", "ci_low", "ci_high", "nfe_mean",
                         "tokens_per_s", "n_done", "n_correct", "n_samples", "metrics", "tokens_per_forward",
-                        "answer_tokens_per_s", "wall_seconds")
+                        "answer_tokens_per_s", "wall_seconds", "batch_size_used")
 
 
 def _insert(verb: str, table: str, columns: tuple[str, ...]) -> str:
