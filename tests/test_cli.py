@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import inspect
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 from typer.testing import CliRunner
@@ -75,3 +77,9 @@ def test_generate_from_an_unknown_run_or_one_without_checkpoints_says_so(tmp_pat
 def test_every_sampler_setting_is_a_generate_option():
     # A new SamplerSettings field needs a `dreamlab generate` option too (all apply to one generation).
     assert set(SAMPLER_TYPES) <= set(inspect.signature(generate).parameters)
+
+
+def test_python_dash_m_dreamlab_is_the_same_cli():
+    done = subprocess.run([sys.executable, "-m", "dreamlab", "runs", "--help"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert "Usage: python -m dreamlab runs" in done.stdout
