@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 import uuid
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -32,10 +33,11 @@ from dreamlab.cli.options import (
 from dreamlab.evals.compare import compare
 from dreamlab.evals.frontier import frontier_plot, frontier_table
 from dreamlab.evals.grid import SAMPLER_TYPES, extra_settings, grid_cells
+from dreamlab.evals.launch import LAYOUT_PARAMS, needs_torchrun, run_attached, torchrun_eval_command
 from dreamlab.evals.report import RichProgress, accuracy_plot, export_rows, results_table, to_csv, to_json
 from dreamlab.evals.scoring import score_generation
 from dreamlab.evals.stats import summarize
-from dreamlab.evals.tasks import TaskError, load_task
+from dreamlab.evals.tasks import Task, TaskError, load_task
 from dreamlab.store import EvalRecord, RunStore, StoreError
 from dreamlab.store.models import choose_model
 from dreamlab.textfiles import json_lines
@@ -44,6 +46,7 @@ app = typer.Typer(help="Evaluate models on tasks (evals/*.yaml) with the diffusi
                   invoke_without_command=True)
 
 DEFAULT_TASK = "arithmetic"
+_LAYOUT = "Data parallel (torchrun)"
 
 
 @contextmanager
@@ -53,7 +56,8 @@ def _errors() -> Iterator[None]:
         yield
     except (TaskError, StoreError, ValueError, FileNotFoundError, OSError) as error:
         message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        typer.echo(f"error: {message}", err=True)
+        if os.environ.get("RANK", "0") == "0":  # under torchrun every rank meets the error; one says it
+            typer.echo(f"error: {message}", err=True)
         raise typer.Exit(2) from None
 
 
@@ -100,10 +104,26 @@ def eval_command(
     time_limit: TimeOption = None,
     account: AccountOption = None,
     slurm_arg: SlurmArgOption = None,
+    nproc_per_node: Annotated[int, typer.Option(help="Processes on this node (one per GPU): the eval starts itself under "
+                                                "torchrun, problems dealt over the processes, rank 0 records.",
+                                                rich_help_panel=_LAYOUT)] = 1,
+    nnodes: Annotated[int, typer.Option(help="Nodes: run the same command on each.", rich_help_panel=_LAYOUT)] = 1,
+    rdzv_endpoint: Annotated[str | None, typer.Option(help="HOST:PORT of the first node (with --nnodes).",
+                                                      rich_help_panel=_LAYOUT)] = None,
 ) -> None:
     """Evaluate a model on a task: every (alg, steps) cell of the grid, resumable, recorded in the run store."""
     if ctx.invoked_subcommand is not None:
         return
+    sampler = {name: value for name, value in locals().items() if name in SAMPLER_TYPES}  # one option per field
+    with _errors():
+        data_parallel = needs_torchrun(nproc_per_node, nnodes, rdzv_endpoint, slurm=slurm)
+    if data_parallel and not slurm:
+        with _errors():  # refuse bad flags here, not once per rank
+            plan_grid(task, sampler, template=template, shots=shots, limit=limit, batch_size=batch_size,
+                      question_field=question_field, answer_field=answer_field)
+            command = torchrun_eval_command(_argv_without(ctx, LAYOUT_PARAMS | {"db"}), resolve_db(db).resolve(),
+                                            nproc_per_node, nnodes, rdzv_endpoint)
+        raise typer.Exit(run_attached(command))
     if slurm:
         from dreamlab.train import slurm as slurm_jobs
 
@@ -113,19 +133,20 @@ def eval_command(
         options = slurm_jobs.job_options(name=f"dreamlab-{name}", output=folder / f"{name}.log", partition=partition,
                                          account=account, time_limit=time_limit, gpus_per_node=gpus_per_node,
                                          extra=slurm_arg or [])
-        command = [sys.executable, "-c", "from dreamlab.cli import main; main()", "eval", *_argv_without_slurm(ctx),
+        command = [sys.executable, "-c", "from dreamlab.cli import main; main()", "eval", *_argv_without(ctx, _SLURM_PARAMS),
                    "--db", str(store_path)]
         with _errors():
             job_id = slurm_jobs.submit_command(command, folder / f"{name}.sbatch", options)
         typer.echo(f"submitted the eval as Slurm job {job_id}; its results are recorded in {store_path} as it runs")
         typer.echo(f"  log: tail -f {folder / f'{name}.log'}")
         return
-    sampler = {name: value for name, value in locals().items() if name in SAMPLER_TYPES}  # one option per field
     with _errors():
         records = run_eval(task, model=model, run=run, sampler=sampler, template=template, shots=shots, add_bos=bos, limit=limit,
                            batch_size=batch_size, seed=seed, data=data, question_field=question_field,
                            answer_field=answer_field, history=history, device=device, dtype=dtype,
                            trust_remote_code=trust_remote_code, db=db)
+    if not records:  # a rank other than 0 under torchrun: rank 0 prints
+        return
     if as_json or as_csv:
         typer.echo(to_json(records) if as_json else to_csv(records), nl=as_json)
         return
@@ -135,12 +156,12 @@ def eval_command(
 _SLURM_PARAMS = {"slurm", "partition", "gpus_per_node", "time_limit", "account", "slurm_arg", "db"}
 
 
-def _argv_without_slurm(ctx: typer.Context) -> list[str]:
-    """This eval's options as given (defaults left out), less the Slurm ones: the command the job runs."""
+def _argv_without(ctx: typer.Context, left_out: set[str] | frozenset[str]) -> list[str]:
+    """This eval's options as given (defaults left out), less those named: the command a job or rank runs."""
     argv = []
     for param in ctx.command.params:
         value = ctx.params.get(param.name)
-        if param.name in _SLURM_PARAMS or value is None or value == param.default or not param.opts:
+        if param.name in left_out or value is None or value == param.default or not param.opts:
             continue
         if getattr(param, "is_flag", False):
             argv.append(param.opts[0] if value else param.secondary_opts[0])
@@ -167,31 +188,49 @@ def print_results(records: list[EvalRecord], console: Console) -> None:
         console.print(Text.from_ansi(accuracy_plot(records, width=min(console.width - 1, 90))))
 
 
+def plan_grid(task: str, sampler: Mapping[str, Any] | None = None, *, template: str | None = None, shots: int | None = None,
+              limit: int | None = None, batch_size: int = 16, question_field: str | None = None,
+              answer_field: str | None = None) -> tuple[Task, str, int, list[Any]]:
+    """The task, its prompt shape and the grid's cells, with the flags checked (no model, no store)."""
+    spec = load_task(task, question_field=question_field, answer_field=answer_field)
+    template, shots = spec.prompt_shape(template, shots)
+    for flag, value in (("limit", limit), ("batch_size", batch_size)):
+        if value is not None and value < 1:
+            raise ValueError(f"--{flag.replace('_', '-')} must be >= 1; got {value}")
+    return spec, template, shots, grid_cells(sampler or {}, spec.settings_for(template), spec.name)
+
+
 def run_eval(task: str = DEFAULT_TASK, *, model: str | None = None, run: str | None = None,
              sampler: Mapping[str, Any] | None = None, template: str | None = None, shots: int | None = None,
              add_bos: bool | None = None, limit: int | None = None, batch_size: int = 16, seed: int = 0, data: str | None = None,
              question_field: str | None = None, answer_field: str | None = None, history: bool = False,
              device: str = "auto", dtype: str = "auto", trust_remote_code: bool = False,
              db: Path | None = None) -> list[EvalRecord]:
-    """Run an eval grid as `dreamlab eval` does; `sampler` maps SamplerSettings fields to values or comma lists."""
-    from dreamlab.evals.harness import EvalPlan, run_plan  # torch
+    """Run an eval grid as `dreamlab eval` does; `sampler` maps SamplerSettings fields to values or comma lists.
+
+    Under torchrun (WORLD_SIZE > 1) every rank calls this: the problems are dealt over the ranks and
+    global rank 0 alone reads and writes the store and returns the records; the other ranks return [].
+    """
+    from dreamlab.evals import sharding  # torch
+    from dreamlab.evals.harness import EvalPlan
     from dreamlab.models.loading import load_model_and_tokenizer  # torch, transformers
 
-    spec = load_task(task, question_field=question_field, answer_field=answer_field)
-    template, shots = spec.prompt_shape(template, shots)
-    for flag, value in (("limit", limit), ("batch_size", batch_size)):
-        if value is not None and value < 1:
-            raise ValueError(f"--{flag.replace('_', '-')} must be >= 1; got {value}")
-    cells = grid_cells(sampler or {}, spec.settings_for(template), spec.name)
+    ranks = sharding.ranks_from_env()
+    spec, template, shots, cells = plan_grid(task, sampler, template=template, shots=shots, limit=limit,
+                                             batch_size=batch_size, question_field=question_field, answer_field=answer_field)
     store_path = resolve_db(db)
-    choice = choose_model(store_path, model, run)
+    if ranks.world > 1:
+        device = sharding.rank_device(ranks, device)
+        sharding.join(ranks, device)
+    choice = sharding.from_main(ranks, lambda: choose_model(store_path, model, run))
     samples = spec.load_samples(limit, data)
     if not samples:
         raise ValueError(f"task {spec.name} has no problems to evaluate")
-    err = Console(stderr=True, highlight=False)
+    err = Console(stderr=True, highlight=False, quiet=not ranks.is_main)
     bos_note = ", BOS" if spec.bos_for(template, add_bos) else ""
+    layout = f"; {ranks.world} processes" if ranks.world > 1 else ""
     err.print(f"[dim]{spec.name}: {len(samples)} problems, {template} template{bos_note}, {shots} shots, {len(cells)} cells; "
-              f"model {choice.spec}{' (' + choice.checkpoint + ')' if choice.checkpoint else ''}[/dim]")
+              f"model {choice.spec}{' (' + choice.checkpoint + ')' if choice.checkpoint else ''}{layout}[/dim]")
     net, tokenizer = load_model_and_tokenizer(choice.source, device=device, dtype=dtype, trust_remote_code=trust_remote_code)
     plan = EvalPlan(task=spec, samples=samples, template=template, shots=shots, cells=cells, model=choice.spec,
                     batch_size=batch_size, seed=seed, limit=limit, checkpoint=choice.checkpoint, run_id=choice.run_id,
@@ -199,11 +238,13 @@ def run_eval(task: str = DEFAULT_TASK, *, model: str | None = None, run: str | N
                     task_label=spec.name if data is None else f"{spec.name}:{Path(data).resolve()}",
                     versions=library_versions())
     try:
-        with RichProgress(err) as progress:
-            return run_plan(RunStore(store_path), net, tokenizer, plan, progress)
+        with RichProgress(err) if ranks.is_main else nullcontext() as progress:
+            records = sharding.run_plan_on_ranks(lambda: RunStore(store_path), net, tokenizer, plan, progress, ranks)
     except KeyboardInterrupt:
         err.print("interrupted: finished samples are saved; run the same command again to resume")
         raise typer.Exit(130) from None
+    sharding.leave()
+    return records
 
 
 def print_frontier(records: list[EvalRecord], console: Console) -> None:

@@ -10,7 +10,7 @@ padding) and batch size is a speed setting.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
@@ -68,6 +68,22 @@ class Progress(Protocol):
     def start_cell(self, label: str, total: int, done: int) -> None: ...
     def advance(self, count: int) -> None: ...
     def end_cell(self, record: Any) -> None: ...
+
+
+Work = Callable[[list[Sample]], list[dict[str, Any]]]
+# How a cell's batches become recorded rows: one batch after another here; dealt over torchrun's ranks
+# and gathered to rank 0 by dreamlab.evals.sharding.
+Rounds = Callable[[SamplerSettings, list[list[Sample]], Work], Iterable[list[dict[str, Any]]]]
+
+
+def local_rounds(cell: SamplerSettings, batches: list[list[Sample]], work: Work) -> Iterable[list[dict[str, Any]]]:
+    """Each batch's scored rows, in this process."""
+    return (work(batch) for batch in batches)
+
+
+def history_indices(plan: EvalPlan) -> set[int]:
+    """The samples whose per-step sequences --history keeps."""
+    return {s.idx for s in sorted(plan.samples, key=lambda s: s.idx)[:HISTORY_SAMPLES]} if plan.history else set()
 
 
 def device_label(model: torch.nn.Module) -> str:
@@ -162,7 +178,7 @@ def generate_and_score(model: torch.nn.Module, tokenizer: Any, task: Task, batch
 
 
 def run_cell(store: Any, model: torch.nn.Module, tokenizer: Any, plan: EvalPlan, cell: SamplerSettings,
-             prompts: dict[int, list[int]], progress: Progress, device: str) -> Any:
+             prompts: dict[int, list[int]], progress: Progress, device: str, rounds: Rounds = local_rounds) -> Any:
     """Evaluate one cell into its store row, skipping samples already recorded; returns the finished EvalRecord."""
     record = store.create_or_resume_eval(plan.settings(cell, device))
     label = cell_label(cell)
@@ -172,14 +188,14 @@ def run_cell(store: Any, model: torch.nn.Module, tokenizer: Any, plan: EvalPlan,
         return record
     done = store.done_sample_indices(record.id)
     todo = sorted((s for s in plan.samples if s.idx not in done), key=lambda s: (len(prompts[s.idx]), s.idx))
-    history_for = {s.idx for s in sorted(plan.samples, key=lambda s: s.idx)[:HISTORY_SAMPLES]} if plan.history else set()
+    batches = [todo[start:start + plan.batch_size] for start in range(0, len(todo), plan.batch_size)]
+    history_for = history_indices(plan)
     progress.start_cell(label, len(plan.samples), len(plan.samples) - len(todo))
     try:
-        for start in range(0, len(todo), plan.batch_size):
-            batch = todo[start:start + plan.batch_size]
-            store.record_eval_samples(record.id, generate_and_score(model, tokenizer, plan.task, batch, prompts, cell,
-                                                                    plan.seed, history_for))
-            progress.advance(len(batch))
+        for rows in rounds(cell, batches, lambda batch: generate_and_score(model, tokenizer, plan.task, batch, prompts,
+                                                                          cell, plan.seed, history_for)):
+            store.record_eval_samples(record.id, rows)
+            progress.advance(len(rows))
     except BaseException as error:
         status = "interrupted" if isinstance(error, KeyboardInterrupt) else "failed"
         store.finish_eval(record.id, status, summarize(store.eval_samples(record.id), cell.max_new_tokens, len(plan.samples)))
@@ -190,12 +206,13 @@ def run_cell(store: Any, model: torch.nn.Module, tokenizer: Any, plan: EvalPlan,
     return finished
 
 
-def run_plan(store: Any, model: torch.nn.Module, tokenizer: Any, plan: EvalPlan, progress: Progress) -> list[Any]:
+def run_plan(store: Any, model: torch.nn.Module, tokenizer: Any, plan: EvalPlan, progress: Progress,
+             rounds: Rounds = local_rounds) -> list[Any]:
     """Every cell of the plan with the model loaded once; returns the EvalRecords in grid order."""
     prompts = tokenize_prompts(plan.task, tokenizer, plan.samples, plan.template, plan.shots, plan.bos)
     check_context(model, prompts, plan.cells)
     device = device_label(model)
-    return [run_cell(store, model, tokenizer, plan, cell, prompts, progress, device) for cell in plan.cells]
+    return [run_cell(store, model, tokenizer, plan, cell, prompts, progress, device, rounds) for cell in plan.cells]
 
 
 def evaluate_in_memory(model: torch.nn.Module, tokenizer: Any, task: Task, samples: Sequence[Sample], cell: SamplerSettings, *,
