@@ -186,10 +186,10 @@ def submit(store: RunStore, store_path: Path, recipe: Recipe, *, name: str | Non
 
 
 def start_process(command: list[str], run_dir: Path, *, capture: bool,
-                  extra_env: dict[str, str] | None = None) -> subprocess.Popen:
-    """Start torchrun in a new session; output to train.log (or to a pipe the caller tees)."""
+                  extra_env: dict[str, str] | None = None, log_name: str = "train.log") -> subprocess.Popen:
+    """Start torchrun (or an eval) in a new session; output to run_dir/log_name (or to a pipe the caller tees)."""
     env = dict(os.environ, PYTHONUNBUFFERED="1", **(extra_env or {}))
-    with open(run_dir / "train.log", "ab") as log:  # the child keeps its own copy of the descriptor
+    with open(run_dir / log_name, "ab") as log:  # the child keeps its own copy of the descriptor
         return subprocess.Popen(
             command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE if capture else log,
             stderr=subprocess.STDOUT, start_new_session=True, env=env, cwd=os.getcwd(),
