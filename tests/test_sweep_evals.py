@@ -112,7 +112,7 @@ def test_the_detached_driver_reads_its_evals_back(monkeypatch):
 def test_a_sweep_runs_an_eval_beside_its_run_and_evaluates_the_run_after_it(tmp_path):
     # CPU processes stand in for GPU jobs: the driver's placement and each job's environment are the same.
     db = tmp_path / "runs" / "dreamlab.db"
-    result = runner.invoke(app, ["sweep", *SMALL, "trainer.total_training_steps=8", "trainer.save_checkpoint_steps=8",
+    result = runner.invoke(app, ["sweep", *SMALL, "trainer.total_training_steps=2", "trainer.save_checkpoint_steps=2",
                                  "--name", "ev", "--gpus", "0,1", "--eval", EVAL, "--eval", "--model tiny " + EVAL,
                                  "--foreground", "--db", str(db)])
     assert result.exit_code == 0, result.output
