@@ -1,10 +1,10 @@
 """Data-parallel evals: the same `dreamlab eval` with 1 process and with 2 (torchrun, gloo), same samples, wall ratio.
 
 Each repeat runs both commands, alternating which goes first, each into a fresh store; the model is the
-tiny architecture with peaky random weights (every problem gets its own generation). The 1-process run
-gets `--threads` threads, each of the 2 processes one thread per `--threads` / 2 (torchrun's default is 1).
+tiny architecture with peaky random weights (every problem gets its own generation). Every process gets
+`--threads-per-process` threads (torchrun's default is 1), so the ratio is that of the processes alone.
 
-Run: python -m bench.eval_data_parallel [--limit 64] [--steps 32] [--batch-size 8] [--repeats 2] [--threads 2]
+Run: python -m bench.eval_data_parallel [--limit 32] [--steps 16] [--batch-size 8] [--repeats 3] [--threads-per-process 1]
 """
 
 from __future__ import annotations
@@ -29,10 +29,9 @@ def run_eval(model: Path, db: Path, args: argparse.Namespace, processes: int) ->
     command = [sys.executable, "-m", "dreamlab", "eval", "--model", str(model), "--alg", "entropy,origin",
                "--steps", str(args.steps), "--max-new-tokens", str(args.steps), "--limit", str(args.limit),
                "--batch-size", str(args.batch_size), "--db", str(db), "--json"]
-    threads = args.threads if processes == 1 else max(1, args.threads // processes)
     if processes > 1:
         command += ["--nproc-per-node", str(processes)]
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": str(threads)}
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": str(args.threads_per_process)}
     started = time.perf_counter()
     subprocess.run(command, env=env, cwd=ROOT, check=True, capture_output=True)
     wall = time.perf_counter() - started
@@ -48,11 +47,11 @@ def samples(db: Path) -> list[list[dict]]:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--limit", type=int, default=64)
-    parser.add_argument("--steps", type=int, default=32)
+    parser.add_argument("--limit", type=int, default=32)
+    parser.add_argument("--steps", type=int, default=16)
     parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads-per-process", type=int, default=1)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as folder:
         model = Path(folder) / "model"
@@ -68,7 +67,7 @@ def main() -> None:
                 times[processes].append(run_eval(model, dbs[processes], args, processes))
             identical &= samples(dbs[1]) == samples(dbs[2])
     print(f"{args.limit} problems x 2 cells (entropy, origin), {args.steps} steps = new tokens, batch {args.batch_size}, "
-          f"{args.repeats} repeats, {args.threads} threads in all")
+          f"{args.repeats} repeats, {args.threads_per_process} thread(s) per process")
     for processes, measured in times.items():
         walls, evals = [w for w, _ in measured], [e for _, e in measured]
         print(f"  {processes} process{'es' if processes > 1 else ''}: command {statistics.median(walls):6.1f} s "

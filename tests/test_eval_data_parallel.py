@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 
 from dreamlab.cli import app
 from dreamlab.evals import harness
-from dreamlab.evals.launch import needs_torchrun, torchrun_eval_command
+from dreamlab.evals.launch import needs_torchrun, run_attached, torchrun_eval_command
 from dreamlab.evals.sharding import Ranks, from_main, rank_device, ranks_from_env, rounds_of
 from dreamlab.evals.tasks import Sample
 from dreamlab.models import build_char_tokenizer, build_tiny_model
@@ -64,6 +64,11 @@ def test_needs_torchrun_only_for_more_than_one_process(monkeypatch):
     assert needs_torchrun(2, 1, None) is True
     assert needs_torchrun(1, 2, "node0:29500") is True
     assert needs_torchrun(2, 1, None, slurm=True) is True
+
+
+def test_run_attached_returns_the_exit_code_and_128_plus_a_killing_signal():
+    assert run_attached([sys.executable, "-c", "import sys; sys.exit(3)"]) == 3
+    assert run_attached([sys.executable, "-c", "import os, signal; os.kill(os.getpid(), signal.SIGTERM)"]) == 128 + 15
 
 
 def test_ranks_from_the_torchrun_environment():

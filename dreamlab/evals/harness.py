@@ -4,7 +4,8 @@ Each grid cell is one `evals` row keyed by every answer-changing setting; each s
 as soon as its batch is scored, so an interrupted eval resumes with the samples it has not done.
 Row r of a batch samples with seed + idx and the sampler's reveal counts are per row, so a
 sample's tokens do not depend on its batch neighbours: batches are formed by prompt length (less
-padding) and batch size is a speed setting.
+padding) and batch size is a speed setting. Under torchrun, dreamlab.evals.sharding deals a cell's
+batches over the ranks (the `rounds` hook) and records the gathered rows on rank 0.
 """
 
 from __future__ import annotations
