@@ -73,6 +73,9 @@ def main() -> None:
         print(f"  {processes} process{'es' if processes > 1 else ''}: command {statistics.median(walls):6.1f} s "
               f"(range {min(walls):.1f}-{max(walls):.1f}), eval {statistics.median(evals):6.1f} s "
               f"(range {min(evals):.1f}-{max(evals):.1f})")
+    for repeat, (one, two) in enumerate(zip(times[1], times[2])):
+        print(f"  repeat {repeat}: eval {one[1]:.1f} s / {two[1]:.1f} s = x{one[1] / two[1]:.2f}, "
+              f"command {one[0]:.1f} s / {two[0]:.1f} s = x{one[0] / two[0]:.2f}")
     ratios = [one[1] / two[1] for one, two in zip(times[1], times[2])]
     walls = [one[0] / two[0] for one, two in zip(times[1], times[2])]
     print(f"  1 / 2 processes: eval x{min(ratios):.2f}-{max(ratios):.2f}, whole command x{min(walls):.2f}-{max(walls):.2f}")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import re
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -223,5 +224,30 @@ def test_two_processes_resume_an_interrupted_eval_without_redoing_a_sample(peaky
     samples = store.eval_samples(first.id)
     assert {s["idx"] for s in samples if s["seconds"] == -1} == kept
     assert all(s["seconds"] > 0 for s in samples if s["idx"] not in kept)
+    for record, expected in zip(records, reference):
+        assert _without_timing(store.eval_samples(record.id)) == _without_timing(expected)
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_two_nodes_meet_at_the_rendezvous_and_match_the_one_process_samples(peaky_model, reference, tmp_path):
+    # Two torchrun agents on this machine stand in for two nodes: each runs the same command, as a user types it.
+    db = tmp_path / "db.sqlite"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env.pop("OMP_NUM_THREADS", None)
+    command = [sys.executable, "-m", "dreamlab", "eval", "--model", str(peaky_model), *GRID, "--nnodes", "2",
+               "--rdzv-endpoint", f"127.0.0.1:{_free_port()}", "--db", str(db)]
+    nodes = [subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for _ in range(2)]
+    outputs = [node.communicate(timeout=300)[0] for node in nodes]
+    assert [node.returncode for node in nodes] == [0, 0], "\n".join(output[-2000:] for output in outputs)
+    store = RunStore(db)
+    records = store.list_evals()
+    assert [(r.status, r.n_done) for r in records] == [("completed", 20), ("completed", 20)]
     for record, expected in zip(records, reference):
         assert _without_timing(store.eval_samples(record.id)) == _without_timing(expected)
