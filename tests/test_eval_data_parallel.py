@@ -116,6 +116,7 @@ def test_from_main_in_one_process_is_the_call():
     (["--nproc-per-node", "2", "--alg", "greedy"], "error: alg must be one of origin"),
     (["--nproc-per-node", "2", "--limit", "0"], "error: --limit must be >= 1; got 0"),
     (["--slurm", "--nnodes", "2", "--rdzv-endpoint", "node0:29500"], "error: --slurm submits a one-node eval job"),
+    (["--nproc-per-node", "2", "--device", "cuda:1"], "error: --device cuda:1 would put every process on one GPU"),
 ])
 def test_bad_layouts_give_one_line_errors_before_torchrun_starts(tmp_path, monkeypatch, args, message):
     monkeypatch.delenv("LOCAL_RANK", raising=False)

@@ -116,7 +116,7 @@ def eval_command(
         return
     sampler = {name: value for name, value in locals().items() if name in SAMPLER_TYPES}  # one option per field
     with _errors():
-        data_parallel = needs_torchrun(nproc_per_node, nnodes, rdzv_endpoint, slurm=slurm)
+        data_parallel = needs_torchrun(nproc_per_node, nnodes, rdzv_endpoint, slurm=slurm, device=device)
     if data_parallel and not slurm:
         with _errors():  # refuse bad flags here, not once per rank
             plan_grid(task, sampler, template=template, shots=shots, limit=limit, batch_size=batch_size,

@@ -18,7 +18,8 @@ from dreamlab.train.torchrun import torchrun_prefix
 LAYOUT_PARAMS = frozenset({"nproc_per_node", "nnodes", "rdzv_endpoint"})
 
 
-def needs_torchrun(nproc_per_node: int, nnodes: int, rdzv_endpoint: str | None, *, slurm: bool = False) -> bool:
+def needs_torchrun(nproc_per_node: int, nnodes: int, rdzv_endpoint: str | None, *, slurm: bool = False,
+                   device: str = "auto") -> bool:
     """Whether this layout asks for torchrun; ValueError naming the flag for one that cannot start."""
     for flag, value in (("--nproc-per-node", nproc_per_node), ("--nnodes", nnodes)):
         if value < 1:
@@ -29,6 +30,9 @@ def needs_torchrun(nproc_per_node: int, nnodes: int, rdzv_endpoint: str | None, 
     if slurm and (nnodes > 1 or rdzv_endpoint is not None):
         raise ValueError("--slurm submits a one-node eval job: give it --nproc-per-node, not --nnodes / --rdzv-endpoint")
     wanted = nproc_per_node * nnodes > 1 or rdzv_endpoint is not None
+    if wanted and device.startswith("cuda:"):
+        raise ValueError(f"--device {device} would put every process on one GPU: use --device cuda (or auto), "
+                         "which gives each process the GPU of its local rank")
     if wanted and not slurm and "LOCAL_RANK" in os.environ:
         raise ValueError("this process already runs under torchrun (LOCAL_RANK is set): run `dreamlab eval` there "
                          "without --nproc-per-node / --nnodes / --rdzv-endpoint")
