@@ -51,7 +51,10 @@ def test_bad_evals_are_refused_naming_the_eval(text, message):
 @pytest.mark.parametrize("args, message", [
     (["--eval", "--alg greedy"], "error: --eval '--alg greedy': alg must be one of origin"),
     (["--eval", EVAL], "evaluates the sweep's runs, and this sweep has none"),
-    (["optim.lr=1e-3", "--slurm", "--eval", EVAL], "a --slurm sweep has none"),
+    (["optim.lr=1e-3", "--slurm", "--eval", EVAL], "a Slurm sweep has none"),
+    (["optim.lr=1e-3", "trainer.launcher=slurm", "--eval", EVAL], "a Slurm sweep has none"),
+    (["--slurm", "--eval", "--model tiny"], "a Slurm sweep has none"),
+    ([], "nothing to sweep"),
     (["optim.lr=1e-3", "--gpus", "0", "--eval", "--model tiny --nproc-per-node 2"], "needs more GPUs than the sweep has (0)"),
 ])
 def test_a_sweep_with_a_bad_eval_queues_nothing(tmp_path, args, message):

@@ -67,11 +67,10 @@ def sweep(
                              time_limit=time_limit, account=account, slurm_args=slurm_arg, requeue=requeue)
     sweep_id = f"sweep-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:4]}"
     try:
+        if not args and not evals:
+            raise RecipeError("nothing to sweep: give [RECIPE] key=a,b ... and / or --eval \"EVAL OPTIONS\"")
         queued_evals = [sweep_eval(text) for text in evals or []]
-        if queued_evals and slurm:
-            raise RecipeError("--eval queues evals on this machine's driver; a --slurm sweep has none "
-                              "(submit evals with `dreamlab eval --slurm`)")
-        points = plan(recipe_name, words) if args or not queued_evals else []
+        points = plan(recipe_name, words) if args else []
         if not points and any(e.after_each_run for e in queued_evals):
             raise RecipeError("an --eval without --model or --run evaluates the sweep's runs, and this sweep has none")
         for _, recipe in points:
@@ -79,7 +78,10 @@ def sweep(
         launchers = {recipe.trainer.launcher for _, recipe in points}
         if len(launchers) > 1:
             raise RecipeError("trainer.launcher: a sweep runs every point with the same launcher (local or slurm)")
-        on_slurm = launchers == {"slurm"}
+        on_slurm = launchers == {"slurm"} or (slurm and not points)
+        if on_slurm and queued_evals:
+            raise RecipeError("--eval queues evals on this machine's driver; a Slurm sweep has none "
+                              "(submit evals with `dreamlab eval --slurm`)")
         if on_slurm and foreground:
             raise RecipeError("--foreground drives a local queue; Slurm queues the points of a --slurm sweep itself")
         devices = [] if on_slurm else _devices(gpus, [recipe for _, recipe in points], queued_evals)
