@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import socket
 import sqlite3
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import psutil
 import pytest
 import torch
 from typer.testing import CliRunner
@@ -250,5 +253,65 @@ def test_two_nodes_meet_at_the_rendezvous_and_match_the_one_process_samples(peak
     store = RunStore(db)
     records = store.list_evals()
     assert [(r.status, r.n_done) for r in records] == [("completed", 20), ("completed", 20)]
+    for record, expected in zip(records, reference):
+        assert _without_timing(store.eval_samples(record.id)) == _without_timing(expected)
+
+
+# A rank's `python -m dreamlab eval ...` whose store (rank 0's: the only one) holds the process after its N-th
+# batch write, once it wrote the file MARKER: the kill below then lands between two recorded rounds.
+HELD_RANK = r"""
+import sys, time
+from pathlib import Path
+from dreamlab.cli import main
+from dreamlab.store import RunStore
+
+marker, after = Path(sys.argv[1]), int(sys.argv[2])
+record, calls = RunStore.record_eval_samples, []
+
+def record_then_hold(self, eval_id, rows):
+    record(self, eval_id, rows)
+    calls.append(eval_id)
+    if len(calls) == after:
+        marker.write_text("held")
+        while True:
+            time.sleep(60)
+
+RunStore.record_eval_samples = record_then_hold
+sys.argv = ["dreamlab", *sys.argv[3:]]
+main()
+"""
+
+
+@pytest.mark.slow
+def test_a_two_process_eval_killed_between_rounds_resumes_with_both_ranks_samples_kept(peaky_model, reference, tmp_path):
+    db, marker, script = tmp_path / "db.sqlite", tmp_path / "held", tmp_path / "held_rank.py"
+    script.write_text(HELD_RANK)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env.pop("OMP_NUM_THREADS", None)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", str(script), str(marker),
+               "2", "eval", "--model", str(peaky_model), *GRID, "--db", str(db)]
+    torchrun = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                start_new_session=True)
+    deadline = time.monotonic() + 300
+    while not marker.is_file():
+        assert torchrun.poll() is None, f"the eval exited with {torchrun.returncode} before the hold"
+        assert time.monotonic() < deadline, "the eval recorded no round in time"
+        time.sleep(0.05)
+    ranks = psutil.Process(torchrun.pid).children(recursive=True)  # each rank runs in a session of its own
+    for process in [psutil.Process(torchrun.pid), *ranks]:  # all at once, as a lost machine would
+        process.send_signal(signal.SIGKILL)
+    psutil.wait_procs(ranks, timeout=30)
+    torchrun.wait(timeout=30)
+    with sqlite3.connect(db) as conn:  # two rounds of two batches of 3: 12 samples, half of them from rank 1
+        conn.execute("UPDATE eval_samples SET seconds = -1")
+        kept = {row[0] for row in conn.execute("SELECT idx FROM eval_samples")}
+    assert len(kept) == 12
+
+    resumed = _two_processes(db, peaky_model)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    store = RunStore(db)
+    records = store.list_evals()
+    assert [(r.status, r.n_done) for r in records] == [("completed", 20), ("completed", 20)]
+    assert {s["idx"] for s in store.eval_samples(records[0].id) if s["seconds"] == -1} == kept
     for record, expected in zip(records, reference):
         assert _without_timing(store.eval_samples(record.id)) == _without_timing(expected)

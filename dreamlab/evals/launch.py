@@ -57,18 +57,22 @@ def torchrun_eval_command(eval_argv: list[str], db: Path, nproc_per_node: int, n
 def run_attached(command: list[str]) -> int:
     """Run torchrun in the foreground and return its exit code.
 
-    Ctrl-C reaches the ranks from the terminal (rank 0 records the eval interrupted), so this waits
-    for them; a SIGTERM sent to this process is passed on to torchrun, which stops its ranks.
+    torchrun starts each rank in a session of its own: Ctrl-C reaches torchrun (and this process, which
+    keeps waiting), and torchrun stops its ranks with SIGTERM, which rank 0 records as an interruption.
+    A SIGTERM sent to this process is passed on to torchrun.
     """
     process = subprocess.Popen(command)
     previous = signal.signal(signal.SIGTERM, lambda signum, frame: process.send_signal(signal.SIGTERM))
+    interrupted = False
     try:
         while True:
             try:
                 code = process.wait()
                 break
             except KeyboardInterrupt:
-                continue
+                interrupted = True
     finally:
         signal.signal(signal.SIGTERM, previous)
+    if interrupted and code != 0:
+        return 130  # as a 1-process eval exits on Ctrl-C (torchrun itself exits 1)
     return 128 - code if code < 0 else code
