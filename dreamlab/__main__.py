@@ -1,4 +1,4 @@
-"""`python -m dreamlab`: the same CLI as the `dreamlab` command (for environments without the script on PATH)."""
+"""`python -m dreamlab`: the same command as the `dreamlab` script (torchrun starts data-parallel evals this way)."""
 
 from dreamlab.cli import main
 

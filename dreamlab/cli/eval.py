@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 import uuid
@@ -34,6 +35,7 @@ from dreamlab.evals.compare import compare
 from dreamlab.evals.frontier import frontier_plot, frontier_table
 from dreamlab.evals.grid import SAMPLER_TYPES, extra_settings, grid_cells
 from dreamlab.evals.jobs import JobTracker, running_job
+from dreamlab.evals.launch import LAYOUT_PARAMS, needs_torchrun, run_attached, torchrun_eval_command
 from dreamlab.evals.progress import StoreProgress
 from dreamlab.evals.report import RichProgress, accuracy_plot, export_rows, results_table, to_csv, to_json
 from dreamlab.evals.scoring import score_generation
@@ -47,6 +49,7 @@ app = typer.Typer(help="Evaluate models on tasks (evals/*.yaml) with the diffusi
                   invoke_without_command=True)
 
 DEFAULT_TASK = "arithmetic"
+_LAYOUT = "Data parallel (torchrun)"
 
 
 @contextmanager
@@ -56,7 +59,8 @@ def _errors() -> Iterator[None]:
         yield
     except (TaskError, StoreError, ValueError, FileNotFoundError, OSError) as error:
         message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        typer.echo(f"error: {message}", err=True)
+        if os.environ.get("RANK", "0") == "0":  # under torchrun every rank meets the error; one says it
+            typer.echo(f"error: {message}", err=True)
         raise typer.Exit(2) from None
 
 
@@ -106,10 +110,19 @@ def eval_command(
     detach: Annotated[bool, typer.Option("--detach", help="Run in the background, detached from this terminal (log in "
                                          "<store folder>/evals/<job>/eval.log); watch with `dreamlab evals list`.")] = False,
     job_id: Annotated[int | None, typer.Option(hidden=True, help="The eval job this process works for (set by --detach).")] = None,
+    nproc_per_node: Annotated[int, typer.Option(help="Processes on this node (one per GPU): the eval starts itself under "
+                                                "torchrun, problems dealt over the processes, rank 0 records.",
+                                                rich_help_panel=_LAYOUT)] = 1,
+    nnodes: Annotated[int, typer.Option(help="Nodes: run the same command on each.", rich_help_panel=_LAYOUT)] = 1,
+    rdzv_endpoint: Annotated[str | None, typer.Option(help="HOST:PORT of the first node (with --nnodes).",
+                                                      rich_help_panel=_LAYOUT)] = None,
 ) -> None:
     """Evaluate a model on a task: every (alg, steps) cell of the grid, resumable, recorded in the run store."""
     if ctx.invoked_subcommand is not None:
         return
+    sampler = {name: value for name, value in locals().items() if name in SAMPLER_TYPES}  # one option per field
+    with _errors():
+        data_parallel = needs_torchrun(nproc_per_node, nnodes, rdzv_endpoint, slurm=slurm, device=device)
     if slurm:
         from dreamlab.train import slurm as slurm_jobs
 
@@ -126,22 +139,33 @@ def eval_command(
         typer.echo(f"submitted the eval as Slurm job {job_id}; its results are recorded in {store_path} as it runs")
         typer.echo(f"  log: tail -f {folder / f'{name}.log'}")
         return
-    sampler = {name: value for name, value in locals().items() if name in SAMPLER_TYPES}  # one option per field
-    if detach:
+    if detach:  # the detached process runs this command without --detach (under torchrun if it asks for processes)
         with _errors():  # refuse bad flags here, not in the detached eval's log
-            check_options(task, sampler, template, shots, limit, batch_size, question_field, answer_field)
+            check_options(task, sampler, template, shots, limit, batch_size, question_field, answer_field,
+                          processes=nproc_per_node * nnodes)
         start_detached_eval(ctx, db, model=model, run=run, task=task, as_json=as_json)
         return
+    if data_parallel:
+        with _errors():  # refuse bad flags here, not once per rank
+            check_options(task, sampler, template, shots, limit, batch_size, question_field, answer_field,
+                          processes=nproc_per_node * nnodes)
+            command = torchrun_eval_command(_argv_without(ctx, LAYOUT_PARAMS | {"db"}), resolve_db(db).resolve(),
+                                            nproc_per_node, nnodes, rdzv_endpoint)
+        raise typer.Exit(run_attached(command))
     options = dict(model=model, run=run, sampler=sampler, template=template, shots=shots, add_bos=bos, limit=limit,
                    batch_size=batch_size, seed=seed, data=data, question_field=question_field, answer_field=answer_field,
                    history=history, device=device, dtype=dtype, trust_remote_code=trust_remote_code, db=db)
     command = _argv_without(ctx, _JOB_PARAMS)
     with _errors(), _interrupt_exits():
-        if job_id is None:  # a job is recorded once the flags are known good (a typo leaves no failed job behind)
+        if os.environ.get("RANK", "0") != "0":  # a rank under torchrun other than 0: rank 0 records the job
+            records = run_eval(task, **options)
+        elif job_id is None:  # a job is recorded once the flags are known good (a typo leaves no failed job behind)
             records = run_eval(task, **options, start_job=lambda: running_job(RunStore(resolve_db(db)), None, command))
         else:  # the detached process of a recorded job: whatever fails ends the job
             with running_job(RunStore(resolve_db(db)), job_id, command) as job:
                 records = run_eval(task, **options, start_job=lambda: nullcontext(job))
+    if not records:  # a rank other than 0 under torchrun: rank 0 prints
+        return
     if as_json or as_csv:
         typer.echo(to_json(records) if as_json else to_csv(records), nl=as_json)
         return
@@ -168,12 +192,12 @@ def _argv_without_slurm(ctx: typer.Context) -> list[str]:
     return _argv_without(ctx, _SLURM_PARAMS)
 
 
-def _argv_without(ctx: typer.Context, leave_out: set[str]) -> list[str]:
-    """This eval's options as given (defaults left out), less those named in `leave_out`."""
+def _argv_without(ctx: typer.Context, left_out: set[str] | frozenset[str]) -> list[str]:
+    """This eval's options as given (defaults left out), less those named: the command a job or rank runs."""
     argv = []
     for param in ctx.command.params:
         value = ctx.params.get(param.name)
-        if param.name in leave_out or value is None or value == param.default or not param.opts:
+        if param.name in left_out or value is None or value == param.default or not param.opts:
             continue
         if getattr(param, "is_flag", False):
             argv.append(param.opts[0] if value else param.secondary_opts[0])
@@ -224,15 +248,17 @@ def print_results(records: list[EvalRecord], console: Console) -> None:
 
 def check_options(task: str, sampler: Mapping[str, Any] | None, template: str | None, shots: int | None,
                   limit: int | None, batch_size: int | str, question_field: str | None = None,
-                  answer_field: str | None = None) -> tuple[Task, str, int, list[SamplerSettings]]:
+                  answer_field: str | None = None, processes: int = 1) -> tuple[Task, str, int, list[SamplerSettings]]:
     """The task, its prompt shape and the grid's cells, or the error `dreamlab eval` refuses the flags with."""
-    from dreamlab.evals.batching import parse_batch_size  # torch
+    from dreamlab.evals.batching import AUTO, parse_batch_size  # torch
 
     spec = load_task(task, question_field=question_field, answer_field=answer_field)
     template, shots = spec.prompt_shape(template, shots)
     if limit is not None and limit < 1:
         raise ValueError(f"--limit must be >= 1; got {limit}")
-    parse_batch_size(batch_size)
+    if parse_batch_size(batch_size) == AUTO and processes > 1:
+        raise ValueError("--batch-size auto searches one process's batch size: give data-parallel evals "
+                         "(--nproc-per-node / --nnodes) a number")
     return spec, template, shots, grid_cells(sampler or {}, spec.settings_for(template), spec.name)
 
 
@@ -246,25 +272,33 @@ def run_eval(task: str = DEFAULT_TASK, *, model: str | None = None, run: str | N
     """Run an eval grid as `dreamlab eval` does; `sampler` maps SamplerSettings fields to values or comma lists.
 
     With `start_job`, the eval runs as that job (entered once the options are checked): the job is described
-    (grid, samples x cells) before the model loads and its progress written after every batch.
+    (grid, samples x cells) before the model loads and its progress written after every batch. Under
+    torchrun (WORLD_SIZE > 1) every rank calls this: the problems are dealt over the ranks and global rank 0
+    alone reads and writes the store and returns the records; the other ranks return [].
     """
     from dreamlab.cpu_memory import keep_freed_memory
+    from dreamlab.evals import sharding  # torch
     from dreamlab.evals.batching import AUTO, CPU_AUTO_BATCH_SIZE, parse_batch_size  # torch
-    from dreamlab.evals.harness import EvalPlan, run_plan  # torch
+    from dreamlab.evals.harness import EvalPlan
     from dreamlab.models.loading import load_model_and_tokenizer  # torch, transformers
 
+    ranks = sharding.ranks_from_env()
     spec, template, shots, cells = check_options(task, sampler, template, shots, limit, batch_size, question_field,
-                                                 answer_field)
+                                                 answer_field, processes=ranks.world)
     batch_size = parse_batch_size(batch_size)
     store_path = resolve_db(db)
-    choice = choose_model(store_path, model, run)
+    if ranks.world > 1:
+        device = sharding.rank_device(ranks, device)
+        sharding.join(ranks, device)
+    choice = sharding.from_main(ranks, lambda: choose_model(store_path, model, run))
     samples = spec.load_samples(limit, data)
     if not samples:
         raise ValueError(f"task {spec.name} has no problems to evaluate")
-    err = Console(stderr=True, highlight=False)
+    err = Console(stderr=True, highlight=False, quiet=not ranks.is_main)
     bos_note = ", BOS" if spec.bos_for(template, add_bos) else ""
+    layout = f"; {ranks.world} processes" if ranks.world > 1 else ""
     err.print(f"[dim]{spec.name}: {len(samples)} problems, {template} template{bos_note}, {shots} shots, {len(cells)} cells; "
-              f"model {choice.spec}{' (' + choice.checkpoint + ')' if choice.checkpoint else ''}[/dim]")
+              f"model {choice.spec}{' (' + choice.checkpoint + ')' if choice.checkpoint else ''}{layout}[/dim]")
     grid_id = uuid.uuid4().hex[:8]
     task_label = spec.name if data is None else f"{spec.name}:{Path(data).resolve()}"
     with start_job() if start_job is not None else nullcontext() as job:
@@ -289,14 +323,16 @@ def run_eval(task: str = DEFAULT_TASK, *, model: str | None = None, run: str | N
             err.print(f"out of memory at batch size {old}: retrying the unfinished problems at {new}")
 
         try:
-            with RichProgress(err) as progress:
-                if job is None:
-                    return run_plan(RunStore(store_path), net, tokenizer, plan, progress, on_backoff=on_backoff)
-                return run_plan(job.store, net, tokenizer, plan, StoreProgress(job.store, job.id, progress),
-                                on_backoff=on_backoff)
+            with RichProgress(err) if ranks.is_main else nullcontext() as progress:
+                if job is not None:
+                    progress = StoreProgress(job.store, job.id, progress)
+                records = sharding.run_plan_on_ranks(lambda: job.store if job is not None else RunStore(store_path), net,
+                                                     tokenizer, plan, progress, ranks, on_backoff=on_backoff)
         except KeyboardInterrupt:
             err.print("interrupted: finished samples are saved; run the same command again to resume")
             raise typer.Exit(130) from None
+    sharding.leave()
+    return records
 
 
 def print_frontier(records: list[EvalRecord], console: Console) -> None:

@@ -4,13 +4,14 @@ Each grid cell is one `evals` row keyed by every answer-changing setting; each s
 as soon as its batch is scored, so an interrupted eval resumes with the samples it has not done.
 Row r of a batch samples with seed + idx and the sampler's reveal counts are per row, so a
 sample's tokens do not depend on its batch neighbours: batches are formed by prompt length (less
-padding) and batch size is a speed setting.
+padding) and batch size is a speed setting. Under torchrun, dreamlab.evals.sharding deals a cell's
+batches over the ranks (the `rounds` hook) and records the gathered rows on rank 0.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
@@ -18,7 +19,7 @@ import torch
 
 from dreamlab.diffusion.sampler import generate
 from dreamlab.diffusion.settings import SamplerSettings
-from dreamlab.evals.batching import AUTO, BatchSize, run_in_batches
+from dreamlab.evals.batching import AUTO, BatchSize, length_batches, run_in_batches
 from dreamlab.evals.grid import cell_label
 from dreamlab.evals.scoring import score_generation
 from dreamlab.evals.stats import summarize
@@ -70,6 +71,17 @@ class Progress(Protocol):
     def start_cell(self, label: str, total: int, done: int) -> None: ...
     def advance(self, count: int) -> None: ...
     def end_cell(self, record: Any) -> None: ...
+
+
+Work = Callable[[list[Sample]], list[dict[str, Any]]]
+# How a data-parallel cell's batches become recorded rows: dealt over torchrun's ranks and gathered to rank 0
+# by dreamlab.evals.sharding. Without it a cell runs here, batch after batch (with auto's out-of-memory back-off).
+Rounds = Callable[[SamplerSettings, list[list[Sample]], Work], Iterable[list[dict[str, Any]]]]
+
+
+def history_indices(plan: EvalPlan) -> set[int]:
+    """The samples whose per-step sequences --history keeps."""
+    return {s.idx for s in sorted(plan.samples, key=lambda s: s.idx)[:HISTORY_SAMPLES]} if plan.history else set()
 
 
 def device_label(model: torch.nn.Module) -> str:
@@ -170,7 +182,7 @@ def generate_and_score(model: torch.nn.Module, tokenizer: Any, task: Task, batch
 
 def run_cell(store: Any, model: torch.nn.Module, tokenizer: Any, plan: EvalPlan, cell: SamplerSettings,
              prompts: dict[int, list[int]], progress: Progress, device: str,
-             on_backoff: Callable[[int, int], None] | None = None) -> Any:
+             on_backoff: Callable[[int, int], None] | None = None, rounds: Rounds | None = None) -> Any:
     """Evaluate one cell into its store row, skipping samples already recorded; returns the finished EvalRecord."""
     record = store.create_or_resume_eval(plan.settings(cell, device, dtype_label(model)))
     label = cell_label(cell)
@@ -179,21 +191,31 @@ def run_cell(store: Any, model: torch.nn.Module, tokenizer: Any, plan: EvalPlan,
         progress.end_cell(record)
         return record
     done = store.done_sample_indices(record.id)
-    history_for = {s.idx for s in sorted(plan.samples, key=lambda s: s.idx)[:HISTORY_SAMPLES]} if plan.history else set()
+    history_for = history_indices(plan)
     progress.start_cell(label, len(plan.samples), len(done & {s.idx for s in plan.samples}))
 
     def pending() -> list[Sample]:
         recorded = store.done_sample_indices(record.id)
         return [s for s in plan.samples if s.idx not in recorded]
 
+    def work(batch: list[Sample]) -> list[dict[str, Any]]:
+        return generate_and_score(model, tokenizer, plan.task, batch, prompts, cell, plan.seed, history_for)
+
     def handle(batch: list[Sample]) -> None:
-        store.record_eval_samples(record.id, generate_and_score(model, tokenizer, plan.task, batch, prompts, cell,
-                                                                plan.seed, history_for))
+        store.record_eval_samples(record.id, work(batch))
         progress.advance(len(batch))
 
     used = None
     try:
-        used = run_in_batches(pending, handle, prompts, plan.batch_size, next(model.parameters()).device, on_backoff)
+        if rounds is None:
+            used = run_in_batches(pending, handle, prompts, plan.batch_size, next(model.parameters()).device, on_backoff)
+        else:
+            if not isinstance(plan.batch_size, int):
+                raise ValueError("--batch-size auto runs in one process: give data-parallel evals a number")
+            for rows in rounds(cell, length_batches(pending(), prompts, plan.batch_size), work):
+                store.record_eval_samples(record.id, rows)
+                progress.advance(len(rows))
+            used = plan.batch_size
     except BaseException as error:
         status = "interrupted" if isinstance(error, KeyboardInterrupt) else "failed"
         store.finish_eval(record.id, status, _summary(store, record.id, cell, plan, used))
@@ -211,12 +233,13 @@ def _summary(store: Any, eval_id: int, cell: SamplerSettings, plan: EvalPlan, us
 
 
 def run_plan(store: Any, model: torch.nn.Module, tokenizer: Any, plan: EvalPlan, progress: Progress,
-             on_backoff: Callable[[int, int], None] | None = None) -> list[Any]:
+             on_backoff: Callable[[int, int], None] | None = None, rounds: Rounds | None = None) -> list[Any]:
     """Every cell of the plan with the model loaded once; returns the EvalRecords in grid order."""
     prompts = tokenize_prompts(plan.task, tokenizer, plan.samples, plan.template, plan.shots, plan.bos)
     check_context(model, prompts, plan.cells)
     device = device_label(model)
-    return [run_cell(store, model, tokenizer, plan, cell, prompts, progress, device, on_backoff) for cell in plan.cells]
+    return [run_cell(store, model, tokenizer, plan, cell, prompts, progress, device, on_backoff, rounds)
+            for cell in plan.cells]
 
 
 def evaluate_in_memory(model: torch.nn.Module, tokenizer: Any, task: Task, samples: Sequence[Sample], cell: SamplerSettings, *,

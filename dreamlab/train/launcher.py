@@ -12,7 +12,6 @@ import json
 import os
 import socket
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +23,7 @@ from dreamlab.data.sources import BUILTIN_PREFIX, HUB_ID
 from dreamlab.models.tiny import TINY_NAME
 from dreamlab.store import Run, RunStore
 from dreamlab.textfiles import read_json_object
+from dreamlab.train.torchrun import torchrun_prefix
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
@@ -150,13 +150,10 @@ def relayout(recipe: Recipe, overrides: list[str]) -> list[str]:
 def torchrun_command(recipe: Recipe, run_dir: Path, db: Path, *, resume: bool) -> list[str]:
     """The torchrun command line for this recipe's launch settings."""
     t = recipe.trainer
-    command = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={t.nproc_per_node}", f"--nnodes={t.nnodes}"]
-    if t.nnodes == 1 and t.rdzv_endpoint is None:
-        command.append("--standalone")
-    else:
-        if t.rdzv_endpoint is None:
-            raise RecipeError("trainer.rdzv_endpoint: a multi-node run needs host:port of the first node")
-        command += ["--rdzv-backend=c10d", f"--rdzv-endpoint={t.rdzv_endpoint}", f"--rdzv-id={run_dir.name}"]
+    try:
+        command = torchrun_prefix(t.nproc_per_node, t.nnodes, t.rdzv_endpoint, rdzv_id=run_dir.name)
+    except ValueError as error:
+        raise RecipeError(f"trainer.rdzv_endpoint: {error}") from None
     command += ["-m", "dreamlab.train.worker", "--run-dir", str(run_dir), "--db", str(db)]
     if resume:
         command.append("--resume")
@@ -189,10 +186,10 @@ def submit(store: RunStore, store_path: Path, recipe: Recipe, *, name: str | Non
 
 
 def start_process(command: list[str], run_dir: Path, *, capture: bool,
-                  extra_env: dict[str, str] | None = None) -> subprocess.Popen:
-    """Start torchrun in a new session; output to train.log (or to a pipe the caller tees)."""
+                  extra_env: dict[str, str] | None = None, log_name: str = "train.log") -> subprocess.Popen:
+    """Start torchrun (or an eval) in a new session; output to run_dir/log_name (or to a pipe the caller tees)."""
     env = dict(os.environ, PYTHONUNBUFFERED="1", **(extra_env or {}))
-    with open(run_dir / "train.log", "ab") as log:  # the child keeps its own copy of the descriptor
+    with open(run_dir / log_name, "ab") as log:  # the child keeps its own copy of the descriptor
         return subprocess.Popen(
             command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE if capture else log,
             stderr=subprocess.STDOUT, start_new_session=True, env=env, cwd=os.getcwd(),
