@@ -1,0 +1,3 @@
+from dreamlab.cli import main
+
+main()
