@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -47,7 +47,7 @@ def think_response(thinking: str, answer: str) -> str:
     return f"<think>\n{body}</think>\n{answer.strip()}"
 
 
-def chat_prompt(question: str, system: str | None, examples: list[dict[str, str]] = ()) -> Messages:
+def chat_prompt(question: str, system: str | None, examples: Sequence[Mapping[str, str]] = ()) -> Messages:
     """The prompt messages: the system turn (unless None), each solved example as a user and an assistant turn, the question."""
     head = [{"role": "system", "content": system}] if system is not None else []
     for example in examples:
