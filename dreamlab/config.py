@@ -106,6 +106,8 @@ class TrainerConfig:
     device: str = "auto"
     precision: str = "auto"
     nproc_per_node: int = 1
+    # CPU threads per process (None: the cores split among the processes); 1 on a machine shared with other jobs.
+    cpu_threads: int | None = None
     nnodes: int = 1
     rdzv_endpoint: str | None = None
     max_checkpoints: int = 3
@@ -157,7 +159,7 @@ CHOICES = {
 POSITIVE = {
     "data.max_length", "data.micro_batch_size_per_gpu", "data.gradient_accumulation_steps", "data.val_size",
     "trainer.total_epochs", "trainer.total_training_steps", "trainer.save_checkpoint_steps",
-    "trainer.val_check_interval", "trainer.checks_per_epoch", "trainer.log_every", "trainer.nproc_per_node",
+    "trainer.val_check_interval", "trainer.checks_per_epoch", "trainer.log_every", "trainer.nproc_per_node", "trainer.cpu_threads",
     "trainer.nnodes", "trainer.max_checkpoints", "model.tiny_hidden_size", "model.tiny_num_layers", "model.tiny_num_heads",
     "model.tiny_intermediate_size", "optim.lr", "optim.clip_grad", "trainer.heartbeat_s", "trainer.lost_after_s",
     "trainer.stall_after_s",

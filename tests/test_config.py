@@ -114,3 +114,16 @@ def test_bad_recipe_files_name_the_file_and_line(tmp_path):
         load_recipe(str(unknown))
     with pytest.raises(RecipeError, match="no recipe 'nope'"):
         load_recipe("nope")
+
+
+def test_cpu_threads_override_the_share_of_the_cores_and_must_be_positive():
+    from dreamlab.train.worker import cpu_thread_count
+
+    assert load_recipe().trainer.cpu_threads is None
+    assert load_recipe(overrides=["trainer.cpu_threads=1"]).trainer.cpu_threads == 1
+    assert cpu_thread_count(None, 2, 1) == 2
+    assert cpu_thread_count(None, 16, 8) == 2
+    assert cpu_thread_count(None, 2, 4) == 1
+    assert cpu_thread_count(1, 2, 1) == 1
+    with pytest.raises(RecipeError, match="trainer.cpu_threads: must be > 0, got 0"):
+        load_recipe(overrides=["trainer.cpu_threads=0"])

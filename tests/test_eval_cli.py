@@ -110,7 +110,7 @@ def test_an_interrupted_eval_resumes_without_redoing_samples(trained, monkeypatc
     (["--task", "nope"], "unknown task 'nope'"),
     (["--model", "/no/such/model"], "no model at /no/such/model"),
     (["--run", "ghost"], "no run store at"),
-    (["--shots", "3"], "--shots must be from 0 to 0"),
+    (["--shots", "9"], "--shots must be from 0 to 8"),
     (["--batch-size", "0"], "--batch-size must be a whole number >= 1 or auto; got 0"),
     (["--batch-size", "autox"], "--batch-size must be a whole number >= 1 or auto; got 'autox'"),
 ])

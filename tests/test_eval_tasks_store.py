@@ -54,7 +54,7 @@ def test_jsonl_task_reads_the_named_file_and_fields(tmp_path):
 
 @pytest.mark.parametrize("body, message", [
     ("name: x\nsource: {builtin: arithmetic}\nanswer:\n  extractor: nope\n", r"bad\.yaml:4: answer\.extractor: must be one of"),
-    ("name: x\nsource: {builtin: arithmetic}\nprompt:\n  shots: 3\n", r"bad\.yaml:4: prompt\.shots: must be an integer"),
+    ("name: x\nsource: {builtin: arithmetic}\nprompt:\n  shots: 9\n", r"bad\.yaml:4: prompt\.shots: must be an integer from 0 to the number of fewshot examples \(8\)"),
     ("name: x\nsource: {builtin: arithmetic}\nsampler:\n  stepz: 3\n", r"bad\.yaml:4: sampler\.stepz: unknown sampler setting"),
     ("name: x\nsauce: 1\n", r"bad\.yaml:2: sauce: unknown field"),
     ("name: x\nsource: [1\n", r"bad\.yaml:\d+: not valid YAML"),

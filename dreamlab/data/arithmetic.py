@@ -9,6 +9,11 @@ Levels:
   1 (default): 2-digit +/- 2-digit: carries, borrows and negative results.
   2: level 1 plus 2-digit x 1-digit multiplication and linear equations a*x + b = c.
   3: level 2 with 3-digit operands and 2-digit equation constants.
+
+The k-shot form (`shots=k`, `builtin:arithmetic:8shot`) puts k solved exemplars before every
+question as earlier chat turns. The exemplars are fixed, as lm-eval fixes gsm8k_cot's eight: every
+prompt of a level starts with the same prefix, and the eval task renders the same prompts from the
+same list (`exemplars`, the `arithmetic` task's few-shot examples, `--shots k`).
 """
 
 from __future__ import annotations
@@ -23,6 +28,8 @@ SOURCE = "dreamlab/arithmetic"
 # Level 3 has more questions than are worth enumerating: a fixed-seed sample of this many distinct
 # questions is its universe, so the splits are the same on every machine.
 SAMPLED_UNIVERSE = 40_000
+MAX_SHOTS = 8
+EXEMPLAR_SEED = "dreamlab-arithmetic-exemplars"
 
 
 @dataclass(frozen=True)
@@ -139,13 +146,37 @@ def response_text(problem: Problem, trace: bool = True) -> str:
     return f"<think>\n{body}</think>\n{problem.answer}"
 
 
+def exemplars(level: int = 1, shots: int = MAX_SHOTS) -> list[Problem]:
+    """The level's first `shots` fixed exemplars: train-split questions, the kinds taken in turn."""
+    if not isinstance(shots, int) or isinstance(shots, bool) or not 0 <= shots <= MAX_SHOTS:
+        raise ValueError(f"shots must be an integer from 0 to {MAX_SHOTS}; got {shots!r}")
+    pool = [p for p in problems(level) if split_of(p.question) == "train"]
+    random.Random(EXEMPLAR_SEED).shuffle(pool)
+    by_kind = {kind: [p for p in pool if p.kind == kind] for kind in sorted({p.kind for p in pool})}
+    # Round robin over the kinds, so even 2 shots show both + and -.
+    ordered = [group[i] for i in range(MAX_SHOTS) for group in by_kind.values() if i < len(group)]
+    return ordered[:shots]
+
+
+def fewshot_examples(level: int = 1, shots: int = MAX_SHOTS, trace: bool = True) -> list[dict[str, str]]:
+    """The exemplars as chat turns' text: {"question", "solution"} (the solution as `response_text` writes it)."""
+    return [{"question": p.question, "solution": response_text(p, trace)} for p in exemplars(level, shots)]
+
+
 def arithmetic_rows(
-    split: str = "train", *, level: int = 1, seed: int = 0, size: int | None = None, trace: bool = True
+    split: str = "train", *, level: int = 1, seed: int = 0, size: int | None = None, trace: bool = True,
+    shots: int = 0,
 ) -> list[dict]:
-    """Rows of one split in the simplified s1K form, shuffled by `seed`, the first `size` kept."""
+    """Rows of one split in the simplified s1K form, shuffled by `seed`, the first `size` kept.
+
+    With `shots` > 0 each row carries the first `shots` exemplars in `fewshot` (earlier chat turns),
+    and the exemplars' own questions are left out of the rows.
+    """
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}; got {split!r}")
-    chosen = [p for p in problems(level) if split_of(p.question) == split]
+    examples = fewshot_examples(level, shots, trace)
+    shown = {example["question"] for example in examples}
+    chosen = [p for p in problems(level) if split_of(p.question) == split and p.question not in shown]
     random.Random(seed).shuffle(chosen)
     if size is not None:
         chosen = chosen[:size]
@@ -161,5 +192,6 @@ def arithmetic_rows(
             "gold": str(problem.answer),
             "thinking_tokens": len("\n".join(problem.trace)) if trace else 0,
             "answer_tokens": len(str(problem.answer)),
+            **({"fewshot": examples} if examples else {}),
         })
     return rows

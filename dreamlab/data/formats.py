@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -47,10 +47,27 @@ def think_response(thinking: str, answer: str) -> str:
     return f"<think>\n{body}</think>\n{answer.strip()}"
 
 
-def chat_prompt(question: str, system: str | None) -> Messages:
-    """The prompt messages: the system turn (unless None), then the question as the user turn."""
+def chat_prompt(question: str, system: str | None, examples: Sequence[Mapping[str, str]] = ()) -> Messages:
+    """The prompt messages: the system turn (unless None), each solved example as a user and an assistant turn, the question."""
     head = [{"role": "system", "content": system}] if system is not None else []
+    for example in examples:
+        head += [{"role": "user", "content": example["question"]}, {"role": "assistant", "content": example["solution"]}]
     return head + [{"role": "user", "content": question}]
+
+
+def _fewshot(row: SourceRow) -> list[dict[str, str]]:
+    """The row's optional `fewshot` list of solved {question, solution} examples (the k-shot built-in task)."""
+    examples = row.record.get("fewshot")
+    if examples is None:
+        return []
+    if not isinstance(examples, list):
+        raise InvalidRow(row.where, "fewshot", f"must be a list of {{question, solution}} objects, got {type(examples).__name__}")
+    for position, example in enumerate(examples):
+        for key in ("question", "solution"):
+            value = example.get(key) if isinstance(example, Mapping) else None
+            if not isinstance(value, str) or not value.strip():
+                raise InvalidRow(row.where, f"fewshot[{position}].{key}", "must be a non-empty string")
+    return examples
 
 
 def _text(row: SourceRow, field: str, *, allow_list: bool = False) -> str:
@@ -80,7 +97,7 @@ _THINK = re.compile(r"^\s*<think>(?P<thinking>.*?)</think>(?P<answer>.*)$", re.S
 
 
 def convert_s1k_simple(row: SourceRow, options: ConvertOptions) -> DreamRow:
-    """Simplified S1K: `answer` already holds `<think>...</think>` (possibly empty) and the final answer."""
+    """Simplified S1K: `answer` holds `<think>...</think>` (possibly empty) and the final answer; `fewshot` is optional."""
     answer = _text(row, "answer")
     match = _THINK.match(answer)
     if match is None:
@@ -88,7 +105,7 @@ def convert_s1k_simple(row: SourceRow, options: ConvertOptions) -> DreamRow:
     if not match["answer"].strip():
         raise InvalidRow(row.where, "answer", "has no final answer after </think>")
     meta = _kept(row, ("source", "difficulty", "thinking_tokens", "answer_tokens"), "s1k-simple")
-    return DreamRow(chat_prompt(_text(row, "question"), options.system),
+    return DreamRow(chat_prompt(_text(row, "question"), options.system, _fewshot(row)),
                     think_response(match["thinking"], match["answer"]), meta)
 
 

@@ -35,7 +35,8 @@ BUILTIN_PREFIX = "builtin:arithmetic"
 def read_source(source: str, *, split: str = "train", subset: str | None = None) -> list[SourceRow]:
     """Read every record of a local file, a folder of data files, a hub data set, or the built-in task.
 
-    `builtin:arithmetic[:LEVEL][:notrace]` is the built-in arithmetic task (level 1 by default).
+    `builtin:arithmetic[:LEVEL][:notrace][:Kshot]` is the built-in arithmetic task (level 1 by default;
+    `:8shot` puts the 8 fixed solved exemplars before every question).
     """
     path = Path(source)
     if source.startswith(BUILTIN_PREFIX):
@@ -138,16 +139,23 @@ def _read_hub(source: str, *, split: str, subset: str | None) -> Iterator[tuple[
 
 
 def _read_builtin(source: str, split: str) -> list[tuple[str, dict[str, Any]]]:
-    from dreamlab.data.arithmetic import LEVELS, SPLITS, arithmetic_rows
+    from dreamlab.data.arithmetic import LEVELS, MAX_SHOTS, SPLITS, arithmetic_rows
 
+    expected = f"expected builtin:arithmetic[:LEVEL][:notrace][:Kshot] with LEVEL in {LEVELS} and K from 0 to {MAX_SHOTS}"
+    if source != BUILTIN_PREFIX and not source.startswith(BUILTIN_PREFIX + ":"):
+        raise DataError(f"{source}: {expected}")
     parts = source.removeprefix(BUILTIN_PREFIX).split(":")[1:]
     trace = "notrace" not in parts
-    levels = [p for p in parts if p != "notrace"]
+    shot_parts = [p for p in parts if re.fullmatch(r"\d+shot", p)]
+    levels = [p for p in parts if p != "notrace" and p not in shot_parts]
     if len(levels) > 1 or (levels and levels[0] not in {str(level) for level in LEVELS}):
-        raise DataError(f"{source}: expected builtin:arithmetic[:LEVEL][:notrace] with LEVEL in {LEVELS}")
+        raise DataError(f"{source}: {expected}")
+    shots = int(shot_parts[0].removesuffix("shot")) if shot_parts else 0
+    if len(shot_parts) > 1 or shots > MAX_SHOTS:
+        raise DataError(f"{source}: {expected}")
     if split not in SPLITS:
         raise DataError(f"{source}: --split must be one of {', '.join(SPLITS)}; got {split!r}")
-    rows = arithmetic_rows(split, level=int(levels[0]) if levels else 1, trace=trace)
+    rows = arithmetic_rows(split, level=int(levels[0]) if levels else 1, trace=trace, shots=shots)
     return [(f"{source} {split} row {position}", row) for position, row in enumerate(rows)]
 
 

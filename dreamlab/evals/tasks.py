@@ -262,7 +262,7 @@ def _parse(path: Path, raw: dict[str, Any], node: yaml.Node) -> Task:
                        "and sampler settings)")
         if not isinstance(entry["value"], (int, float)):
             raise fail(f"published.{i}.value", f"must be a number (percent); got {entry['value']!r}")
-    fewshot = raw.get("fewshot") or []
+    fewshot = raw.get("fewshot") or _builtin_fewshot(source)
     if not isinstance(fewshot, list):
         raise fail("fewshot", "must be a list of {question, solution}")
     for i, example in enumerate(fewshot):
@@ -300,6 +300,16 @@ def _parse(path: Path, raw: dict[str, Any], node: yaml.Node) -> Task:
         sampler=samplers["sampler"], chat_sampler=samplers["chat_sampler"],
         **{key: prompt[key] for key in strings if key in prompt},
     )
+
+
+def _builtin_fewshot(source: dict[str, Any]) -> list[dict[str, str]]:
+    """The built-in arithmetic task's fixed exemplars, the same turns its k-shot training rows carry."""
+    if source.get("builtin") != "arithmetic":
+        return []
+    from dreamlab.data.arithmetic import LEVELS, fewshot_examples
+
+    level = source.get("level", 1)
+    return fewshot_examples(int(level)) if level in LEVELS else []
 
 
 def _line(node: yaml.Node | None, dotted: str) -> int:

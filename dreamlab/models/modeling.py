@@ -142,15 +142,14 @@ class DreamAttention(nn.Module):
                 k, v = cache.splice(self.layer_idx, cache_start, k, v)
             else:  # a full forward that fills the cache
                 cache.layers.append((k, v))
-        groups = self.num_heads // self.num_kv_heads
-        if groups > 1:
-            k = k.repeat_interleave(groups, dim=1)
-            v = v.repeat_interleave(groups, dim=1)
+        # enable_gqa shares each KV head with its query heads inside the kernel: no repeated copy of the
+        # keys and values (with a cache, the whole sequence's) on every call.
         out = F.scaled_dot_product_attention(
             q, k, v,
             attn_mask=attention_mask,
             dropout_p=self.dropout if self.training else 0.0,
             is_causal=False,
+            enable_gqa=self.num_heads != self.num_kv_heads,
         )
         return self.o_proj(out.transpose(1, 2).reshape(batch, length, -1))
 

@@ -145,6 +145,12 @@ def requeue(recipe, db: str, run_id: int) -> None:
         store.close()
 
 
+
+def cpu_thread_count(configured: int | None, cpus: int, local_processes: int) -> int:
+    """CPU threads per process: the recipe's `trainer.cpu_threads`, else this process's share of the cores."""
+    # torchrun pins OMP_NUM_THREADS=1, so the share is set here rather than left to the environment.
+    return configured or max(1, cpus // local_processes)
+
 def main(argv: list[str] | None = None) -> int:
     """Run one rank of a training run described by DIR/run.json."""
     die_with_torchrun()
@@ -161,8 +167,8 @@ def main(argv: list[str] | None = None) -> int:
     beat = start_heartbeat(args.db, spec.get("run_id"), recipe.trainer.heartbeat_s)
     use_cuda = device_type(recipe.trainer.device) == "cuda"
     if not use_cuda:
-        # torchrun pins OMP_NUM_THREADS=1; give each CPU process its share of the cores instead.
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", 1))))
+        torch.set_num_threads(cpu_thread_count(recipe.trainer.cpu_threads, os.cpu_count() or 1,
+                                               int(os.environ.get("LOCAL_WORLD_SIZE", 1))))
     dist.init_process_group("nccl" if use_cuda else "gloo")
     rank = dist.get_rank()
     reporter = StoreReporter(args.db, spec.get("run_id")) if rank == 0 else StoreReporter(None, None)
