@@ -85,8 +85,9 @@ def test_the_options_become_trainer_overrides_and_the_script_holds_them(tmp_path
         "--job-name=dreamlab-r", f"--output={tmp_path / 'train.log'}", "--open-mode=append", "--nodes=2",
         "--ntasks-per-node=1", "--signal=B:USR1@300", "--partition=gpu", "--account=lab", "--time=1-00:00:00",
         "--gpus-per-node=8", "--mem=0", "--constraint=h100", "--exclusive"]
-    script = write_script(recipe, tmp_path, "r", tmp_path / "dreamlab.db").read_text()
+    script = write_script(recipe, tmp_path, "r").read_text()
     assert "#SBATCH --nodes=2\n" in script
+    assert "--db" not in script and "dreamlab.db" not in script  # the job records into its journal, never the store
     assert 'head=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)' in script
     assert ('--nnodes=$SLURM_NTASKS --nproc-per-node=8 --rdzv-backend=c10d --rdzv-endpoint="$head:$port" '
             '--rdzv-id="$SLURM_JOB_ID" -m dreamlab.train.worker') in script
@@ -95,7 +96,7 @@ def test_the_options_become_trainer_overrides_and_the_script_holds_them(tmp_path
 
 
 def test_the_script_is_valid_bash_with_the_partition_s_default_time(tmp_path):
-    script = write_script(load_recipe(None, ["trainer.launcher=slurm"]), tmp_path, "r", tmp_path / "dreamlab.db")
+    script = write_script(load_recipe(None, ["trainer.launcher=slurm"]), tmp_path, "r")
     checked = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True)
     assert checked.returncode == 0, checked.stderr
     assert "stop_reason='Slurm time limit (the partition'\"'\"'s default) of job'\n" in script.read_text()

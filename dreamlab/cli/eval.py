@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import sys
-import time
 import uuid
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -36,7 +35,7 @@ from dreamlab.evals.report import RichProgress, accuracy_plot, export_rows, resu
 from dreamlab.evals.scoring import score_generation
 from dreamlab.evals.stats import summarize
 from dreamlab.evals.tasks import TaskError, load_task
-from dreamlab.store import EvalRecord, RunStore, StoreError
+from dreamlab.store import EvalJob, EvalRecord, RunStore, StoreError
 from dreamlab.store.models import choose_model
 from dreamlab.textfiles import json_lines
 
@@ -100,39 +99,58 @@ def eval_command(
     time_limit: TimeOption = None,
     account: AccountOption = None,
     slurm_arg: SlurmArgOption = None,
+    job_dir: Annotated[Path | None, typer.Option(hidden=True, help="Run as the Slurm job of this eval job folder: "
+                                                 "record into its journal, never the store.")] = None,
 ) -> None:
     """Evaluate a model on a task: every (alg, steps) cell of the grid, resumable, recorded in the run store."""
     if ctx.invoked_subcommand is not None:
         return
     if slurm:
-        from dreamlab.train import slurm as slurm_jobs
-
-        store_path = resolve_db(db).resolve()
-        name = f"eval-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:4]}"
-        folder = store_path.parent / "evals"
-        options = slurm_jobs.job_options(name=f"dreamlab-{name}", output=folder / f"{name}.log", partition=partition,
-                                         account=account, time_limit=time_limit, gpus_per_node=gpus_per_node,
-                                         extra=slurm_arg or [])
-        command = [sys.executable, "-c", "from dreamlab.cli import main; main()", "eval", *_argv_without_slurm(ctx),
-                   "--db", str(store_path)]
         with _errors():
-            job_id = slurm_jobs.submit_command(command, folder / f"{name}.sbatch", options)
-        typer.echo(f"submitted the eval as Slurm job {job_id}; its results are recorded in {store_path} as it runs")
-        typer.echo(f"  log: tail -f {folder / f'{name}.log'}")
+            job = _submit_to_slurm(ctx, db=db, model=model, run=run, partition=partition, gpus_per_node=gpus_per_node,
+                                   time_limit=time_limit, account=account, slurm_arg=slurm_arg)
+        typer.echo(f"submitted eval job {job.name} as Slurm job {job.job_id} (queued); it records into "
+                   f"{Path(job.folder) / 'journal.jsonl'}, read into {resolve_db(db)} by `dreamlab eval jobs` and "
+                   "the other readers of the store")
+        typer.echo(f"  log:    tail -f {Path(job.folder) / 'eval.log'}")
+        typer.echo("  status: dreamlab eval jobs")
         return
     sampler = {name: value for name, value in locals().items() if name in SAMPLER_TYPES}  # one option per field
     with _errors():
         records = run_eval(task, model=model, run=run, sampler=sampler, template=template, shots=shots, add_bos=bos, limit=limit,
                            batch_size=batch_size, seed=seed, data=data, question_field=question_field,
                            answer_field=answer_field, history=history, device=device, dtype=dtype,
-                           trust_remote_code=trust_remote_code, db=db)
+                           trust_remote_code=trust_remote_code, db=db, job_dir=job_dir)
     if as_json or as_csv:
         typer.echo(to_json(records) if as_json else to_csv(records), nl=as_json)
         return
     print_results(records, Console(highlight=False))
 
 
-_SLURM_PARAMS = {"slurm", "partition", "gpus_per_node", "time_limit", "account", "slurm_arg", "db"}
+# Options the job's command leaves out: Slurm's, the store's (the job never opens it), the model's (chosen at submission).
+_SLURM_PARAMS = {"slurm", "partition", "gpus_per_node", "time_limit", "account", "slurm_arg", "db", "model", "run",
+                 "job_dir"}
+
+
+def _submit_to_slurm(ctx: typer.Context, *, db: Path | None, model: str | None, run: str | None,
+                     partition: str | None, gpus_per_node: int | None, time_limit: str | None, account: str | None,
+                     slurm_arg: list[str] | None) -> EvalJob:
+    """Choose the model here (a run's checkpoint is in this host's store), record the eval job and sbatch it."""
+    from dreamlab.train import slurm as slurm_jobs
+    from dreamlab.train.eval_jobs import new_job_name, submit_eval_job
+
+    missing = slurm_jobs.available()
+    if missing:
+        raise ValueError(f"--slurm: {missing}")
+    store_path = resolve_db(db)
+    choice = choose_model(store_path, model, run)
+    name = new_job_name()
+    folder = store_path.resolve().parent / "evals" / name
+    options = slurm_jobs.job_options(name=f"dreamlab-{name}", output=folder / "eval.log", partition=partition,
+                                     account=account, time_limit=time_limit, gpus_per_node=gpus_per_node,
+                                     extra=slurm_arg or [])
+    command = [sys.executable, "-c", "from dreamlab.cli import main; main()", "eval", *_argv_without_slurm(ctx)]
+    return submit_eval_job(RunStore(store_path), command, choice, options, name)
 
 
 def _argv_without_slurm(ctx: typer.Context) -> list[str]:
@@ -172,8 +190,11 @@ def run_eval(task: str = DEFAULT_TASK, *, model: str | None = None, run: str | N
              add_bos: bool | None = None, limit: int | None = None, batch_size: int = 16, seed: int = 0, data: str | None = None,
              question_field: str | None = None, answer_field: str | None = None, history: bool = False,
              device: str = "auto", dtype: str = "auto", trust_remote_code: bool = False,
-             db: Path | None = None) -> list[EvalRecord]:
-    """Run an eval grid as `dreamlab eval` does; `sampler` maps SamplerSettings fields to values or comma lists."""
+             db: Path | None = None, job_dir: Path | None = None) -> list[EvalRecord]:
+    """Run an eval grid as `dreamlab eval` does; `sampler` maps SamplerSettings fields to values or comma lists.
+
+    With `job_dir` (a Slurm eval job's folder) the model is the one chosen at submission and the results
+    go to the folder's journal instead of the store."""
     from dreamlab.evals.harness import EvalPlan, run_plan  # torch
     from dreamlab.models.loading import load_model_and_tokenizer  # torch, transformers
 
@@ -184,7 +205,12 @@ def run_eval(task: str = DEFAULT_TASK, *, model: str | None = None, run: str | N
             raise ValueError(f"--{flag.replace('_', '-')} must be >= 1; got {value}")
     cells = grid_cells(sampler or {}, spec.settings_for(template), spec.name)
     store_path = resolve_db(db)
-    choice = choose_model(store_path, model, run)
+    if job_dir is not None:
+        from dreamlab.train.eval_jobs import read_choice
+
+        choice = read_choice(job_dir)
+    else:
+        choice = choose_model(store_path, model, run)
     samples = spec.load_samples(limit, data)
     if not samples:
         raise ValueError(f"task {spec.name} has no problems to evaluate")
@@ -198,12 +224,32 @@ def run_eval(task: str = DEFAULT_TASK, *, model: str | None = None, run: str | N
                     history=history, grid_id=uuid.uuid4().hex[:8], add_bos=add_bos,
                     task_label=spec.name if data is None else f"{spec.name}:{Path(data).resolve()}",
                     versions=library_versions())
+    if job_dir is not None:
+        return _run_as_job(job_dir, net, tokenizer, plan, err)
     try:
         with RichProgress(err) as progress:
             return run_plan(RunStore(store_path), net, tokenizer, plan, progress)
     except KeyboardInterrupt:
         err.print("interrupted: finished samples are saved; run the same command again to resume")
         raise typer.Exit(130) from None
+
+
+def _run_as_job(job_dir: Path, net: Any, tokenizer: Any, plan: Any, err: Console) -> list[EvalRecord]:
+    """The plan as a Slurm eval job: every record into the folder's journal, with the job's start and ending."""
+    from dreamlab.evals.harness import run_plan
+    from dreamlab.evals.journaled import JournalEvalStore
+
+    store = JournalEvalStore(job_dir)
+    store.job_started()
+    try:
+        with RichProgress(err) as progress:
+            records = run_plan(store, net, tokenizer, plan, progress)
+    except BaseException as error:
+        store.job_ended("stopped" if isinstance(error, KeyboardInterrupt) else "failed",
+                        f"{type(error).__name__}: {error}")
+        raise
+    store.job_ended("completed")
+    return records
 
 
 def print_frontier(records: list[EvalRecord], console: Console) -> None:
@@ -243,6 +289,39 @@ def frontier_command(
         typer.echo(json.dumps([{**row, "pareto": row["id"] in best} for row in export_rows(records)], indent=2, default=str))
         return
     print_frontier(records, Console(highlight=False))
+
+
+@app.command("jobs")
+def jobs_command(
+    db: DbOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Evals submitted with --slurm, newest first: Slurm job id, state (queued and why, running where, ended how) and
+    the eval rows each has recorded so far (their journals are read in first)."""
+    from dreamlab.display import fmt_when
+    from dreamlab.train.eval_jobs import refresh_eval_jobs
+
+    with _errors():
+        store = open_existing_store(db)
+        jobs = refresh_eval_jobs(store)
+        records = {job.id: [store.get_eval(eval_id) for eval_id in job.eval_ids] for job in jobs}
+    if as_json:
+        typer.echo(json.dumps([{**job.to_dict(), "evals": [r.to_dict() for r in records[job.id]]} for job in jobs],
+                              indent=2, default=str))
+        return
+    table = Table(title=f"eval jobs in {resolve_db(db)}", title_justify="left")
+    for column in ("name", "Slurm job", "status", "nodes", "submitted", "evals", "samples done"):
+        table.add_column(column, justify="right" if column in ("evals", "samples done") else "left")
+    for job in jobs:
+        done = sum(r.n_done for r in records[job.id])
+        total = sum(r.n_samples or 0 for r in records[job.id])
+        table.add_row(job.name, job.job_id or "—", job.status, job.nodes or "—", fmt_when(job.created),
+                      ", ".join(str(r.id) for r in records[job.id]) or "—", f"{done}/{total}" if total else "—")
+    console = Console(highlight=False)
+    console.print(table if jobs else "no eval jobs", soft_wrap=not jobs)
+    for job in jobs:
+        if job.reason:
+            console.print(Text.assemble((job.name, "bold"), f" {job.status}: {job.reason}"))
 
 
 @app.command("score")

@@ -142,3 +142,30 @@ EvalRecord = make_dataclass("EvalRecord", [
     ("wall_seconds", float | None, None),
 ], frozen=True, namespace={"to_dict": _eval_record_to_dict, "__module__": __name__,
                             "__doc__": "One row of `evals`: a grid cell's settings, progress and summary (None until known)."})
+
+
+@dataclass(frozen=True)
+class EvalJob:
+    """An eval submitted to Slurm (`dreamlab eval --slurm`): its job, state, folder and the eval rows it recorded."""
+
+    id: int
+    name: str
+    status: str
+    folder: str
+    command: list[str] = field(default_factory=list)
+    reason: str | None = None
+    job_id: str | None = None
+    nodes: str | None = None
+    created: float = 0.0
+    started: float | None = None
+    ended: float | None = None
+    eval_ids: list[int] = field(default_factory=list)
+
+    @property
+    def finished(self) -> bool:
+        """True once the job ended (completed, failed or stopped)."""
+        return self.status in ("completed", "failed", "stopped")
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict of every field."""
+        return asdict(self)

@@ -223,10 +223,37 @@ _V9_LAUNCHER = """
 """
 
 
+# Version 10: what a Slurm job writes into its folder instead of the store (runs/<run>/journal.jsonl, an eval job's
+# folder) and how far the submitting host has read each journal into the store (so a line is recorded once), and
+# evals submitted to Slurm as jobs: their job id, state and folder, and which job recorded each eval row.
+_V10_JOURNALS = """
+        CREATE TABLE journals (
+            path TEXT PRIMARY KEY,
+            offset INTEGER NOT NULL DEFAULT 0,
+            lines INTEGER NOT NULL DEFAULT 0,
+            bad_lines INTEGER NOT NULL DEFAULT 0
+        ) WITHOUT ROWID;
+        CREATE TABLE eval_jobs (
+            id INTEGER PRIMARY KEY,
+            name TEXT NOT NULL UNIQUE,
+            status TEXT NOT NULL CHECK (status IN ('queued', 'running', 'completed', 'failed', 'stopped')),
+            reason TEXT,
+            job_id TEXT,
+            nodes TEXT,
+            folder TEXT NOT NULL,
+            command TEXT NOT NULL DEFAULT '[]',
+            created REAL NOT NULL,
+            started REAL,
+            ended REAL
+        );
+        ALTER TABLE evals ADD COLUMN eval_job_id INTEGER REFERENCES eval_jobs (id) ON DELETE SET NULL;
+"""
+
+
 # Ordered: MIGRATIONS[i] takes a database from version i to version i + 1. Never edit a released
 # migration; append a new one.
 MIGRATIONS: tuple[str, ...] = (_V1_INITIAL, _V2_LATEST_METRICS, _V3_EVALS, _V4_EVENTS, _V5_LIVENESS, _V6_LM_EVAL,
-                                _V7_EXTERNAL_METRICS, _V8_SPEED, _V9_LAUNCHER)
+                                _V7_EXTERNAL_METRICS, _V8_SPEED, _V9_LAUNCHER, _V10_JOURNALS)
 SCHEMA_VERSION = len(MIGRATIONS)
 # Tables that hold a settings dataclass's fields as columns: a new field becomes a column on the next open.
 SETTINGS_COLUMNS = {"evals": SamplerSettings}

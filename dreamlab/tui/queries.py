@@ -16,6 +16,7 @@ from typing import Any
 
 from dreamlab.store import Checkpoint, Comparison, Event, MetricPoint, Run, RunStore
 from dreamlab.store.health import Health
+from dreamlab.store.ingest import ingest_all
 from dreamlab.train.processes import assess
 from dreamlab.train.slurm import watched_jobs
 
@@ -49,14 +50,16 @@ class RunRow:
 
 
 def load_runs(store: RunStore, lost_after_s: float | None = None) -> list[RunRow]:
-    """Every run, newest first, with its highlights and its status as `assess` reads it (never written here)."""
+    """Every run, newest first, with its highlights and its status as `assess` reads it; the only writes are the
+    Slurm jobs' new journal lines, read in (after asking Slurm, so a job it reports ended has its ending in)."""
+    jobs = watched_jobs(store.list_runs())  # one squeue call for every Slurm run
+    ingest_all(store)
     runs = store.list_runs()
     ids = [run.id for run in runs]
     steps = store.max_steps(ids)
     losses = store.latest_metrics_for(ids, keys=[LOSS_KEY])
     best_evals = store.best_eval_accuracy(ids)
     now = time.time()
-    jobs = watched_jobs(runs)  # one squeue call for every Slurm run
     rows = []
     for run in runs:
         loss = losses.get(run.id, {}).get(LOSS_KEY)
