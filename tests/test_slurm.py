@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
+import os
 import sqlite3
 import subprocess
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -165,3 +168,48 @@ def test_the_local_cluster_says_why_it_cannot_start(tmp_path, monkeypatch):
     assert slurm_cluster.missing_reason() == (
         "Slurm is not installed (munged, slurmctld, slurmd, sbatch, squeue, scancel, scontrol, srun missing; "
         "apt-get install slurm-wlm munge)")
+
+
+def fake_slurm(folder: Path, squeue_line: str = "") -> None:
+    """sbatch / squeue / scancel / scontrol stand-ins on PATH: sbatch answers job 123, squeue prints `squeue_line`."""
+    folder.mkdir(parents=True, exist_ok=True)
+    scripts = {"sbatch": "echo 123", "squeue": f"printf '{squeue_line}'", "scancel": "true", "scontrol": "exit 1"}
+    for name, body in scripts.items():
+        (folder / name).write_text(f"#!/bin/sh\n{body}\n")
+        (folder / name).chmod(0o755)
+
+
+def test_eval_slurm_records_an_eval_job_whose_command_never_names_the_store(tmp_path, monkeypatch):
+    fake_slurm(tmp_path / "bin", squeue_line="123|PENDING|Priority|\\n")
+    monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}{os.pathsep}{os.environ['PATH']}")
+    db = tmp_path / "runs" / "dreamlab.db"
+    result = CliRunner().invoke(app, ["eval", "--model", "tiny", "--limit", "2", "--steps", "4", "--slurm",
+                                      "--partition", "cpu", "--db", str(db)])
+    assert result.exit_code == 0, result.output
+    (job,) = RunStore(db).list_eval_jobs()
+    assert (job.job_id, job.status, job.reason) == ("123", "queued", "Slurm job 123 submitted")
+    folder = Path(job.folder)
+    assert folder == (tmp_path / "runs" / "evals" / job.name).resolve()
+    assert job.command[3:] == ["eval", "--steps", "4", "--limit", "2", "--job-dir", str(folder)]
+    script = (folder / "slurm.sbatch").read_text()
+    assert "#SBATCH --partition=cpu\n" in script and f"#SBATCH --output={folder / 'eval.log'}\n" in script
+    assert "--db" not in script and str(db) not in script
+    assert json.loads((folder / "eval.json").read_text()) == {"spec": "tiny", "checkpoint": None, "run_id": None}
+    listed = CliRunner().invoke(app, ["eval", "jobs", "--json", "--db", str(db)])
+    (shown,) = json.loads(listed.output)
+    assert (shown["status"], shown["reason"]) == ("queued", "Slurm job pending: Priority (job 123)")
+
+
+def test_eval_slurm_without_slurm_commands_refuses_before_recording_a_job(tmp_path, monkeypatch):
+    monkeypatch.setenv("PATH", str(tmp_path))
+    db = tmp_path / "runs" / "dreamlab.db"
+    result = CliRunner().invoke(app, ["eval", "--model", "tiny", "--slurm", "--db", str(db)])
+    assert result.exit_code == 2 and "--slurm: Slurm commands not found: sbatch" in result.output
+    assert not db.exists() or RunStore(db).list_eval_jobs() == []
+
+
+def test_run_folders_go_to_dreamlab_runs_dir_when_set(tmp_path, monkeypatch):
+    monkeypatch.setenv("DREAMLAB_RUNS_DIR", str(tmp_path / "shared" / "runs"))
+    store = RunStore(tmp_path / "local" / "dreamlab.db")
+    run = store.create_run(name="there")
+    assert Path(run.run_dir) == (tmp_path / "shared" / "runs" / "there").resolve()

@@ -137,20 +137,21 @@ def _submit_to_slurm(ctx: typer.Context, *, db: Path | None, model: str | None, 
                      slurm_arg: list[str] | None) -> EvalJob:
     """Choose the model here (a run's checkpoint is in this host's store), record the eval job and sbatch it."""
     from dreamlab.train import slurm as slurm_jobs
-    from dreamlab.train.eval_jobs import new_job_name, submit_eval_job
+    from dreamlab.train.eval_jobs import job_folder, new_job_name, submit_eval_job
 
     missing = slurm_jobs.available()
     if missing:
         raise ValueError(f"--slurm: {missing}")
     store_path = resolve_db(db)
     choice = choose_model(store_path, model, run)
+    store = RunStore(store_path)
     name = new_job_name()
-    folder = store_path.resolve().parent / "evals" / name
+    folder = job_folder(store, name)
     options = slurm_jobs.job_options(name=f"dreamlab-{name}", output=folder / "eval.log", partition=partition,
                                      account=account, time_limit=time_limit, gpus_per_node=gpus_per_node,
                                      extra=slurm_arg or [])
     command = [sys.executable, "-c", "from dreamlab.cli import main; main()", "eval", *_argv_without_slurm(ctx)]
-    return submit_eval_job(RunStore(store_path), command, choice, options, name)
+    return submit_eval_job(store, command, choice, options, name)
 
 
 def _argv_without_slurm(ctx: typer.Context) -> list[str]:

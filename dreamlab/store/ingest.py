@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from dreamlab.store.errors import StoreError
+from dreamlab.store.evals import settings_key
 from dreamlab.store.journal import JOURNAL_NAME
 from dreamlab.store.records import EvalJob, Progress, Run
 from dreamlab.store.runstore import RunStore
@@ -88,6 +89,9 @@ def apply_eval_job_record(store: RunStore, job: EvalJob, record: dict[str, Any])
     if kind == "started":
         store.update_eval_job(job.id, status="running", started=when, nodes=record.get("nodes"), ended=None, reason=None)
     elif kind == "eval":
+        if settings_key(record["settings"]) != record["key"]:
+            raise StoreError(f"eval {record['key']}: its settings hash to {settings_key(record['settings'])} here "
+                             "(another dreamlab version?)")
         found = store.create_or_resume_eval(record["settings"])
         store.link_eval_to_job(found.id, job.id)
     elif kind == "samples":

@@ -24,6 +24,7 @@ from dreamlab.store.schema import STATUSES, check_sqlite_file, migrate
 
 DEFAULT_DB = Path("runs") / "dreamlab.db"
 DB_ENV = "DREAMLAB_DB"
+RUNS_DIR_ENV = "DREAMLAB_RUNS_DIR"
 _META_KEYS = {"git_commit", "host", "gpus", "versions"}
 _VERSION_KEYS = ("torch", "transformers", "dreamlab")
 # A write from a run proves it is alive: a run marked lost (silent too long) comes back to running.
@@ -87,8 +88,10 @@ class RunStore(EvalStoreMixin, JobStoreMixin):
 
     @property
     def runs_dir(self) -> Path:
-        """The folder that holds the database and, by default, one folder per run."""
-        return self.path.resolve().parent
+        """Where run folders go: $DREAMLAB_RUNS_DIR (a shared file system, the store on a local disk), else the
+        database's folder."""
+        folder = os.environ.get(RUNS_DIR_ENV)
+        return Path(folder).expanduser().resolve() if folder else self.path.resolve().parent
 
     def close(self) -> None:
         """Close the connection."""

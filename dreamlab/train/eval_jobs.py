@@ -25,12 +25,17 @@ def new_job_name() -> str:
     return f"eval-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:4]}"
 
 
+def job_folder(store: RunStore, name: str) -> Path:
+    """Where eval job `name` keeps its script, log, journal and model choice (on the shared runs folder)."""
+    return store.runs_dir / "evals" / name
+
+
 def submit_eval_job(store: RunStore, command: list[str], choice: ModelChoice, options: list[str], name: str) -> EvalJob:
     """Record the eval job, write its folder (the model chosen here, the script), sbatch it; queued with its job id.
 
     `command` is the eval without the Slurm options; it gets `--job-dir FOLDER`. A job Slurm refuses is
     recorded failed with sbatch's reason, and the SlurmError raised."""
-    folder = store.runs_dir / "evals" / name
+    folder = job_folder(store, name)
     folder.mkdir(parents=True, exist_ok=True)
     (folder / CHOICE_FILE).write_text(json.dumps(vars(choice), indent=2))
     command = [*command, "--job-dir", str(folder.resolve())]
