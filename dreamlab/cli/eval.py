@@ -312,7 +312,8 @@ def jobs_command(
         return
     table = Table(title=f"eval jobs in {resolve_db(db)}", title_justify="left")
     for column in ("name", "Slurm job", "status", "nodes", "submitted", "evals", "samples done"):
-        table.add_column(column, justify="right" if column in ("evals", "samples done") else "left")
+        table.add_column(column, justify="right" if column in ("evals", "samples done") else "left",
+                         no_wrap=column in ("name", "Slurm job", "status"))
     for job in jobs:
         done = sum(r.n_done for r in records[job.id])
         total = sum(r.n_samples or 0 for r in records[job.id])
