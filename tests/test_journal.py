@@ -204,3 +204,18 @@ def test_eval_jobs_refuse_unknown_fields_and_statuses(tmp_path):
         store.update_eval_job(job.id, status="lost")
     with pytest.raises(Exception, match="an eval job named e3 already exists"):
         store.create_eval_job("e3", tmp_path, [])
+
+
+def test_a_long_journal_is_read_in_batches_each_with_its_offset(tmp_path):
+    store = RunStore(tmp_path / "dreamlab.db")
+    run = slurm_run(store)
+    writer = journal(run)
+    for step in range(1, 8):
+        writer.write("metrics", step=step, values={"train/loss": float(step)}, time=1.0)
+    seen = []
+    applied, skipped = store.ingest_journal(writer.path, lambda record: seen.append(
+        (record["step"], store.journal_offsets().get(str(writer.path.resolve()), 0))), batch_lines=3)
+    assert (applied, skipped) == (7, [])
+    line = writer.path.stat().st_size // 7  # every line here has the same length (one digit, the same time)
+    assert seen == [(1, 0), (2, 0), (3, 0), (4, 3 * line), (5, 3 * line), (6, 3 * line), (7, 6 * line)]
+    assert store.journal_offsets() == {str(writer.path.resolve()): 7 * line}

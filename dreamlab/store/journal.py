@@ -69,17 +69,21 @@ class Chunk:
     offset: int
 
 
-def read_from(path: str | os.PathLike[str], offset: int) -> Chunk:
-    """The complete lines of `path` after byte `offset`; a last line without its newline is left for the next read."""
+def read_from(path: str | os.PathLike[str], offset: int, max_lines: int | None = None) -> Chunk:
+    """The complete lines of `path` after byte `offset` (at most `max_lines` of them); a last line without its
+    newline is left for the next read."""
     try:
         with open(path, "rb") as file:
             file.seek(offset)
             data = file.read()
     except FileNotFoundError:
         return Chunk([], [], offset)
-    end = data.rfind(b"\n") + 1  # 0 when no line is complete yet
-    records, bad = [], []
-    for number, raw in enumerate(data[:end].split(b"\n")[:-1]):
+    records, bad, end = [], [], 0
+    while max_lines is None or len(records) + len(bad) < max_lines:
+        newline = data.find(b"\n", end)
+        if newline < 0:
+            break  # no line is complete after `end` (yet)
+        raw, end = data[end:newline], newline + 1
         if not raw.strip():
             continue
         try:
