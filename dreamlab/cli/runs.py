@@ -23,7 +23,7 @@ from dreamlab.display import fmt_value as _text
 from dreamlab.display import fmt_when as _when
 from dreamlab.store import Run, RunStore, StoreError
 from dreamlab.store.health import Health
-from dreamlab.store.ingest import ingest_runs
+from dreamlab.store.ingest import ingest_run, ingest_runs
 from dreamlab.store.records import TERMINAL_STATUSES
 from dreamlab.store.params import flatten
 from dreamlab.train.processes import assess, stop_run
@@ -130,6 +130,9 @@ def show_command(
         store = _open(db)
         found = store.get_run(run)
         health = assess(found, lost_after, stall_after)
+        if health.status in TERMINAL_STATUSES and not found.finished and ingest_run(store, found):
+            found = store.get_run(found.id)  # the job wrote its ending after the store was opened: its own word
+            health = assess(found, lost_after, stall_after)
         params = store.params(found.id)
         latest = store.latest_metrics(found.id)
         checkpoints = store.checkpoints(found.id)

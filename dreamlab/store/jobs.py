@@ -16,6 +16,14 @@ from dreamlab.store.journal import read_from
 from dreamlab.store.records import EvalJob
 
 EVAL_JOB_STATUSES = ("queued", "running", "completed", "failed", "stopped")
+_EVAL_JOB_FIELDS = ("status", "reason", "job_id", "nodes", "started", "ended")
+# A field changes only when the update names it (`set_<field>` true), even to NULL.
+_UPDATE_EVAL_JOB = """UPDATE eval_jobs SET status = CASE WHEN :set_status THEN :status ELSE status END,
+    reason = CASE WHEN :set_reason THEN :reason ELSE reason END,
+    job_id = CASE WHEN :set_job_id THEN :job_id ELSE job_id END,
+    nodes = CASE WHEN :set_nodes THEN :nodes ELSE nodes END,
+    started = CASE WHEN :set_started THEN :started ELSE started END,
+    ended = CASE WHEN :set_ended THEN :ended ELSE ended END WHERE id = :id"""
 INGEST_BATCH_LINES = 500  # journal lines a transaction (a backlog must not hold the write lock for long)
 _UPSERT_JOURNAL = """INSERT INTO journals (path, offset, lines, bad_lines) VALUES (:path, :offset, :lines, :bad)
     ON CONFLICT (path) DO UPDATE SET offset = :offset, lines = lines + :lines, bad_lines = bad_lines + :bad"""
@@ -84,17 +92,18 @@ class JobStoreMixin:
         return self.get_eval_job(job_id)
 
     def update_eval_job(self: StoreCore, job_ref: int | str, **changes: Any) -> EvalJob:
-        """Set some of status, reason, job_id, nodes, started, ended of an eval job."""
-        allowed = {"status", "reason", "job_id", "nodes", "started", "ended"}
-        if set(changes) - allowed:
-            raise StoreError(f"unknown eval job fields {sorted(set(changes) - allowed)}; expected some of {sorted(allowed)}")
+        """Set some of status, reason, job_id, nodes, started, ended of an eval job (a field not named stays)."""
+        unknown = set(changes) - set(_EVAL_JOB_FIELDS)
+        if unknown:
+            raise StoreError(f"unknown eval job fields {sorted(unknown)}; expected some of {list(_EVAL_JOB_FIELDS)}")
         if "status" in changes and changes["status"] not in EVAL_JOB_STATUSES:
             raise StoreError(f"eval job status {changes['status']!r}: use one of {', '.join(EVAL_JOB_STATUSES)}")
         job = self.get_eval_job(job_ref)
-        if changes:
-            columns = ", ".join(f"{name} = :{name}" for name in changes)
-            with self._write() as conn:
-                conn.execute(f"UPDATE eval_jobs SET {columns} WHERE id = :id", {**changes, "id": job.id})
+        args = {"id": job.id}
+        for name in _EVAL_JOB_FIELDS:
+            args[name], args[f"set_{name}"] = changes.get(name), name in changes
+        with self._write() as conn:
+            conn.execute(_UPDATE_EVAL_JOB, args)
         return self.get_eval_job(job.id)
 
     def link_eval_to_job(self: StoreCore, eval_id: int, job_ref: int | str) -> None:
@@ -105,9 +114,10 @@ class JobStoreMixin:
 
     def get_eval_job(self: StoreCore, job_ref: int | str) -> EvalJob:
         """An eval job by id or name; StoreError if unknown."""
+        by_id = isinstance(job_ref, int)
         with self._read() as conn:
-            column = "id" if isinstance(job_ref, int) else "name"
-            row = conn.execute(f"SELECT * FROM eval_jobs WHERE {column} = ?", (job_ref,)).fetchone()
+            row = conn.execute("SELECT * FROM eval_jobs WHERE id = :id OR name = :name",
+                               {"id": job_ref if by_id else None, "name": None if by_id else str(job_ref)}).fetchone()
             if row is None:
                 raise StoreError(f"no eval job {job_ref} in {self.path}")
             return _eval_job(conn, row)
