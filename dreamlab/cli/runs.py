@@ -172,13 +172,14 @@ def show_command(
 def _record_lost(store: RunStore, lost_after: float | None, stall_after: float | None) -> dict[int, Health]:
     """Assess every running run (and queued Slurm job) and record what the console only shows: lost runs, and the
     endings of Slurm jobs whose run recorded none; returns each one's health by id."""
-    slurm_runs = [run for run in store.list_runs(status="queued") if run.launcher == "slurm"]
+    def unfinished() -> list[Run]:
+        return [*store.list_runs(status="running"), *(run for run in store.list_runs(status="queued")
+                                                      if run.launcher == "slurm")]
+
     # What Slurm says first, then the journals: a job that Slurm reports ended wrote its last line before that.
-    jobs = watched_jobs([*store.list_runs(status="running"), *slurm_runs])
-    ingest_runs(store, [*slurm_runs, *store.list_runs(status="running")])
-    watched = [*store.list_runs(status="running"), *(run for run in store.list_runs(status="queued")
-                                                     if run.launcher == "slurm")]
-    assessed = {run.id: assess(run, lost_after, stall_after, jobs=jobs) for run in watched}
+    jobs = watched_jobs(unfinished())
+    ingest_runs(store, unfinished())
+    assessed = {run.id: assess(run, lost_after, stall_after, jobs=jobs) for run in unfinished()}
     for run_id, health in assessed.items():
         if health.status == "lost":
             store.mark_lost(run_id, health.reason or "lost")
