@@ -219,3 +219,21 @@ def test_a_long_journal_is_read_in_batches_each_with_its_offset(tmp_path):
     line = writer.path.stat().st_size // 7  # every line here has the same length (one digit, the same time)
     assert seen == [(1, 0), (2, 0), (3, 0), (4, 3 * line), (5, 3 * line), (6, 3 * line), (7, 6 * line)]
     assert store.journal_offsets() == {str(writer.path.resolve()): 7 * line}
+
+
+def test_an_eval_job_rerun_in_its_folder_resumes_from_its_own_journal(tmp_path):
+    from dreamlab.evals.journaled import JournalEvalStore
+
+    settings = {"task": "arithmetic", "model": "tiny", "alg": "entropy", "steps": 4, "n_samples": 2}
+    first = JournalEvalStore(tmp_path)
+    record = first.create_or_resume_eval(settings)
+    assert (record.id, record.status, record.n_done) == (settings_key(settings), "running", 0)
+    first.record_eval_samples(record.id, [{"idx": 0, "question": "q", "gold": "1", "generation": "1", "correct": True}])
+    rerun = JournalEvalStore(tmp_path)  # Slurm reran the job: the same folder
+    record = rerun.create_or_resume_eval(settings)
+    assert (rerun.done_sample_indices(record.id), record.n_done, record.n_correct) == ({0}, 1, 1)
+    rerun.finish_eval(record.id, "completed", {"accuracy": 1.0})
+    lines = (tmp_path / JOURNAL_NAME).read_text().count("\n")
+    again = JournalEvalStore(tmp_path).create_or_resume_eval(settings)
+    assert (again.status, again.accuracy) == ("completed", 1.0)
+    assert (tmp_path / JOURNAL_NAME).read_text().count("\n") == lines  # a completed cell is not opened again
