@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
+from pathlib import Path
 
 import pytest
 
@@ -237,3 +238,18 @@ def test_an_eval_job_rerun_in_its_folder_resumes_from_its_own_journal(tmp_path):
     again = JournalEvalStore(tmp_path).create_or_resume_eval(settings)
     assert (again.status, again.accuracy) == ("completed", 1.0)
     assert (tmp_path / JOURNAL_NAME).read_text().count("\n") == lines  # a completed cell is not opened again
+
+
+def test_a_deleted_run_s_journal_offset_goes_with_it_so_a_new_run_of_its_name_starts_afresh(tmp_path):
+    store = RunStore(tmp_path / "dreamlab.db")
+    old = slurm_run(store, "again")
+    writer = journal(old)
+    for step in range(1, 4):
+        writer.write("metrics", step=step, values={"train/loss": 1.0})
+    ingest_run(store, old)
+    store.delete_run(old.id)
+    assert store.journal_offsets() == {}
+    Path(old.run_dir, JOURNAL_NAME).unlink()  # `runs rm` removes the folder
+    new = slurm_run(store, "again")
+    journal(new).write("metrics", step=1, values={"train/loss": 2.0})
+    assert ingest_run(store, new) == 1 and [(p.step, p.value) for p in store.metrics(new.id)] == [(1, 2.0)]

@@ -16,6 +16,7 @@ from typing import Any
 from dreamlab.store.errors import StoreError
 from dreamlab.store.evals import EvalStoreMixin
 from dreamlab.store.jobs import JobStoreMixin
+from dreamlab.store.journal import JOURNAL_NAME
 from dreamlab.store.names import generate_run_name, validate_run_name
 from dreamlab.store.params import decode_value, flatten_recipe, same_value
 from dreamlab.store.readonly import query_readonly
@@ -291,12 +292,15 @@ class RunStore(EvalStoreMixin, JobStoreMixin):
             return cursor.rowcount == 1
 
     def delete_run(self, ref: int | str, *, force: bool = False) -> Run:
-        """Delete a run's rows (metrics, params, checkpoints, evals too); refused while it runs unless force."""
+        """Delete a run's rows (metrics, params, checkpoints, evals, its journal's offset too); refused while it runs
+        unless force."""
         with self._write() as conn:
             run = self._resolve(ref, conn)
             if run.status == "running" and not force:
                 raise StoreError(f"run {run.name} is running: stop it first")
             conn.execute("DELETE FROM runs WHERE id = ?", (run.id,))
+            if run.run_dir:  # a later run of the same name starts its journal afresh
+                conn.execute("DELETE FROM journals WHERE path = ?", (str(Path(run.run_dir, JOURNAL_NAME).resolve()),))
         return run
 
     def run_owning(self, path: Path) -> int | None:

@@ -27,6 +27,7 @@ from pathlib import Path
 from dreamlab.config import Recipe, RecipeError
 from dreamlab.store import Run, RunStore, StoreError
 from dreamlab.store.health import Health, Liveness, Thresholds, judge
+from dreamlab.store.journal import JOURNAL_NAME
 from dreamlab.train import STOP_FILE
 
 SCRIPT_NAME = "slurm.sbatch"
@@ -196,6 +197,8 @@ def submit(store: RunStore, run: Run, recipe: Recipe) -> Run:
     if recipe.trainer.launcher != "slurm":
         raise RecipeError("trainer.launcher: a Slurm submission needs trainer.launcher=slurm")
     run_dir = Path(run.run_dir)
+    if run.job_id is None:  # a first submission: a journal here is a deleted run's (`runs rm --keep-folder`)
+        (run_dir / JOURNAL_NAME).unlink(missing_ok=True)
     try:
         job_id = sbatch(write_script(recipe, run_dir, run.name))
     except SlurmError as error:
