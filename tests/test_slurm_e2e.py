@@ -341,7 +341,7 @@ def test_an_eval_submitted_to_slurm_records_its_samples_and_job_id_without_openi
     assert (record.status, record.n_done, record.alg, record.steps) == ("completed", 2, "entropy", 4)
     assert [sample["idx"] for sample in RunStore(db).eval_samples(record.id)] == [0, 1]
     listed = cli(db, "evals", "list").output
-    assert re.search(rf"│\s*{job.id} │ completed\s*│ arithmetic", listed), listed
+    assert re.search(rf"│\s*{job.id} │ completed │ arithm.*│ tiny\s*│\s*2/2", listed), listed
 
 
 def test_a_pending_eval_job_shows_its_reason_and_one_cancelled_outside_reads_stopped(cluster, tmp_path):
@@ -368,3 +368,22 @@ def test_evals_stop_cancels_a_pending_slurm_eval_job(cluster, tmp_path):
     assert ended is None or slurm_jobs.map_state(ended.state)[0] == "stopped", ended
     (job,) = eval_jobs(db)
     assert (job["status"], job["reason"]) == ("stopped", "cancelled by user while queued in Slurm")
+
+
+def test_evals_stop_sends_sigterm_to_a_running_slurm_eval_job_which_ends_stopped_with_its_samples(cluster, tmp_path):
+    db = tmp_path / "runs" / "dreamlab.db"
+    # Far more samples than the stop below leaves it time for (one at a time, three cells): it is stopped mid-way.
+    cli(db, "eval", "--model", "tiny", "--limit", "1000", "--steps", "32,64,128", "--batch-size", "1", "--slurm")
+    deadline = time.monotonic() + 180
+    while not ((job := eval_jobs(db)[0])["status"] == "running" and job["n_done"] >= 2):
+        assert job["status"] in ("queued", "running") and time.monotonic() < deadline, job
+        time.sleep(1.0)
+    output = cli(db, "evals", "stop", str(job["id"]), "--grace", "60").output
+    assert f"sent SIGTERM to Slurm job {job['slurm_job']}" in output, output
+    (job,) = eval_jobs(db)
+    assert (job["status"], job["reason"]) == ("stopped", "stopped by SIGTERM (dreamlab evals stop); finished samples "
+                                                         "are kept"), job
+    records = RunStore(db).list_evals()
+    kept = sum(len(RunStore(db).eval_samples(record.id)) for record in records)
+    assert 2 <= job["n_done"] == kept < job["n_total"] == 3000
+    assert "interrupted" in {record.status for record in records}
