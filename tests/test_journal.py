@@ -205,9 +205,11 @@ def test_a_requeued_eval_job_runs_again_and_its_journal_ending_wins(tmp_path):
     ingest_eval_job(store, job)
     again = store.get_eval_job(job.id)
     assert (again.status, again.nodes, again.ended, again.exit_reason) == ("running", "n2", None, None)
+    store.finish_eval_job(job.id, "failed", "Slurm job failed (job 77; the eval recorded no ending)")  # a guess
     writer.write("finish", status="completed", time=4.0)
     ingest_eval_job(store, job)
-    assert (store.get_eval_job(job.id).status, store.get_eval_job(job.id).ended) == ("completed", 4.0)
+    found = store.get_eval_job(job.id)
+    assert (found.status, found.ended, found.exit_reason) == ("completed", 4.0, None)
 
 
 def test_samples_before_their_eval_line_are_refused_as_a_reason_not_a_traceback(tmp_path):

@@ -156,6 +156,14 @@ class EvalJobStoreMixin:
         with self._write() as conn:
             conn.execute(_SUM_PROGRESS, {"id": int(job_id)})
 
+    def replace_eval_job_ending(self: StoreCore, job_id: int, status: str, exit_reason: str | None, when: float) -> None:
+        """Put the job's own ending (a Slurm job's journal) in place of one a reader guessed from Slurm's state first."""
+        if status not in ENDED_JOB_STATUSES:
+            raise StoreError(f"cannot end an eval job as {status!r}: use one of {', '.join(ENDED_JOB_STATUSES)}")
+        with self._write() as conn:
+            conn.execute("UPDATE eval_jobs SET status = ?, ended = ?, exit_reason = ? WHERE id = ? AND status IN "
+                         "('completed', 'failed', 'stopped')", (status, when, exit_reason, int(job_id)))
+
     def mark_eval_job_lost(self: StoreCore, job_id: int, reason: str) -> bool:
         """Mark a running job lost (ended at its last heartbeat), its running eval rows interrupted."""
         with self._write() as conn:

@@ -103,8 +103,9 @@ def apply_eval_job_record(store: RunStore, job: EvalJob, record: dict[str, Any])
         store.record_eval_samples(store.find_eval(record["key"]).id, record["rows"])
     elif kind == "eval_finish":
         store.finish_eval(store.find_eval(record["key"]).id, record["status"], record.get("summary"))
-    elif kind == "finish":
-        store.finish_eval_job(job.id, record["status"], record.get("reason"), when=when)
+    elif kind == "finish":  # the job's own word, also over an ending a reader guessed from Slurm first
+        if not store.finish_eval_job(job.id, record["status"], record.get("reason"), when=when):
+            store.replace_eval_job_ending(job.id, record["status"], record.get("reason"), when)
     else:
         raise StoreError(f"unknown eval job record kind {kind!r}")
     if kind in ("eval", "samples", "eval_finish"):
