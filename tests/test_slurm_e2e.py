@@ -380,6 +380,7 @@ def test_evals_stop_sends_sigterm_to_a_running_slurm_eval_job_which_ends_stopped
         time.sleep(1.0)
     output = cli(db, "evals", "stop", str(job["id"]), "--grace", "60").output
     assert f"sent SIGTERM to Slurm job {job['slurm_job']}" in output, output
+    assert re.search(rf"eval job {job['id']} stopped: \d+/3000 samples kept\n", output), output  # no rerun advice
     (job,) = eval_jobs(db)
     assert (job["status"], job["reason"]) == ("stopped", "stopped by SIGTERM (dreamlab evals stop); finished samples "
                                                          "are kept"), job

@@ -124,8 +124,9 @@ def stop_command(
         store = open_existing_store(db, hint="pass --db or set DREAMLAB_DB")
         result = stop_job(store, job, grace_s=grace, say=typer.echo)
         after = store.get_eval_job(job)
-    typer.echo(f"eval job {job} {after.status}: {after.n_done}/{after.n_total or '?'} samples kept; "
-               f"rerun `dreamlab eval {shlex.join(after.command)}` to resume" if after.status == "stopped"
-               else f"eval job {job} ended on its own: {after.status}")
+    resume = ("" if after.launcher == "slurm" else  # its journal is its own: a new submission starts afresh
+              f"; rerun `dreamlab eval {shlex.join(after.command)}` to resume")
+    typer.echo(f"eval job {job} {after.status}: {after.n_done}/{after.n_total or '?'} samples kept{resume}"
+               if after.status == "stopped" else f"eval job {job} ended on its own: {after.status}")
     if not result.exited:
         typer.echo("warning: some of its processes are still alive", err=True)
