@@ -13,7 +13,7 @@ from dreamlab.cli import app
 from dreamlab.evals.jobs import judge
 from dreamlab.evals.progress import StoreProgress, eta_seconds, running_accuracy, samples_per_second
 from dreamlab.store import SCHEMA_VERSION, RunStore, StoreError
-from dreamlab.store.health import Liveness
+from dreamlab.store.health import Health, Liveness
 from dreamlab.store.schema import migrate, schema_version
 
 runner = CliRunner()
@@ -149,6 +149,30 @@ def test_a_v9_store_migrates_to_eval_jobs(tmp_path):
     assert schema_version(check) == SCHEMA_VERSION
     with pytest.raises(sqlite3.IntegrityError):
         check.execute("INSERT INTO eval_jobs (status, created) VALUES ('done', 0)")
+    check.close()
+
+
+def test_a_v11_store_s_eval_jobs_read_local_after_v12_and_a_slurm_job_reads_slurm_s_state(tmp_path):
+    path = tmp_path / "v11.db"
+    conn = sqlite3.connect(path, isolation_level=None)
+    assert migrate(conn, target=11) == 11
+    conn.execute("INSERT INTO eval_jobs (status, command, created) VALUES ('completed', '[]', 1.0)")
+    conn.close()
+    with RunStore(path) as store:
+        (old,) = store.list_eval_jobs()
+        assert (old.launcher, old.job_id, old.folder, old.reason) == ("local", None, None, None)
+        job = store.create_eval_job(["--limit", "2"], detached=True, launcher="slurm", folder=str(tmp_path))
+        queued = store.update_slurm_eval_job(job.id, job_id="5", reason="Slurm job pending: Priority (job 5)")
+        assert judge(queued, 1e9, Liveness.UNKNOWN) == Health("queued", "Slurm job pending: Priority (job 5)")
+        running = store.update_slurm_eval_job(job.id, status="running", nodes="n1", reason=None, started=2.0)
+        assert judge(running, 1e9, Liveness.UNKNOWN) == Health("running", "Slurm job 5 on n1")  # never lost
+        assert store.finish_eval_job(job.id, "stopped", "cancelled", when=3.0)
+        ended = store.get_eval_job(job.id)
+        assert (ended.status, ended.ended, ended.exit_reason, ended.host) == ("stopped", 3.0, "cancelled", None)
+        assert judge(ended, 1e9, Liveness.UNKNOWN) == Health("stopped", None)
+    check = sqlite3.connect(path)
+    with pytest.raises(sqlite3.IntegrityError):
+        check.execute("INSERT INTO eval_jobs (status, created, launcher) VALUES ('queued', 0, 'k8s')")
     check.close()
 
 

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
+import os
 import sqlite3
 import subprocess
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -85,8 +88,9 @@ def test_the_options_become_trainer_overrides_and_the_script_holds_them(tmp_path
         "--job-name=dreamlab-r", f"--output={tmp_path / 'train.log'}", "--open-mode=append", "--nodes=2",
         "--ntasks-per-node=1", "--signal=B:USR1@300", "--partition=gpu", "--account=lab", "--time=1-00:00:00",
         "--gpus-per-node=8", "--mem=0", "--constraint=h100", "--exclusive"]
-    script = write_script(recipe, tmp_path, "r", tmp_path / "dreamlab.db").read_text()
+    script = write_script(recipe, tmp_path, "r").read_text()
     assert "#SBATCH --nodes=2\n" in script
+    assert "--db" not in script and "dreamlab.db" not in script  # the job records into its journal, never the store
     assert 'head=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)' in script
     assert ('--nnodes=$SLURM_NTASKS --nproc-per-node=8 --rdzv-backend=c10d --rdzv-endpoint="$head:$port" '
             '--rdzv-id="$SLURM_JOB_ID" -m dreamlab.train.worker') in script
@@ -95,7 +99,7 @@ def test_the_options_become_trainer_overrides_and_the_script_holds_them(tmp_path
 
 
 def test_the_script_is_valid_bash_with_the_partition_s_default_time(tmp_path):
-    script = write_script(load_recipe(None, ["trainer.launcher=slurm"]), tmp_path, "r", tmp_path / "dreamlab.db")
+    script = write_script(load_recipe(None, ["trainer.launcher=slurm"]), tmp_path, "r")
     checked = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True)
     assert checked.returncode == 0, checked.stderr
     assert "stop_reason='Slurm time limit (the partition'\"'\"'s default) of job'\n" in script.read_text()
@@ -106,7 +110,7 @@ def test_the_time_limit_warning_becomes_the_stop_request_whenever_it_comes(tmp_p
     """Slurm's warning (USR1 to the batch shell) is sent here by a fake command the script runs: `rm` before the
     script's own trap is set (a warning as the job starts), or `srun` while the run trains."""
     recipe = load_recipe(None, ["trainer.launcher=slurm", "trainer.slurm_time=10", "trainer.slurm_signal_s=60"])
-    script = write_script(recipe, tmp_path, "r", tmp_path / "dreamlab.db")
+    script = write_script(recipe, tmp_path, "r")
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     for name, body in {"scontrol": "echo node1", "srun": "sleep 0.2", "rm": "true"}.items():
@@ -200,3 +204,51 @@ def test_the_local_cluster_says_why_it_cannot_start(tmp_path, monkeypatch):
     assert slurm_cluster.missing_reason() == (
         "Slurm is not installed (munged, slurmctld, slurmd, sbatch, squeue, scancel, scontrol, srun missing; "
         "apt-get install slurm-wlm munge)")
+
+
+def fake_slurm(folder: Path, squeue_line: str = "") -> None:
+    """sbatch / squeue / scancel / scontrol stand-ins on PATH: sbatch answers job 123, squeue prints `squeue_line`."""
+    folder.mkdir(parents=True, exist_ok=True)
+    scripts = {"sbatch": "echo 123", "squeue": f"printf '{squeue_line}'", "scancel": "true", "scontrol": "exit 1"}
+    for name, body in scripts.items():
+        (folder / name).write_text(f"#!/bin/sh\n{body}\n")
+        (folder / name).chmod(0o755)
+
+
+def test_eval_slurm_records_an_eval_job_whose_command_never_names_the_store(tmp_path, monkeypatch):
+    fake_slurm(tmp_path / "bin", squeue_line="123|PENDING|Priority|\\n")
+    monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}{os.pathsep}{os.environ['PATH']}")
+    db = tmp_path / "runs" / "dreamlab.db"
+    result = CliRunner().invoke(app, ["eval", "--model", "tiny", "--limit", "2", "--steps", "4", "--slurm",
+                                      "--partition", "cpu", "--db", str(db)])
+    assert result.exit_code == 0, result.output
+    (job,) = RunStore(db).list_eval_jobs()
+    assert (job.launcher, job.job_id, job.status, job.reason) == ("slurm", "123", "queued", "Slurm job 123 submitted")
+    assert (job.model, job.task, job.detached, job.host) == ("tiny", "arithmetic", True, None)
+    folder = Path(job.folder)
+    assert folder.parent == (tmp_path / "runs" / "evals").resolve() and folder.name.startswith("eval-")
+    assert job.command[3:] == ["eval", "--steps", "4", "--limit", "2", "--job-dir", str(folder)]
+    script = (folder / "slurm.sbatch").read_text()
+    assert "#SBATCH --partition=cpu\n" in script and f"#SBATCH --output={folder / 'eval.log'}\n" in script
+    assert "--db" not in script and str(db) not in script
+    assert json.loads((folder / "eval.json").read_text()) == {"spec": "tiny", "checkpoint": None, "run_id": None}
+    listed = CliRunner().invoke(app, ["evals", "list", "--json", "--db", str(db)])
+    (shown,) = json.loads(listed.output)
+    assert (shown["status"], shown["reason"], shown["slurm_job"]) == ("queued", "Slurm job pending: Priority (job 123)",
+                                                                       "123")
+    assert CliRunner().invoke(app, ["eval", "jobs", "--db", str(db)]).exit_code != 0  # one command: `evals list`
+
+
+def test_eval_slurm_without_slurm_commands_refuses_before_recording_a_job(tmp_path, monkeypatch):
+    monkeypatch.setenv("PATH", str(tmp_path))
+    db = tmp_path / "runs" / "dreamlab.db"
+    result = CliRunner().invoke(app, ["eval", "--model", "tiny", "--slurm", "--db", str(db)])
+    assert result.exit_code == 2 and "--slurm: Slurm commands not found: sbatch" in result.output
+    assert not db.exists() or RunStore(db).list_eval_jobs() == []
+
+
+def test_run_folders_go_to_dreamlab_runs_dir_when_set(tmp_path, monkeypatch):
+    monkeypatch.setenv("DREAMLAB_RUNS_DIR", str(tmp_path / "shared" / "runs"))
+    store = RunStore(tmp_path / "local" / "dreamlab.db")
+    run = store.create_run(name="there")
+    assert Path(run.run_dir) == (tmp_path / "shared" / "runs" / "there").resolve()

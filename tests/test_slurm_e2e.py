@@ -5,6 +5,7 @@ two FSDP ranks (two processes, or two torchrun agents meeting at the c10d store)
 from __future__ import annotations
 
 import getpass
+import json
 import os
 import re
 import socket
@@ -57,6 +58,45 @@ def stop_leftover_jobs(cluster):
     """Cancel whatever a test left in the queue (a failed test's long run would hold the node for hours)."""
     yield
     subprocess.run(["scancel", "--user", getpass.getuser()], check=False, capture_output=True)
+
+
+TRIPWIRE = '''"""Written by tests/test_slurm_e2e.py: logs this process, and any attempt of it to open the run store."""
+import os, sys
+_db, _log = os.environ.get("DREAMLAB_TRIPWIRE_DB"), os.environ.get("DREAMLAB_TRIPWIRE_LOG")
+if _db and _log:
+    def _note(text):
+        with open(_log, "a") as log:
+            log.write(f"{text} {os.getpid()} " + open("/proc/self/cmdline").read().replace(chr(0), " ") + "\\n")
+    def _hook(event, args):
+        if event in ("open", "sqlite3.connect") and args:
+            try:
+                path = os.path.abspath(os.fsdecode(args[0]))
+            except TypeError:
+                return  # a file descriptor
+            if path.startswith(_db):
+                _note(f"opened {path}")
+    _note("armed")
+    sys.addaudithook(_hook)
+'''
+
+
+@pytest.fixture
+def tripwire(tmp_path, monkeypatch):
+    """Every Python process a job submitted from here starts logs itself, and any open of the store, to a file."""
+    folder = tmp_path / "tripwire"
+    folder.mkdir()
+    (folder / "sitecustomize.py").write_text(TRIPWIRE)
+    log = folder / "opens.log"
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(folder), os.environ.get("PYTHONPATH")])))
+    monkeypatch.setenv("DREAMLAB_TRIPWIRE_LOG", str(log))
+
+    def arm(db: Path) -> None:
+        monkeypatch.setenv("DREAMLAB_TRIPWIRE_DB", str(db.resolve()))
+
+    yield arm
+    lines = log.read_text().splitlines() if log.exists() else []
+    assert any(line.startswith("armed") and "dreamlab" in line for line in lines), f"the tripwire never ran: {lines}"
+    assert not [line for line in lines if line.startswith("opened")], lines
 
 
 def cli(db: Path, *args: str):
@@ -113,6 +153,7 @@ def stop(db: Path, run: Run) -> Run:
     submitted = len([event for event in RunStore(db).events(run.id) if event.kind == "submitted"])
     job = slurm_jobs.wait_ended(run.job_id, timeout_s=90)
     assert job is None or slurm_jobs.map_state(job.state)[0] not in ("queued", "running"), job
+    cli(db, "runs", "list", "--json")  # the journal read in: a requeue would have written `submitted` there
     assert RunStore(db).get_run(run.id).status == "stopped"
     assert len([event for event in RunStore(db).events(run.id) if event.kind == "submitted"]) == submitted
     return final
@@ -122,8 +163,10 @@ def steps(db: Path, run: Run) -> list[int]:
     return [point.step for point in RunStore(db).metrics(run.id, key="train/loss")]
 
 
-def test_a_submitted_run_completes_with_its_metrics_job_id_and_nodes(cluster, tmp_path):
+def test_a_submitted_run_completes_with_its_metrics_job_id_and_nodes_without_opening_the_store(cluster, tripwire,
+                                                                                                tmp_path):
     db = tmp_path / "runs" / "dreamlab.db"
+    tripwire(db)
     run = submit(db, *TINY, "trainer.total_training_steps=20", "--name", "first")
     assert (Path(run.run_dir) / "slurm.sbatch").is_file()
     final = wait_for(db, run, ended)
@@ -165,8 +208,9 @@ def test_a_job_cancelled_outside_dreamlab_is_recorded_by_runs_list(cluster, tmp_
         "stopped", f"Slurm job cancelled (job {run.job_id}; the run recorded no ending)")
 
 
-def test_a_run_stopped_mid_way_ends_stopped_with_a_checkpoint(cluster, tmp_path):
+def test_a_run_stopped_mid_way_ends_stopped_with_a_checkpoint(cluster, tripwire, tmp_path):
     db = tmp_path / "runs" / "dreamlab.db"
+    tripwire(db)
     run = submit(db, *TINY, "trainer.total_training_steps=1000", "--name", "halted")
     wait_for(db, run, lambda found: found.progress is not None and found.progress.step >= 3)
     output = cli(db, "runs", "stop", "halted").output
@@ -272,14 +316,75 @@ def test_a_sweep_submits_every_point_as_its_own_job(cluster, tmp_path):
         assert (final.status, steps(db, final)) == ("completed", [1, 2, 3, 4])
 
 
-def test_an_eval_submitted_to_slurm_records_its_results(cluster, tmp_path):
+def eval_jobs(db: Path) -> list[dict]:
+    """`dreamlab evals list --json`: each eval job as Slurm and its journal say, after reading the journals in."""
+    return json.loads(cli(db, "evals", "list", "--json").output)
+
+
+def test_an_eval_submitted_to_slurm_records_its_samples_and_job_id_without_opening_the_store(cluster, tripwire,
+                                                                                             tmp_path):
     db = tmp_path / "runs" / "dreamlab.db"
+    tripwire(db)
     output = cli(db, "eval", "--model", "tiny", "--limit", "2", "--alg", "entropy", "--steps", "4", "--slurm").output
-    job_id = re.search(r"Slurm job (\d+)", output).group(1)
+    job_id = re.search(r"as Slurm job (\d+) \(queued\)", output).group(1)
+    (job,) = RunStore(db).list_eval_jobs()
+    assert (job.launcher, job.job_id, job.status) == ("slurm", job_id, "queued")
+    assert "--db" not in job.command and str(db) not in Path(job.folder, "slurm.sbatch").read_text()
     deadline = time.monotonic() + 180
-    while slurm_jobs.job_state(job_id).state not in ("COMPLETED", "FAILED", "CANCELLED"):
-        assert time.monotonic() < deadline, f"eval job {job_id} still running"
+    while (found := eval_jobs(db)[0])["status"] in ("queued", "running"):
+        assert time.monotonic() < deadline, f"eval job {job_id} still {found['status']}: {found['reason']}"
         time.sleep(1.0)
-    assert slurm_jobs.job_state(job_id).state == "COMPLETED"
+    assert (found["status"], found["slurm_job"], found["nodes"], found["reason"]) == (
+        "completed", job_id, socket.gethostname(), None)
     (record,) = RunStore(db).list_evals()
+    assert (found["eval_ids"], found["n_done"], found["n_total"], found["model"]) == ([record.id], 2, 2, "tiny")
     assert (record.status, record.n_done, record.alg, record.steps) == ("completed", 2, "entropy", 4)
+    assert [sample["idx"] for sample in RunStore(db).eval_samples(record.id)] == [0, 1]
+    listed = cli(db, "evals", "list").output
+    assert re.search(rf"│\s*{job.id} │ completed │ arithm.*│ tiny\s*│\s*2/2", listed), listed
+
+
+def test_a_pending_eval_job_shows_its_reason_and_one_cancelled_outside_reads_stopped(cluster, tmp_path):
+    db = tmp_path / "runs" / "dreamlab.db"
+    cli(db, "eval", "--model", "tiny", "--limit", "2", "--slurm", "--slurm-arg", "begin=now+3600")
+    (job,) = eval_jobs(db)
+    assert (job["status"], job["reason"]) == ("queued", f"Slurm job pending: BeginTime (job {job['slurm_job']})")
+    subprocess.run(["scancel", job["slurm_job"]], check=True)
+    deadline = time.monotonic() + 30
+    while (job := eval_jobs(db)[0])["status"] == "queued":
+        assert time.monotonic() < deadline, job
+        time.sleep(1.0)
+    assert (job["status"], job["reason"]) == (
+        "stopped", f"Slurm job cancelled (job {job['slurm_job']}; the eval recorded no ending)")
+
+
+def test_evals_stop_cancels_a_pending_slurm_eval_job(cluster, tmp_path):
+    db = tmp_path / "runs" / "dreamlab.db"
+    cli(db, "eval", "--model", "tiny", "--limit", "2", "--slurm", "--slurm-arg", "begin=now+3600")
+    (job,) = eval_jobs(db)
+    output = cli(db, "evals", "stop", str(job["id"])).output
+    assert f"cancelled pending Slurm job {job['slurm_job']}" in output, output
+    ended = slurm_jobs.job_state(job["slurm_job"])
+    assert ended is None or slurm_jobs.map_state(ended.state)[0] == "stopped", ended
+    (job,) = eval_jobs(db)
+    assert (job["status"], job["reason"]) == ("stopped", "cancelled by user while queued in Slurm")
+
+
+def test_evals_stop_sends_sigterm_to_a_running_slurm_eval_job_which_ends_stopped_with_its_samples(cluster, tmp_path):
+    db = tmp_path / "runs" / "dreamlab.db"
+    # Far more samples than the stop below leaves it time for (one at a time, three cells): it is stopped mid-way.
+    cli(db, "eval", "--model", "tiny", "--limit", "1000", "--steps", "32,64,128", "--batch-size", "1", "--slurm")
+    deadline = time.monotonic() + 180
+    while not ((job := eval_jobs(db)[0])["status"] == "running" and job["n_done"] >= 2):
+        assert job["status"] in ("queued", "running") and time.monotonic() < deadline, job
+        time.sleep(1.0)
+    output = cli(db, "evals", "stop", str(job["id"]), "--grace", "60").output
+    assert f"sent SIGTERM to Slurm job {job['slurm_job']}" in output, output
+    assert re.search(rf"eval job {job['id']} stopped: \d+/3000 samples kept\n", output), output  # no rerun advice
+    (job,) = eval_jobs(db)
+    assert (job["status"], job["reason"]) == ("stopped", "stopped by SIGTERM (dreamlab evals stop); finished samples "
+                                                         "are kept"), job
+    records = RunStore(db).list_evals()
+    kept = sum(len(RunStore(db).eval_samples(record.id)) for record in records)
+    assert 2 <= job["n_done"] == kept < job["n_total"] == 3000
+    assert "interrupted" in {record.status for record in records}

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
-import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager, nullcontext
@@ -34,14 +34,14 @@ from dreamlab.diffusion.settings import SamplerSettings
 from dreamlab.evals.compare import compare
 from dreamlab.evals.frontier import frontier_plot, frontier_table
 from dreamlab.evals.grid import SAMPLER_TYPES, extra_settings, grid_cells
-from dreamlab.evals.jobs import JobTracker, running_job
+from dreamlab.evals.jobs import JobTracker, StopRequested, running_job
 from dreamlab.evals.launch import LAYOUT_PARAMS, needs_torchrun, run_attached, torchrun_eval_command
 from dreamlab.evals.progress import StoreProgress
 from dreamlab.evals.report import RichProgress, accuracy_plot, export_rows, results_table, to_csv, to_json
 from dreamlab.evals.scoring import score_generation
 from dreamlab.evals.stats import summarize
 from dreamlab.evals.tasks import Task, TaskError, load_task
-from dreamlab.store import EvalRecord, RunStore, StoreError
+from dreamlab.store import EvalJob, EvalRecord, RunStore, StoreError
 from dreamlab.store.models import choose_model
 from dreamlab.textfiles import json_lines
 
@@ -116,6 +116,8 @@ def eval_command(
     nnodes: Annotated[int, typer.Option(help="Nodes: run the same command on each.", rich_help_panel=_LAYOUT)] = 1,
     rdzv_endpoint: Annotated[str | None, typer.Option(help="HOST:PORT of the first node (with --nnodes).",
                                                       rich_help_panel=_LAYOUT)] = None,
+    job_dir: Annotated[Path | None, typer.Option(hidden=True, help="Run as the Slurm job of this eval job folder: "
+                                                 "record into its journal, never the store.")] = None,
 ) -> None:
     """Evaluate a model on a task: every (alg, steps) cell of the grid, resumable, recorded in the run store."""
     if ctx.invoked_subcommand is not None:
@@ -124,20 +126,16 @@ def eval_command(
     with _errors():
         data_parallel = needs_torchrun(nproc_per_node, nnodes, rdzv_endpoint, slurm=slurm, device=device)
     if slurm:
-        from dreamlab.train import slurm as slurm_jobs
-
-        store_path = resolve_db(db).resolve()
-        name = f"eval-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:4]}"
-        folder = store_path.parent / "evals"
-        options = slurm_jobs.job_options(name=f"dreamlab-{name}", output=folder / f"{name}.log", partition=partition,
-                                         account=account, time_limit=time_limit, gpus_per_node=gpus_per_node,
-                                         extra=slurm_arg or [])
-        command = [sys.executable, "-c", "from dreamlab.cli import main; main()", "eval", *_argv_without_slurm(ctx),
-                   "--db", str(store_path)]
         with _errors():
-            job_id = slurm_jobs.submit_command(command, folder / f"{name}.sbatch", options)
-        typer.echo(f"submitted the eval as Slurm job {job_id}; its results are recorded in {store_path} as it runs")
-        typer.echo(f"  log: tail -f {folder / f'{name}.log'}")
+            job = _submit_to_slurm(ctx, db=db, model=model, run=run, partition=partition, gpus_per_node=gpus_per_node,
+                                   time_limit=time_limit, account=account, slurm_arg=slurm_arg, task=task)
+        db_flag = "" if db is None else f" --db {db}"
+        typer.echo(f"submitted eval job {job.id} as Slurm job {job.job_id} (queued); it records into "
+                   f"{Path(job.folder) / 'journal.jsonl'}, read into {resolve_db(db)} by `dreamlab evals list` and "
+                   "the other readers of the store")
+        typer.echo(f"  log:      tail -f {Path(job.folder) / 'eval.log'}")
+        typer.echo(f"  progress: dreamlab evals list{db_flag}")
+        typer.echo(f"  stop:     dreamlab evals stop {job.id}{db_flag}")
         return
     if detach:  # the detached process runs this command without --detach (under torchrun if it asks for processes)
         with _errors():  # refuse bad flags here, not in the detached eval's log
@@ -157,7 +155,9 @@ def eval_command(
                    history=history, device=device, dtype=dtype, trust_remote_code=trust_remote_code, db=db)
     command = _argv_without(ctx, _JOB_PARAMS)
     with _errors(), _interrupt_exits():
-        if os.environ.get("RANK", "0") != "0":  # a rank under torchrun other than 0: rank 0 records the job
+        if job_dir is not None:  # the Slurm job of a recorded eval job: it records into its folder's journal
+            records = run_eval(task, **options, job_dir=job_dir)
+        elif os.environ.get("RANK", "0") != "0":  # a rank under torchrun other than 0: rank 0 records the job
             records = run_eval(task, **options)
         elif job_id is None:  # a job is recorded once the flags are known good (a typo leaves no failed job behind)
             records = run_eval(task, **options, start_job=lambda: running_job(RunStore(resolve_db(db)), None, command))
@@ -182,14 +182,39 @@ def _interrupt_exits() -> Iterator[None]:
         raise typer.Exit(130) from None
 
 
-_SLURM_PARAMS = {"slurm", "partition", "gpus_per_node", "time_limit", "account", "slurm_arg", "db", "detach", "job_id"}
+_SLURM_PARAMS = {"slurm", "partition", "gpus_per_node", "time_limit", "account", "slurm_arg", "db", "detach", "job_id",
+                 "job_dir"}
 # What a job records as its command (and a detached one runs): the eval's own options, not where its output goes.
 _JOB_PARAMS = _SLURM_PARAMS | {"as_json", "as_csv"}
+# Options a Slurm job's command leaves out besides: the model's (chosen at submission, where the store is).
+_CHOSEN_PARAMS = {"model", "run"}
+
+
+def _submit_to_slurm(ctx: typer.Context, *, db: Path | None, model: str | None, run: str | None,
+                     partition: str | None, gpus_per_node: int | None, time_limit: str | None, account: str | None,
+                     slurm_arg: list[str] | None, task: str) -> EvalJob:
+    """Choose the model here (a run's checkpoint is in this host's store), record the eval job and sbatch it."""
+    from dreamlab.train import slurm as slurm_jobs
+    from dreamlab.train.eval_jobs import job_folder, new_job_name, submit_eval_job
+
+    missing = slurm_jobs.available()
+    if missing:
+        raise ValueError(f"--slurm: {missing}")
+    store_path = resolve_db(db)
+    choice = choose_model(store_path, model, run)
+    store = RunStore(store_path)
+    name = new_job_name()
+    folder = job_folder(store, name)
+    options = slurm_jobs.job_options(name=f"dreamlab-{name}", output=folder / "eval.log", partition=partition,
+                                     account=account, time_limit=time_limit, gpus_per_node=gpus_per_node,
+                                     extra=slurm_arg or [])
+    command = [sys.executable, "-c", "from dreamlab.cli import main; main()", "eval", *_argv_without_slurm(ctx)]
+    return submit_eval_job(store, command, choice, options, folder, task=task)
 
 
 def _argv_without_slurm(ctx: typer.Context) -> list[str]:
     """This eval's options as given (defaults left out), less the Slurm ones: the command the job runs."""
-    return _argv_without(ctx, _SLURM_PARAMS)
+    return _argv_without(ctx, _SLURM_PARAMS | _CHOSEN_PARAMS)
 
 
 def _argv_without(ctx: typer.Context, left_out: set[str] | frozenset[str]) -> list[str]:
@@ -268,13 +293,16 @@ def run_eval(task: str = DEFAULT_TASK, *, model: str | None = None, run: str | N
              data: str | None = None, question_field: str | None = None, answer_field: str | None = None,
              history: bool = False, device: str = "auto", dtype: str = "auto", trust_remote_code: bool = False,
              db: Path | None = None,
-             start_job: Callable[[], AbstractContextManager[JobTracker]] | None = None) -> list[EvalRecord]:
+             start_job: Callable[[], AbstractContextManager[JobTracker]] | None = None,
+             job_dir: Path | None = None) -> list[EvalRecord]:
     """Run an eval grid as `dreamlab eval` does; `sampler` maps SamplerSettings fields to values or comma lists.
 
     With `start_job`, the eval runs as that job (entered once the options are checked): the job is described
-    (grid, samples x cells) before the model loads and its progress written after every batch. Under
-    torchrun (WORLD_SIZE > 1) every rank calls this: the problems are dealt over the ranks and global rank 0
-    alone reads and writes the store and returns the records; the other ranks return [].
+    (grid, samples x cells) before the model loads and its progress written after every batch. With `job_dir`
+    (a Slurm eval job's folder) the model is the one chosen at submission and everything, the job's description
+    included, goes to the folder's journal instead of the store. Under torchrun (WORLD_SIZE > 1) every rank
+    calls this: the problems are dealt over the ranks and global rank 0 alone reads and writes the store and
+    returns the records; the other ranks return [].
     """
     from dreamlab.cpu_memory import keep_freed_memory
     from dreamlab.evals import sharding  # torch
@@ -287,10 +315,15 @@ def run_eval(task: str = DEFAULT_TASK, *, model: str | None = None, run: str | N
                                                  answer_field, processes=ranks.world)
     batch_size = parse_batch_size(batch_size)
     store_path = resolve_db(db)
-    if ranks.world > 1:
-        device = sharding.rank_device(ranks, device)
-        sharding.join(ranks, device)
-    choice = sharding.from_main(ranks, lambda: choose_model(store_path, model, run))
+    if job_dir is not None:
+        from dreamlab.train.eval_jobs import read_choice
+
+        choice = read_choice(job_dir)
+    else:
+        if ranks.world > 1:
+            device = sharding.rank_device(ranks, device)
+            sharding.join(ranks, device)
+        choice = sharding.from_main(ranks, lambda: choose_model(store_path, model, run))
     samples = spec.load_samples(limit, data)
     if not samples:
         raise ValueError(f"task {spec.name} has no problems to evaluate")
@@ -322,6 +355,8 @@ def run_eval(task: str = DEFAULT_TASK, *, model: str | None = None, run: str | N
         def on_backoff(old: int, new: int) -> None:
             err.print(f"out of memory at batch size {old}: retrying the unfinished problems at {new}")
 
+        if job_dir is not None:
+            return _run_as_job(job_dir, net, tokenizer, plan, err, on_backoff, n_total=len(samples) * len(cells))
         try:
             with RichProgress(err) if ranks.is_main else nullcontext() as progress:
                 if job is not None:
@@ -332,6 +367,37 @@ def run_eval(task: str = DEFAULT_TASK, *, model: str | None = None, run: str | N
             err.print("interrupted: finished samples are saved; run the same command again to resume")
             raise typer.Exit(130) from None
     sharding.leave()
+    return records
+
+
+def _run_as_job(job_dir: Path, net: Any, tokenizer: Any, plan: Any, err: Console,
+                on_backoff: Callable[[int, int], None], n_total: int) -> list[EvalRecord]:
+    """The plan as a Slurm eval job: every record into the folder's journal, with the job's start, what it
+    evaluates (its grid, samples x cells) and its ending."""
+    from dreamlab.evals.harness import run_plan
+    from dreamlab.evals.journaled import JournalEvalStore
+
+    store = JournalEvalStore(job_dir)
+    store.job_started()
+    store.describe_job(run_id=plan.run_id, model=plan.model, task=plan.task_label, grid_id=plan.grid_id, n_total=n_total)
+
+    def on_sigterm(signum: int, frame: object) -> None:  # scancel --signal=TERM (dreamlab evals stop)
+        raise StopRequested()
+
+    previous = signal.signal(signal.SIGTERM, on_sigterm)
+    try:
+        with RichProgress(err) as progress:
+            records = run_plan(store, net, tokenizer, plan, progress, on_backoff=on_backoff)
+    except BaseException as error:
+        if isinstance(error, StopRequested):
+            store.job_ended("stopped", "stopped by SIGTERM (dreamlab evals stop); finished samples are kept")
+        else:
+            store.job_ended("stopped" if isinstance(error, KeyboardInterrupt) else "failed",
+                            f"{type(error).__name__}: {error}")
+        raise
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    store.job_ended("completed")
     return records
 
 

@@ -20,6 +20,7 @@ from dreamlab.evals.jobs import LOST_AFTER_S, assess, stop_job
 from dreamlab.evals.progress import eta_seconds, running_accuracy
 from dreamlab.store import EVAL_JOB_STATUSES, EvalJob, RunStore, StoreError
 from dreamlab.store.health import Health
+from dreamlab.train.eval_jobs import refresh_eval_jobs
 
 app = typer.Typer(help="Eval jobs: list running and recent evals with their progress, stop one.", no_args_is_help=True)
 
@@ -42,7 +43,8 @@ def job_row(job: EvalJob, health: Health, now: float) -> dict[str, Any]:
             "n_correct": job.n_correct, "accuracy": running_accuracy(job.n_correct, job.n_done),
             "samples_per_s": job.samples_per_s, "eta_s": eta, "started": job.started,
             "duration_s": None if job.started is None else (job.ended or now) - job.started,
-            "detached": job.detached, "pid": job.pid, "pgid": job.pgid, "log": job.log_path, "eval_ids": job.eval_ids,
+            "detached": job.detached, "launcher": job.launcher, "slurm_job": job.job_id, "nodes": job.nodes,
+            "pid": job.pid, "pgid": job.pgid, "log": job.log_path, "eval_ids": job.eval_ids,
             "command": "dreamlab eval " + shlex.join(job.command)}
 
 
@@ -67,9 +69,12 @@ def list_command(
     as_json: JsonOption = False,
 ) -> None:
     """Eval jobs, newest first: status (lost when its process died without recording an ending), samples done /
-    total, running accuracy, samples/s and ETA. A running job that reads lost is marked lost in the store."""
+    total, running accuracy, samples/s and ETA. A running job that reads lost is marked lost in the store. Slurm
+    eval jobs (`dreamlab eval --slurm`) are listed too, their journals read in first: queued with Slurm's pending
+    reason, running with their nodes, or ended."""
     with _errors():
         store = open_existing_store(db, hint="no evals yet? pass --db or set DREAMLAB_DB")
+        refresh_eval_jobs(store)  # Slurm eval jobs: Slurm's state and their journals read in
         newly_lost = assess_and_record(store, store.list_eval_jobs(status="running"), lost_after)  # before filtering
         jobs = store.list_eval_jobs(status=status, limit=limit)
         health = {job.id: newly_lost.get(job.id) or assess(job, lost_after) for job in jobs}
@@ -113,13 +118,15 @@ def stop_command(
     db: DbOption = None,
 ) -> None:
     """SIGTERM the eval's process group: it ends stopped with its finished samples kept (the same command resumes
-    it); SIGKILL after the grace period."""
+    it); SIGKILL after the grace period. A Slurm eval job: scancel --signal=TERM, scancel after the grace period
+    (a pending one is cancelled at once)."""
     with _errors():
         store = open_existing_store(db, hint="pass --db or set DREAMLAB_DB")
         result = stop_job(store, job, grace_s=grace, say=typer.echo)
         after = store.get_eval_job(job)
-    typer.echo(f"eval job {job} {after.status}: {after.n_done}/{after.n_total or '?'} samples kept; "
-               f"rerun `dreamlab eval {shlex.join(after.command)}` to resume" if after.status == "stopped"
-               else f"eval job {job} ended on its own: {after.status}")
+    resume = ("" if after.launcher == "slurm" else  # its journal is its own: a new submission starts afresh
+              f"; rerun `dreamlab eval {shlex.join(after.command)}` to resume")
+    typer.echo(f"eval job {job} {after.status}: {after.n_done}/{after.n_total or '?'} samples kept{resume}"
+               if after.status == "stopped" else f"eval job {job} ended on its own: {after.status}")
     if not result.exited:
         typer.echo("warning: some of its processes are still alive", err=True)

@@ -24,11 +24,16 @@ def resolve_db(db: Path | None) -> Path:
 
 
 def open_existing_store(db: Path | None, hint: str = "pass --db or set DREAMLAB_DB") -> RunStore:
-    """The store resolve_db names, refusing (StoreError, with `hint`) one that does not exist yet."""
+    """The store resolve_db names, refusing (StoreError, with `hint`) one that does not exist yet; Slurm jobs'
+    journals that grew since the last reader are read in first."""
+    from dreamlab.store.ingest import ingest_all
+
     path = resolve_db(db)
     if not path.is_file():
         raise StoreError(f"no run store at {path} ({hint})")
-    return RunStore(path)
+    store = RunStore(path)
+    ingest_all(store)
+    return store
 
 
 # Slurm: for train and sweep each option sets a recipe key of the trainer section (so a recipe can hold it too).

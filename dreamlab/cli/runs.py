@@ -23,6 +23,7 @@ from dreamlab.display import fmt_value as _text
 from dreamlab.display import fmt_when as _when
 from dreamlab.store import Run, RunStore, StoreError
 from dreamlab.store.health import Health
+from dreamlab.store.ingest import ingest_run, ingest_runs
 from dreamlab.store.records import TERMINAL_STATUSES
 from dreamlab.store.params import flatten
 from dreamlab.train.processes import assess, stop_run
@@ -129,6 +130,9 @@ def show_command(
         store = _open(db)
         found = store.get_run(run)
         health = assess(found, lost_after, stall_after)
+        if health.status in TERMINAL_STATUSES and not found.finished and ingest_run(store, found):
+            found = store.get_run(found.id)  # the job wrote its ending after the store was opened: its own word
+            health = assess(found, lost_after, stall_after)
         params = store.params(found.id)
         latest = store.latest_metrics(found.id)
         checkpoints = store.checkpoints(found.id)
@@ -168,10 +172,14 @@ def show_command(
 def _record_lost(store: RunStore, lost_after: float | None, stall_after: float | None) -> dict[int, Health]:
     """Assess every running run (and queued Slurm job) and record what the console only shows: lost runs, and the
     endings of Slurm jobs whose run recorded none; returns each one's health by id."""
-    watched = [*store.list_runs(status="running"), *(run for run in store.list_runs(status="queued")
-                                                     if run.launcher == "slurm")]
-    jobs = watched_jobs(watched)
-    assessed = {run.id: assess(run, lost_after, stall_after, jobs=jobs) for run in watched}
+    def unfinished() -> list[Run]:
+        return [*store.list_runs(status="running"), *(run for run in store.list_runs(status="queued")
+                                                      if run.launcher == "slurm")]
+
+    # What Slurm says first, then the journals: a job that Slurm reports ended wrote its last line before that.
+    jobs = watched_jobs(unfinished())
+    ingest_runs(store, unfinished())
+    assessed = {run.id: assess(run, lost_after, stall_after, jobs=jobs) for run in unfinished()}
     for run_id, health in assessed.items():
         if health.status == "lost":
             store.mark_lost(run_id, health.reason or "lost")

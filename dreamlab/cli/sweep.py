@@ -92,9 +92,9 @@ def sweep(
         for index, (combo, recipe) in enumerate(points, start=1):
             run = store.create_run(name=f"{name}-{index}" if name else None, recipe=recipe.to_dict(), meta=meta,
                                    sweep_id=sweep_id)
-            write_run_spec(Path(run.run_dir), recipe, run.id, store_path.resolve())
+            write_run_spec(Path(run.run_dir), recipe, run.id, None if on_slurm else store_path.resolve())
             if on_slurm:
-                run = slurm_jobs.submit(store, run, recipe, store_path.resolve())
+                run = slurm_jobs.submit(store, run, recipe)
             job = f" (Slurm job {run.job_id})" if on_slurm else ""
             console.print(f"queued [bold]{run.name}[/bold]{job}: {' '.join(combo) or '(recipe as is)'}")
     except (RecipeError, StoreError, OSError, ValueError) as error:

@@ -95,19 +95,25 @@ def train(
         store = RunStore(store_path)
         if resume:
             run = store.get_run(resume)
+            if run.launcher == "slurm":  # the last job's final lines (its ending, its checkpoint) first
+                from dreamlab.store.ingest import ingest_run
+
+                ingest_run(store, run)
+                run = store.get_run(run.id)
             run_dir = Path(run.run_dir)
             recipe = recipe_from_dict(json.loads((run_dir / "run.json").read_text())["recipe"])
             if not slurm and recipe.trainer.launcher == "slurm":  # without --slurm, a resume runs here
                 args.append("trainer.launcher=local")
             changes = relayout(recipe, args)
+            on_slurm = recipe.trainer.launcher == "slurm"
             if changes:
-                write_run_spec(run_dir, recipe, run.id, store_path.resolve())
+                write_run_spec(run_dir, recipe, run.id, None if on_slurm else store_path.resolve())
                 store.record_event(run.id, "relayout", ", ".join(changes))
-            if recipe.trainer.launcher == "slurm":
+            if on_slurm:
                 refuse_foreground(foreground)
                 from dreamlab.train import slurm as slurm_jobs
 
-                run = slurm_jobs.submit(store, run, recipe, store_path.resolve())
+                run = slurm_jobs.submit(store, run, recipe)
                 process = None
             else:
                 (run_dir / STOP_FILE).unlink(missing_ok=True)  # a Slurm job's time-limit request, answered already

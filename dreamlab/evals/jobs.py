@@ -175,7 +175,13 @@ def probe(job: EvalJob, host: str | None = None) -> Liveness:
 
 
 def judge(job: EvalJob, now: float, liveness: Liveness, lost_after_s: float = LOST_AFTER_S) -> Health:
-    """The status a reader shows: a running job silent for `lost_after_s` whose process is not known alive is lost."""
+    """The status a reader shows: a running job silent for `lost_after_s` whose process is not known alive is lost.
+
+    A Slurm job has no heartbeat here: its status is Slurm's and its journal's (`refresh_eval_jobs`)."""
+    if job.launcher == "slurm":  # queued: Slurm's pending reason; running: where; ended: the job's exit_reason
+        if job.status == "running":
+            return Health("running", job.reason or f"Slurm job {job.job_id}" + (f" on {job.nodes}" if job.nodes else ""))
+        return Health(job.status, job.reason if job.status == "queued" else None)
     if job.status != "running":
         return Health(job.status, job.exit_reason if job.status == "lost" else None)
     silent = now - (job.heartbeat or job.started or job.created)
@@ -209,8 +215,13 @@ def stop_job(store: RunStore, job_id: int, grace_s: float = 30.0, *, poll_s: flo
     """SIGTERM the job's process group (a foreground job: its process), SIGKILL after `grace_s`; then it is stopped.
 
     The eval itself records `stopped` on SIGTERM; the store is only written here when it could not (killed, gone).
+    A Slurm eval job is stopped through Slurm (scancel --signal=TERM, then scancel).
     """
     job = store.get_eval_job(job_id)
+    if job.launcher == "slurm":
+        from dreamlab.train.eval_jobs import stop_slurm_eval_job
+
+        return stop_slurm_eval_job(store, job, grace_s, say=say)
     if job.status not in STOPPABLE:
         raise StoreError(f"eval job {job.id} is not running (status {job.status})")
     here = socket.gethostname()

@@ -145,6 +145,14 @@ class EvalStoreMixin:
                 raise StoreError(f"no eval with id {eval_id}")
         return _get_eval(self, eval_id)
 
+    def find_eval(self: StoreCore, key: str) -> EvalRecord:
+        """The eval with this settings key (`settings_key` of its settings); StoreError if none."""
+        with self._read() as conn:
+            row = conn.execute("SELECT id FROM evals WHERE settings_key = ?", (key,)).fetchone()
+        if row is None:
+            raise StoreError(f"no eval with settings key {key} in {self.path}")
+        return _get_eval(self, row[0])
+
     def get_eval(self: StoreCore, eval_id: int) -> EvalRecord:
         """One eval by id; StoreError if unknown."""
         return _get_eval(self, eval_id)

@@ -26,6 +26,9 @@ class ModelChoice:
 
 def newest_checkpoint(store: RunStore, ref: str) -> ModelChoice:
     """A run's newest complete checkpoint (`latest`: of the newest run that has one)."""
+    from dreamlab.store.ingest import ingest_runs
+
+    ingest_runs(store)  # a Slurm job's checkpoints are in its journal until a reader reads them in
     runs = store.list_runs() if ref == "latest" else [store.get_run(ref)]
     for run in runs:
         checkpoint = store.latest_complete_checkpoint(run.id)

@@ -146,7 +146,7 @@ EvalRecord = make_dataclass("EvalRecord", [
 
 @dataclass(frozen=True)
 class EvalJob:
-    """One `dreamlab eval` invocation as a job: its command, process, heartbeat and progress over its grid."""
+    """One `dreamlab eval` invocation as a job (local, or a Slurm job): its command, process, heartbeat and progress."""
 
     id: int
     status: str
@@ -173,6 +173,11 @@ class EvalJob:
     ended: float | None = None
     heartbeat: float | None = None
     exit_reason: str | None = None
+    launcher: str = "local"
+    job_id: str | None = None
+    nodes: str | None = None
+    folder: str | None = None
+    reason: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict of every field."""

@@ -16,6 +16,8 @@ from typing import Any
 from dreamlab.store.errors import StoreError
 from dreamlab.store.eval_jobs import EvalJobStoreMixin
 from dreamlab.store.evals import EvalStoreMixin
+from dreamlab.store.journal_offsets import JournalStoreMixin
+from dreamlab.store.journal import JOURNAL_NAME
 from dreamlab.store.names import generate_run_name, validate_run_name
 from dreamlab.store.params import decode_value, flatten_recipe, same_value
 from dreamlab.store.readonly import query_readonly
@@ -24,6 +26,7 @@ from dreamlab.store.schema import STATUSES, check_sqlite_file, migrate
 
 DEFAULT_DB = Path("runs") / "dreamlab.db"
 DB_ENV = "DREAMLAB_DB"
+RUNS_DIR_ENV = "DREAMLAB_RUNS_DIR"
 _META_KEYS = {"git_commit", "host", "gpus", "versions"}
 _VERSION_KEYS = ("torch", "transformers", "dreamlab")
 # A write from a run proves it is alive: a run marked lost (silent too long) comes back to running.
@@ -59,7 +62,7 @@ def default_db_path() -> Path:
     return Path(os.environ.get(DB_ENV) or DEFAULT_DB)
 
 
-class RunStore(EvalStoreMixin, EvalJobStoreMixin):
+class RunStore(EvalStoreMixin, EvalJobStoreMixin, JournalStoreMixin):
     """A SQLite run store in WAL mode; safe to share between the trainer, evaluators and readers."""
 
     def __init__(self, path: str | os.PathLike[str], *, busy_timeout_s: float = 10.0) -> None:
@@ -73,6 +76,7 @@ class RunStore(EvalStoreMixin, EvalJobStoreMixin):
         conn.execute("PRAGMA foreign_keys = ON")
         self._conn = conn
         self._lock = threading.RLock()
+        self._writing = False
         try:
             conn.execute("PRAGMA journal_mode = WAL")
             conn.execute("PRAGMA synchronous = NORMAL")  # durable across app crashes in WAL mode
@@ -86,8 +90,10 @@ class RunStore(EvalStoreMixin, EvalJobStoreMixin):
 
     @property
     def runs_dir(self) -> Path:
-        """The folder that holds the database and, by default, one folder per run."""
-        return self.path.resolve().parent
+        """Where run folders go: $DREAMLAB_RUNS_DIR (a shared file system, the store on a local disk), else the
+        database's folder."""
+        folder = os.environ.get(RUNS_DIR_ENV)
+        return Path(folder).expanduser().resolve() if folder else self.path.resolve().parent
 
     def close(self) -> None:
         """Close the connection."""
@@ -103,15 +109,21 @@ class RunStore(EvalStoreMixin, EvalJobStoreMixin):
 
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
-        """One small write transaction, taking the write lock up front (so the busy timeout applies)."""
+        """One small write transaction, taking the write lock up front (so the busy timeout applies); nested: the outer one."""
         with self._lock:
+            if self._writing:  # inside another write of this store (a journal's ingest): part of that transaction
+                yield self._conn
+                return
             self._conn.execute("BEGIN IMMEDIATE")
+            self._writing = True
             try:
                 yield self._conn
             except BaseException:
                 if self._conn.in_transaction:
                     self._conn.execute("ROLLBACK")
                 raise
+            finally:
+                self._writing = False
             self._conn.execute("COMMIT")
 
     @contextmanager
@@ -172,11 +184,13 @@ class RunStore(EvalStoreMixin, EvalJobStoreMixin):
                 return name
         raise StoreError("could not find an unused run name in 100 tries")
 
-    def mark_started(self, run_id: int, pid: int | None = None, pgid: int | None = None) -> Run:
-        """Status running, started now, heartbeat now, no worker yet; pid / pgid default to this process (resuming is allowed)."""
+    def mark_started(self, run_id: int, pid: int | None = None, pgid: int | None = None, *,
+                     when: float | None = None) -> Run:
+        """Status running, started now (or `when`), heartbeat then, no worker yet; pid / pgid default to this process
+        (resuming is allowed)."""
         pid = os.getpid() if pid is None else int(pid)
         pgid = os.getpgid(pid) if pgid is None and pid == os.getpid() else pgid
-        now = time.time()
+        now = _now() if when is None else float(when)
         with self._write() as conn:
             run = self._run_by_id(run_id)
             if run.status == "running":
@@ -187,9 +201,9 @@ class RunStore(EvalStoreMixin, EvalJobStoreMixin):
             _add_event(conn, run.id, "started", f"pid {pid}" + (f", process group {pgid}" if pgid is not None else ""), now)
         return self._run_by_id(run_id)
 
-    def mark_submitted(self, run_id: int, job_id: str) -> Run:
+    def mark_submitted(self, run_id: int, job_id: str, *, when: float | None = None) -> Run:
         """Queued as Slurm job `job_id` (a first submission or a resubmission after it ended); refused while it runs."""
-        now = time.time()
+        now = _now() if when is None else float(when)
         with self._write() as conn:
             run = self._run_by_id(run_id)
             if run.status == "running":
@@ -223,23 +237,37 @@ class RunStore(EvalStoreMixin, EvalJobStoreMixin):
             conn.execute("UPDATE runs SET worker_host = ?, worker_pid = ?, worker_started = ? WHERE id = ?",
                          (host, int(pid), float(pid_started), int(run_id)))
 
-    def heartbeat(self, run_id: int, progress: Progress | None = None) -> None:
-        """Heartbeat time now, and the run's progress if given (a run marked lost comes back to running)."""
+    def heartbeat(self, run_id: int, progress: Progress | None = None, *, when: float | None = None) -> None:
+        """Heartbeat time now (or `when`), and the run's progress if given (a run marked lost comes back to running)."""
         with self._write() as conn:
-            _prove_alive(conn, int(run_id), time.time())
+            _prove_alive(conn, int(run_id), _now() if when is None else float(when))
             if progress is not None:
                 conn.execute("UPDATE runs SET progress_step = ?, progress_time = ?, step_seconds = ? WHERE id = ?",
                              (int(progress.step), float(progress.time), progress.step_seconds, int(run_id)))
 
-    def finish(self, run_id: int, status: str, exit_reason: str | None = None) -> Run:
-        """End a run: completed / failed / diverged / stopped, ended now; refused if it already ended."""
+    def finish(self, run_id: int, status: str, exit_reason: str | None = None, *, when: float | None = None) -> Run:
+        """End a run: completed / failed / diverged / stopped, ended now (or `when`); refused if it already ended."""
         if status not in TERMINAL_STATUSES:
             raise StoreError(f"cannot finish with status {status!r}: use one of {', '.join(TERMINAL_STATUSES)}")
         with self._write() as conn:
             run = self._run_by_id(run_id)
             if run.finished:
                 raise StoreError(f"run {run.name} already ended ({run.status})")
-            now = time.time()
+            now = _now() if when is None else float(when)
+            conn.execute("UPDATE runs SET status = ?, ended = ?, exit_reason = ? WHERE id = ?",
+                         (status, now, exit_reason, run.id))
+            _add_event(conn, run.id, status, exit_reason, now)
+        return self._run_by_id(run_id)
+
+    def record_ending(self, run_id: int, status: str, exit_reason: str | None = None, *,
+                      when: float | None = None) -> Run:
+        """The run's own word on how it ended (from its journal): ends it, or corrects the ending a reader guessed
+        from Slurm before the journal line arrived."""
+        if status not in TERMINAL_STATUSES:
+            raise StoreError(f"cannot end with status {status!r}: use one of {', '.join(TERMINAL_STATUSES)}")
+        now = _now() if when is None else float(when)
+        with self._write() as conn:
+            run = self._run_by_id(run_id)
             conn.execute("UPDATE runs SET status = ?, ended = ?, exit_reason = ? WHERE id = ?",
                          (status, now, exit_reason, run.id))
             _add_event(conn, run.id, status, exit_reason, now)
@@ -265,12 +293,15 @@ class RunStore(EvalStoreMixin, EvalJobStoreMixin):
             return cursor.rowcount == 1
 
     def delete_run(self, ref: int | str, *, force: bool = False) -> Run:
-        """Delete a run's rows (metrics, params, checkpoints, evals too); refused while it runs unless force."""
+        """Delete a run's rows (metrics, params, checkpoints, evals, its journal's offset too); refused while it runs
+        unless force."""
         with self._write() as conn:
             run = self._resolve(ref, conn)
             if run.status == "running" and not force:
                 raise StoreError(f"run {run.name} is running: stop it first")
             conn.execute("DELETE FROM runs WHERE id = ?", (run.id,))
+            if run.run_dir:  # a later run of the same name starts its journal afresh
+                conn.execute("DELETE FROM journals WHERE path = ?", (str(Path(run.run_dir, JOURNAL_NAME).resolve()),))
         return run
 
     def run_owning(self, path: Path) -> int | None:
@@ -307,11 +338,13 @@ class RunStore(EvalStoreMixin, EvalJobStoreMixin):
     # -- metrics, params, checkpoints ---------------------------------------------------------------
 
     def record_metrics(self, run_id: int, step: int, values: Mapping[str, float], time: float | None = None) -> None:
-        """Write one step's metrics in one transaction (a step logged twice keeps the last value); updates latest."""
+        """Write one step's metrics in one transaction (a step logged twice keeps the last value); updates latest.
+
+        `time` (default now) is when they were logged, and a sign of life of the run at that time."""
         now = _now() if time is None else float(time)
         rows = [(int(run_id), int(step), _metric_key(key), _metric_value(key, value), now) for key, value in values.items()]
         with self._write() as conn:
-            _prove_alive(conn, int(run_id), _now())
+            _prove_alive(conn, int(run_id), now)
             conn.executemany("INSERT OR REPLACE INTO metrics (run_id, step, key, value, time) VALUES (?, ?, ?, ?, ?)", rows)
             conn.executemany(_UPSERT_LATEST, [(r[0], r[2], r[1], r[3]) for r in rows])
 
@@ -369,15 +402,17 @@ class RunStore(EvalStoreMixin, EvalJobStoreMixin):
             return {key: decode_value(value, kind) for key, value, kind in rows}
 
     def record_checkpoint(self, run_id: int, step: int, path: str | os.PathLike[str], kind: str = "model+state",
-                          complete: bool = True) -> Checkpoint:
-        """Record (or update, by path) a checkpoint; write complete=False first for checkpoints that take a while."""
+                          complete: bool = True, *, when: float | None = None) -> Checkpoint:
+        """Record (or update, by path) a checkpoint written now (or `when`); write complete=False first for
+        checkpoints that take a while."""
+        now = _now() if when is None else float(when)
         with self._write() as conn:
-            _prove_alive(conn, int(run_id), _now())
+            _prove_alive(conn, int(run_id), now)
             if complete:
-                _add_event(conn, int(run_id), "checkpoint", f"step {int(step)}: {path}", _now())
+                _add_event(conn, int(run_id), "checkpoint", f"step {int(step)}: {path}", now)
             conn.execute("INSERT INTO checkpoints (run_id, step, path, kind, created, complete) VALUES (?, ?, ?, ?, ?, ?) "
                          "ON CONFLICT (run_id, path) DO UPDATE SET step = excluded.step, kind = excluded.kind, "
-                         "complete = excluded.complete", (int(run_id), int(step), str(path), kind, _now(), int(complete)))
+                         "complete = excluded.complete", (int(run_id), int(step), str(path), kind, now, int(complete)))
             row = conn.execute("SELECT run_id, step, path, kind, created, complete FROM checkpoints "
                                "WHERE run_id = ? AND path = ?", (int(run_id), str(path))).fetchone()
         return _checkpoint(row)
@@ -397,14 +432,14 @@ class RunStore(EvalStoreMixin, EvalJobStoreMixin):
                                (int(run_id),)).fetchone()
         return None if row is None else _checkpoint(row)
 
-    def record_event(self, run_id: int, kind: str, message: str | None = None) -> None:
-        """Add a moment to a run's history (the trainer's `resumed`, a `note` the user should see, ...)."""
+    def record_event(self, run_id: int, kind: str, message: str | None = None, *, when: float | None = None) -> None:
+        """Add a moment (now, or `when`) to a run's history (the trainer's `resumed`, a `note` the user should see, ...)."""
         if not kind or not isinstance(kind, str):
             raise StoreError(f"an event needs a kind, got {kind!r}")
         with self._write() as conn:
             if conn.execute("SELECT 1 FROM runs WHERE id = ?", (int(run_id),)).fetchone() is None:
                 raise StoreError(f"no run with id {run_id}")
-            _add_event(conn, int(run_id), kind, message, _now())
+            _add_event(conn, int(run_id), kind, message, _now() if when is None else float(when))
 
     def events(self, run_id: int) -> list[Event]:
         """A run's history, oldest first."""

@@ -273,10 +273,30 @@ _V11_DEVICE_SPEED = """
 """
 
 
+# Version 12: Slurm jobs. What a Slurm job writes into its folder instead of the store (runs/<run>/journal.jsonl,
+# an eval job's folder) and how far the submitting host has read each journal into the store (so a line is recorded
+# once); an eval submitted with `dreamlab eval --slurm` is an eval_jobs row with launcher 'slurm', its Slurm job id,
+# node list, folder (script, log, journal) and Slurm's word on it (a pending job's reason).
+_V12_JOURNALS = """
+        CREATE TABLE journals (
+            path TEXT PRIMARY KEY,
+            offset INTEGER NOT NULL DEFAULT 0,
+            lines INTEGER NOT NULL DEFAULT 0,
+            bad_lines INTEGER NOT NULL DEFAULT 0
+        ) WITHOUT ROWID;
+        ALTER TABLE eval_jobs ADD COLUMN launcher TEXT NOT NULL DEFAULT 'local' CHECK (launcher IN ('local', 'slurm'));
+        ALTER TABLE eval_jobs ADD COLUMN job_id TEXT;
+        ALTER TABLE eval_jobs ADD COLUMN nodes TEXT;
+        ALTER TABLE eval_jobs ADD COLUMN folder TEXT;
+        ALTER TABLE eval_jobs ADD COLUMN reason TEXT;
+"""
+
+
 # Ordered: MIGRATIONS[i] takes a database from version i to version i + 1. Never edit a released
 # migration; append a new one.
 MIGRATIONS: tuple[str, ...] = (_V1_INITIAL, _V2_LATEST_METRICS, _V3_EVALS, _V4_EVENTS, _V5_LIVENESS, _V6_LM_EVAL,
-                                _V7_EXTERNAL_METRICS, _V8_SPEED, _V9_LAUNCHER, _V10_EVAL_JOBS, _V11_DEVICE_SPEED)
+                                _V7_EXTERNAL_METRICS, _V8_SPEED, _V9_LAUNCHER, _V10_EVAL_JOBS, _V11_DEVICE_SPEED,
+                                _V12_JOURNALS)
 SCHEMA_VERSION = len(MIGRATIONS)
 # Tables that hold a settings dataclass's fields as columns: a new field becomes a column on the next open.
 SETTINGS_COLUMNS = {"evals": SamplerSettings}

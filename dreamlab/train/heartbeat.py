@@ -1,7 +1,8 @@
-"""Rank 0's sign of life: a daemon thread that beats into the run store whatever the main thread is doing.
+"""Rank 0's sign of life: a daemon thread that beats into the run's record whatever the main thread is doing.
 
 The training loop only tells it when an optimizer step completes (`step_done`, no I/O); each beat
-writes the heartbeat and the latest progress in one small transaction on the thread's own connection.
+writes the heartbeat and the latest progress as one record through the thread's own sink (its own store
+connection, or its own descriptor on the Slurm job's journal).
 """
 
 from __future__ import annotations
@@ -17,17 +18,17 @@ from collections.abc import Callable
 
 import psutil
 
-from dreamlab.store import Progress, RunStore
+from dreamlab.store import Progress
+from dreamlab.train.sinks import RecordSink
 
 STEP_WINDOW = 101  # recent step times the median is taken over
 
 
 class HeartbeatThread:
-    """Beats for run `run_id` in the store at `db` every `interval_s` seconds from `start` to `stop`."""
+    """Beats into the sink `open_sink` opens, every `interval_s` seconds from `start` to `stop`."""
 
-    def __init__(self, db: str, run_id: int, interval_s: float) -> None:
-        self.db = db
-        self.run_id = run_id
+    def __init__(self, open_sink: Callable[[], RecordSink], interval_s: float) -> None:
+        self.open_sink = open_sink
         self.interval_s = interval_s
         self._halt = threading.Event()
         self._lock = threading.Lock()
@@ -54,27 +55,29 @@ class HeartbeatThread:
 
     def _run(self) -> None:
         try:
-            store = RunStore(self.db)
+            sink = self.open_sink()
         except Exception as error:  # noqa: BLE001 - the run goes on; readers will see it silent
-            _warn(f"heartbeat: cannot open the run store: {error}")
+            _warn(f"heartbeat: cannot open the run's record: {error}")
             self._ready.set()
             return
         try:
             me = psutil.Process()
-            self._guarded(lambda: store.record_worker(self.run_id, socket.gethostname(), os.getpid(), me.create_time()))
-            self._beat(store)
+            self._guarded(lambda: sink.write("worker", host=socket.gethostname(), pid=os.getpid(),
+                                             created=me.create_time()))
+            self._beat(sink)
             self._ready.set()
             while not self._halt.wait(self.interval_s):
-                self._beat(store)
-            self._beat(store)
+                self._beat(sink)
+            self._beat(sink)
         finally:
             self._ready.set()
-            store.close()
+            sink.close()
 
-    def _beat(self, store: RunStore) -> None:
+    def _beat(self, sink: RecordSink) -> None:
         with self._lock:
             progress = self._progress
-        self._guarded(lambda: store.heartbeat(self.run_id, progress))
+        fields = None if progress is None else [progress.step, progress.time, progress.step_seconds]
+        self._guarded(lambda: sink.write("heartbeat", progress=fields))
 
     @staticmethod
     def _guarded(write: Callable[[], None]) -> None:

@@ -3,7 +3,8 @@
 Closing the terminal or losing SSH never stops a run: the torchrun process group belongs to no
 terminal, writes to `runs/<run>/train.log`, and reports to the store. `dreamlab runs stop` signals
 the group (recorded as the run's pgid). With trainer.launcher=slurm the run is submitted instead
-(`submit`, through `dreamlab.train.slurm`) and recorded queued with its job id.
+(`submit`, through `dreamlab.train.slurm`) and recorded queued with its job id; the job reports to its
+folder's journal, which readers of the store ingest.
 """
 
 from __future__ import annotations
@@ -119,10 +120,10 @@ def environment_meta() -> dict[str, Any]:
     }
 
 
-def write_run_spec(run_dir: Path, recipe: Recipe, run_id: int, db: Path) -> None:
-    """`run.json`: what the workers read (recipe, run id, store)."""
+def write_run_spec(run_dir: Path, recipe: Recipe, run_id: int, db: Path | None) -> None:
+    """`run.json`: what the workers read (recipe, run id, and the store of a local run; a Slurm job gets none)."""
     run_dir.mkdir(parents=True, exist_ok=True)
-    spec = {"run_id": run_id, "db": str(db), "recipe": recipe.to_dict()}
+    spec = {"run_id": run_id, "db": None if db is None else str(db), "recipe": recipe.to_dict()}
     (run_dir / "run.json").write_text(json.dumps(spec, indent=2))
 
 
@@ -181,8 +182,8 @@ def submit(store: RunStore, store_path: Path, recipe: Recipe, *, name: str | Non
         raise RecipeError(f"trainer.launcher=slurm: {missing}")
     check_before_launch(recipe)
     run = store.create_run(name=name, recipe=recipe.to_dict(), meta=environment_meta(), run_dir=None)
-    write_run_spec(Path(run.run_dir), recipe, run.id, store_path.resolve())
-    return slurm.submit(store, run, recipe, store_path.resolve())
+    write_run_spec(Path(run.run_dir), recipe, run.id, None)
+    return slurm.submit(store, run, recipe)
 
 
 def start_process(command: list[str], run_dir: Path, *, capture: bool,

@@ -14,6 +14,7 @@ import psutil
 
 from dreamlab.store import Run, RunStore, StoreError
 from dreamlab.store.health import Health, Liveness, Thresholds, judge
+from dreamlab.store.ingest import ingest_run
 from dreamlab.train import slurm
 
 STOPPABLE = ("running", "lost")  # lost: silent for a while, but its processes may still be alive
@@ -127,6 +128,7 @@ def _stop_slurm_run(store: RunStore, run: Run, grace_s: float, *, poll_s: float,
     if state not in ("queued", "running"):
         say(f"Slurm job {run.job_id} has already ended" + (f" ({job.state})" if job else ""))
         result.exited = True
+        ingest_run(store, run)  # its own ending, if it wrote one
         result.marked_stopped = store.end_if_unfinished(run.id, "stopped", "stopped by user (its Slurm job had already ended)")
         return result
     if state == "queued" and run.status == "queued":
@@ -151,6 +153,7 @@ def _stop_slurm_run(store: RunStore, run: Run, grace_s: float, *, poll_s: float,
         ended = slurm.wait_ended(run.job_id, kill_wait_s, poll_s)
         result.exited = ended is None or slurm.map_state(ended.state)[0] not in ("queued", "running")
     result.waited_s = time.monotonic() - start
+    ingest_run(store, run)  # the job's own ending (stopped, with its checkpoint) before a reader's guess
     say(f"Slurm job {run.job_id} " + (f"ended after {result.waited_s:.1f} s" if result.exited else "is still running"))
     how = "SIGTERM" if result.signals == ["SIGTERM"] else f"scancel after {grace_s:g} s grace"
     result.marked_stopped = store.end_if_unfinished(run.id, "stopped", f"stopped by user ({how}, Slurm job {run.job_id})")

@@ -6,7 +6,9 @@ node. `--signal=B:USR1@N` warns the script N seconds before the time limit; it w
 checkpoint, then `stopped`, with the file's text as the reason. A file, not a signal to the ranks,
 because Slurm may send the warning up to a minute early, before the ranks have their handlers, and
 because torchrun kills ranks 30 s after it is signalled itself. Preemption SIGTERMs the ranks
-directly; rank 0 tells it from a `runs stop` by the job's PreemptTime (`preempted`). Imports no torch.
+directly; rank 0 tells it from a `runs stop` by the job's PreemptTime (`preempted`). The job never writes the
+store: rank 0 appends to the run folder's journal and the submitting host reads it in (`dreamlab.store.ingest`).
+Imports no torch.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from pathlib import Path
 from dreamlab.config import Recipe, RecipeError
 from dreamlab.store import Run, RunStore, StoreError
 from dreamlab.store.health import Health, Liveness, Thresholds, judge
+from dreamlab.store.journal import JOURNAL_NAME
 from dreamlab.train import STOP_FILE
 
 SCRIPT_NAME = "slurm.sbatch"
@@ -134,15 +137,16 @@ def sbatch_options(recipe: Recipe, run_dir: Path, name: str) -> list[str]:
     return options
 
 
-def write_script(recipe: Recipe, run_dir: Path, name: str, db: Path) -> Path:
-    """Write `runs/<run>/slurm.sbatch`: srun starts torchrun on every node, rendezvous on the first."""
+def write_script(recipe: Recipe, run_dir: Path, name: str) -> Path:
+    """Write `runs/<run>/slurm.sbatch`: srun starts torchrun on every node, rendezvous on the first.
+
+    The job gets no store path: rank 0 records into the run folder's journal, read in by the submitting host."""
     t = recipe.trainer
     # One torchrun agent per task (one task per node unless slurm_args say otherwise): they meet at the c10d
     # store on the first node, the first agent there serving it.
     worker = [sys.executable, "-m", "torch.distributed.run", "--nnodes=$SLURM_NTASKS",
               f"--nproc-per-node={t.nproc_per_node}", "--rdzv-backend=c10d", '--rdzv-endpoint="$head:$port"',
-              '--rdzv-id="$SLURM_JOB_ID"', "-m", "dreamlab.train.worker", "--run-dir", str(run_dir), "--db", str(db),
-              "--slurm"]
+              '--rdzv-id="$SLURM_JOB_ID"', "-m", "dreamlab.train.worker", "--run-dir", str(run_dir), "--slurm"]
     quoted = " ".join(word if "$" in word else shlex.quote(word) for word in worker)
     limit = f"--time={t.slurm_time}" if t.slurm_time else "the partition's default"
     lines = ["#!/bin/bash", *(f"#SBATCH {option}" for option in sbatch_options(recipe, run_dir, name)), "",
@@ -192,13 +196,15 @@ def submit_command(command: list[str], script: Path, options: list[str]) -> str:
     return sbatch(script)
 
 
-def submit(store: RunStore, run: Run, recipe: Recipe, db: Path) -> Run:
+def submit(store: RunStore, run: Run, recipe: Recipe) -> Run:
     """Write the run's script, sbatch it and record the run queued with the job id (failed if never submitted)."""
     if recipe.trainer.launcher != "slurm":
         raise RecipeError("trainer.launcher: a Slurm submission needs trainer.launcher=slurm")
     run_dir = Path(run.run_dir)
+    if run.job_id is None:  # a first submission: a journal here is a deleted run's (`runs rm --keep-folder`)
+        (run_dir / JOURNAL_NAME).unlink(missing_ok=True)
     try:
-        job_id = sbatch(write_script(recipe, run_dir, run.name, db))
+        job_id = sbatch(write_script(recipe, run_dir, run.name))
     except SlurmError as error:
         if run.status == "queued":  # a first submission: the run will never start (a resubmitted one keeps its ending)
             store.end_if_unfinished(run.id, "failed", f"not submitted: {error}")

@@ -1,7 +1,8 @@
-"""The process torchrun starts on every rank: `python -m dreamlab.train.worker --run-dir DIR [--db DB]`.
+"""The process torchrun starts on every rank: `python -m dreamlab.train.worker --run-dir DIR [--db DB | --slurm]`.
 
-Rank 0 records metrics, checkpoints and the final status in the run store (the launcher already marked
-the run started with torchrun's process group); its heartbeat thread beats from the start of the process.
+Rank 0 records metrics, checkpoints and the final status: in the run store (a local run: the launcher
+already marked it started with torchrun's process group), or under Slurm in the run folder's journal,
+which the submitting host reads into its store. Its heartbeat thread beats from the start of the process.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import json
 import os
 import sys
 import traceback
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -19,6 +21,7 @@ from torch.distributed.checkpoint.api import CheckpointException  # a BaseExcept
 
 from dreamlab.config import recipe_from_dict
 from dreamlab.train.heartbeat import HeartbeatThread
+from dreamlab.train.sinks import RecordSink, sink_factory
 from dreamlab.train.slurm import SLURM_STOPS
 from dreamlab.train.trainer import SIGNAL_STOP_REASON, Trainer, device_type
 
@@ -40,39 +43,35 @@ def print_traceback() -> None:
         pass
 
 
-class StoreReporter:
-    """Rank 0's link to the run store (a no-op without a database)."""
+class Reporter:
+    """Rank 0's link to the run's record: the store, or a Slurm job's journal (a no-op without either)."""
 
-    def __init__(self, db: str | None, run_id: int | None) -> None:
-        self.store = None
-        self.run_id = run_id
-        if db and run_id is not None:
-            from dreamlab.store import RunStore
-
-            self.store = RunStore(db)
+    def __init__(self, sink: RecordSink | None) -> None:
+        self.sink = sink
 
     def metrics(self, step: int, values: dict[str, float]) -> None:
         say(f"step {step} " + " ".join(f"{k}={v:.5g}" for k, v in values.items()))
-        if self.store:
-            self.store.record_metrics(self.run_id, step, values)
+        if self.sink:
+            self.sink.write("metrics", step=step, values=values)
 
     def checkpoint(self, step: int, path: Path) -> None:
         say(f"checkpoint step {step}: {path}")
-        if self.store:
-            self.store.record_checkpoint(self.run_id, step, str(path / "model"), kind="model+state", complete=True)
-            for old in self.store.checkpoints(self.run_id):  # rotated out by trainer.max_checkpoints
-                if old.complete and not Path(old.path).exists():
-                    self.store.record_checkpoint(self.run_id, old.step, old.path, kind=old.kind, complete=False)
+        if self.sink:
+            self.sink.write("checkpoint", step=step, path=str(path / "model"))
 
     def event(self, kind: str, message: str) -> None:
         say(message)
-        if self.store:
-            self.store.record_event(self.run_id, kind, message)
+        if self.sink:
+            self.sink.write("event", event=kind, message=message)
 
     def finish(self, status: str, reason: str | None) -> None:
-        if self.store:
-            self.store.finish(self.run_id, status, exit_reason=reason)
+        if self.sink:
+            self.sink.write("finish", status=status, reason=reason)
         say(f"run {status}" + (f": {reason}" if reason else ""))
+
+    def close(self) -> None:
+        if self.sink:
+            self.sink.close()
 
 
 def die_with_torchrun() -> None:
@@ -92,28 +91,13 @@ def die_with_torchrun() -> None:
         os._exit(1)
 
 
-def start_heartbeat(db: str | None, run_id: int | None, interval_s: float) -> HeartbeatThread | None:
+def start_heartbeat(open_sink: Callable[[], RecordSink] | None, interval_s: float) -> HeartbeatThread | None:
     """Rank 0's heartbeat thread, beating from before the model loads until the worker ends (None elsewhere)."""
-    if not db or run_id is None or int(os.environ.get("RANK", "0")) != 0:
+    if open_sink is None or int(os.environ.get("RANK", "0")) != 0:
         return None
-    beat = HeartbeatThread(db, run_id, interval_s)
+    beat = HeartbeatThread(open_sink, interval_s)
     beat.start()
     return beat
-
-
-def mark_slurm_job_started(db: str | None, run_id: int | None) -> None:
-    """Rank 0 of a Slurm job marks the queued run running, with the job's node list (the launcher is not here)."""
-    if not db or run_id is None or int(os.environ.get("RANK", "0")) != 0:
-        return
-    from dreamlab.store import RunStore, StoreError
-
-    store = RunStore(db)
-    try:
-        store.mark_started(run_id, pid=os.getpid())
-    except StoreError as error:  # still `running`: a job Slurm requeued after its node failed
-        say(f"run store: {error}; continuing")
-    store.record_nodes(run_id, os.environ.get("SLURM_JOB_NODELIST", ""))
-    store.close()
 
 
 def slurm_stop_reason(reason: str) -> str:
@@ -129,20 +113,18 @@ def slurm_stop_reason(reason: str) -> str:
         return reason
 
 
-def requeue(recipe, db: str, run_id: int) -> None:
-    """Submit the stopped run again as a new Slurm job (it resumes from the checkpoint just written)."""
-    from dreamlab.store import RunStore
+def requeue(run_dir: Path, reporter: Reporter) -> None:
+    """Submit the run's script again as a new Slurm job (it resumes from the checkpoint just written)."""
     from dreamlab.train import slurm
 
-    store = RunStore(db)
     try:
-        run = slurm.submit(store, store.get_run(run_id), recipe, Path(db))
-        say(f"resubmitted as Slurm job {run.job_id}")
-    except Exception as error:  # noqa: BLE001 - the run already ended stopped; say why it was not resubmitted
-        store.record_event(run_id, "note", f"not resubmitted: {error}")
-        say(f"not resubmitted: {error}")
-    finally:
-        store.close()
+        job_id = slurm.sbatch(run_dir / slurm.SCRIPT_NAME)
+    except slurm.SlurmError as error:  # the run already ended stopped; say why it was not resubmitted
+        reporter.event("note", f"not resubmitted: {error}")
+        return
+    say(f"resubmitted as Slurm job {job_id}")
+    if reporter.sink:
+        reporter.sink.write("submitted", job_id=job_id)
 
 
 
@@ -158,20 +140,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--run-dir", required=True, type=Path)
     parser.add_argument("--db", default=None)
     parser.add_argument("--resume", action="store_true")
-    parser.add_argument("--slurm", action="store_true", help="started by a Slurm job (rank 0 marks the run running)")
+    parser.add_argument("--slurm", action="store_true",
+                        help="started by a Slurm job: rank 0 records into the run folder's journal, never the store")
     args = parser.parse_args(argv)
     spec = json.loads((args.run_dir / "run.json").read_text())
     recipe = recipe_from_dict(spec["recipe"])
-    if args.slurm:
-        mark_slurm_job_started(args.db, spec.get("run_id"))
-    beat = start_heartbeat(args.db, spec.get("run_id"), recipe.trainer.heartbeat_s)
+    open_sink = sink_factory(args.run_dir, args.db, spec.get("run_id"), journal=args.slurm)
+    is_rank0 = int(os.environ.get("RANK", "0")) == 0
+    reporter = Reporter(open_sink() if open_sink and is_rank0 else None)
+    if args.slurm and reporter.sink:  # the launcher is not here to mark the queued run running
+        reporter.sink.write("started", pid=os.getpid(), nodes=os.environ.get("SLURM_JOB_NODELIST", ""))
+    beat = start_heartbeat(open_sink, recipe.trainer.heartbeat_s)
     use_cuda = device_type(recipe.trainer.device) == "cuda"
     if not use_cuda:
         torch.set_num_threads(cpu_thread_count(recipe.trainer.cpu_threads, os.cpu_count() or 1,
                                                int(os.environ.get("LOCAL_WORLD_SIZE", 1))))
     dist.init_process_group("nccl" if use_cuda else "gloo")
     rank = dist.get_rank()
-    reporter = StoreReporter(args.db, spec.get("run_id")) if rank == 0 else StoreReporter(None, None)
     status, reason, resubmit = "failed", None, False
     try:
         trainer = Trainer(recipe, args.run_dir, metrics=reporter.metrics, on_checkpoint=reporter.checkpoint,
@@ -203,8 +188,9 @@ def main(argv: list[str] | None = None) -> int:
             beat.stop()
         if rank == 0:
             reporter.finish(status, reason)
-            if resubmit and args.db:
-                requeue(recipe, args.db, spec["run_id"])
+            if resubmit:
+                requeue(args.run_dir, reporter)
+            reporter.close()
         dist.destroy_process_group()
     return 0 if status in ("completed", "stopped") else 1
 

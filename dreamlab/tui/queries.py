@@ -19,6 +19,8 @@ from dreamlab.evals.progress import eta_seconds, running_accuracy
 from dreamlab.evals.published import published_note
 from dreamlab.store import Checkpoint, Comparison, EvalJob, Event, MetricPoint, Run, RunStore
 from dreamlab.store.health import Health
+from dreamlab.store.ingest import ingest_all
+from dreamlab.train.eval_jobs import refresh_eval_jobs
 from dreamlab.train.processes import assess
 from dreamlab.train.slurm import watched_jobs
 
@@ -52,14 +54,16 @@ class RunRow:
 
 
 def load_runs(store: RunStore, lost_after_s: float | None = None) -> list[RunRow]:
-    """Every run, newest first, with its highlights and its status as `assess` reads it (never written here)."""
+    """Every run, newest first, with its highlights and its status as `assess` reads it; the only writes are the
+    Slurm jobs' new journal lines, read in (after asking Slurm, so a job it reports ended has its ending in)."""
+    jobs = watched_jobs(store.list_runs())  # one squeue call for every Slurm run
+    ingest_all(store)
     runs = store.list_runs()
     ids = [run.id for run in runs]
     steps = store.max_steps(ids)
     losses = store.latest_metrics_for(ids, keys=[LOSS_KEY])
     best_evals = store.best_eval_accuracy(ids)
     now = time.time()
-    jobs = watched_jobs(runs)  # one squeue call for every Slurm run
     rows = []
     for run in runs:
         loss = losses.get(run.id, {}).get(LOSS_KEY)
@@ -174,7 +178,9 @@ class EvalsView:
 
 
 def load_evals_view(store: RunStore, run_id: int | None, limit: int = 20) -> EvalsView:
-    """The newest `limit` eval jobs and the eval rows of run `run_id` (None: of every run and model)."""
+    """The newest `limit` eval jobs and the eval rows of run `run_id` (None: of every run and model); Slurm eval jobs
+    with Slurm's state and their journals read in first."""
+    refresh_eval_jobs(store)
     now = time.time()
     rows = []
     for job in store.list_eval_jobs(run_id=run_id, limit=limit):
