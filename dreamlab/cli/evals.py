@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 import shlex
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Annotated, Any
 
 import typer
@@ -14,25 +12,15 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from dreamlab.cli.options import DbOption, JsonOption, open_existing_store
+from dreamlab.cli.options import DbOption, JsonOption, open_existing_store, store_errors
 from dreamlab.display import STATUS_STYLES, fmt_duration
 from dreamlab.evals.jobs import LOST_AFTER_S, assess, stop_job
 from dreamlab.evals.progress import eta_seconds, running_accuracy
-from dreamlab.store import EVAL_JOB_STATUSES, EvalJob, RunStore, StoreError
+from dreamlab.store import EVAL_JOB_STATUSES, EvalJob, RunStore
 from dreamlab.store.health import Health
 from dreamlab.train.eval_jobs import refresh_eval_jobs
 
 app = typer.Typer(help="Eval jobs: list running and recent evals with their progress, stop one.", no_args_is_help=True)
-
-
-@contextmanager
-def _errors() -> Iterator[None]:
-    """Store errors become one `error:` line and exit code 2."""
-    try:
-        yield
-    except StoreError as error:
-        typer.echo(f"error: {error}", err=True)
-        raise typer.Exit(2) from None
 
 
 def job_row(job: EvalJob, health: Health, now: float) -> dict[str, Any]:
@@ -72,7 +60,7 @@ def list_command(
     total, running accuracy, samples/s and ETA. A running job that reads lost is marked lost in the store. Slurm
     eval jobs (`dreamlab eval --slurm`) are listed too, their journals read in first: queued with Slurm's pending
     reason, running with their nodes, or ended."""
-    with _errors():
+    with store_errors():
         store = open_existing_store(db, hint="no evals yet? pass --db or set DREAMLAB_DB")
         refresh_eval_jobs(store)  # Slurm eval jobs: Slurm's state and their journals read in
         newly_lost = assess_and_record(store, store.list_eval_jobs(status="running"), lost_after)  # before filtering
@@ -120,7 +108,7 @@ def stop_command(
     """SIGTERM the eval's process group: it ends stopped with its finished samples kept (the same command resumes
     it); SIGKILL after the grace period. A Slurm eval job: scancel --signal=TERM, scancel after the grace period
     (a pending one is cancelled at once)."""
-    with _errors():
+    with store_errors():
         store = open_existing_store(db, hint="pass --db or set DREAMLAB_DB")
         result = stop_job(store, job, grace_s=grace, say=typer.echo)
         after = store.get_eval_job(job)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
@@ -72,3 +74,13 @@ def slurm_overrides(*, slurm: bool, partition: str | None, nodes: int | None, gp
     if requeue:
         overrides.append("trainer.slurm_requeue=true")
     return overrides
+
+
+@contextmanager
+def store_errors() -> Iterator[None]:
+    """Store errors become one `error:` line and exit code 2."""
+    try:
+        yield
+    except StoreError as error:
+        typer.echo(f"error: {error}", err=True)
+        raise typer.Exit(2) from None

@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 import math
 import shutil
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -15,7 +13,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from dreamlab.cli.options import DbOption, JsonOption, open_existing_store, resolve_db
+from dreamlab.cli.options import DbOption, JsonOption, open_existing_store, resolve_db, store_errors
 from dreamlab.display import STATUS_STYLES
 from dreamlab.display import fmt_duration as _duration
 from dreamlab.display import fmt_number as _number
@@ -44,16 +42,6 @@ StallAfterOption = Annotated[float | None, typer.Option(
                 "trainer.stall_factor x its median step time) [default: the run's trainer.stall_after_s, 600].")]
 
 
-@contextmanager
-def _errors() -> Iterator[None]:
-    """Store errors become one `error:` line and exit code 2."""
-    try:
-        yield
-    except StoreError as error:
-        typer.echo(f"error: {error}", err=True)
-        raise typer.Exit(2) from None
-
-
 def _open(db: Path | None) -> RunStore:
     return open_existing_store(db, hint="no runs yet? pass --db or set DREAMLAB_DB")
 
@@ -72,7 +60,7 @@ def list_command(
 ) -> None:
     """Runs, newest first: status (and why a run is stalled or lost), steps, latest train/loss, start, duration,
     model and lr. A running run that reads lost is marked lost in the store."""
-    with _errors():
+    with store_errors():
         store = _open(db)
         running = _record_lost(store, lost_after, stall_after)
         def health_of(run: Run) -> Health:  # a running run as just assessed (a run started since: now)
@@ -126,7 +114,7 @@ def show_command(
 ) -> None:
     """One run: its record and status (why it is stalled or lost), params, latest metrics, checkpoints, history
     (events) and evals."""
-    with _errors():
+    with store_errors():
         store = _open(db)
         found = store.get_run(run)
         health = assess(found, lost_after, stall_after)
@@ -213,7 +201,7 @@ def compare_command(
     as_json: JsonOption = False,
 ) -> None:
     """The params that differ and the final metrics of two or more runs, side by side."""
-    with _errors():
+    with store_errors():
         store = _open(db)
         refs: list[int | str] = list(runs or [])
         if sweep is not None:
@@ -269,7 +257,7 @@ def stop_command(
 ) -> None:
     """SIGTERM the run's process group (a Slurm job: scancel --signal=TERM, a pending one is cancelled), SIGKILL
     (scancel) after the grace period, then mark it stopped."""
-    with _errors():
+    with store_errors():
         store = _open(db)
         result = stop_run(store, run, grace_s=grace, say=typer.echo)
     if result.marked_stopped:
@@ -286,7 +274,7 @@ def rm_command(
     db: DbOption = None,
 ) -> None:
     """Delete a run's rows and its folder (only a folder inside the store's runs directory)."""
-    with _errors():
+    with store_errors():
         store = _open(db)
         found = store.get_run(run)
         if found.status == "running":
@@ -311,7 +299,7 @@ def query_command(
     as_json: JsonOption = False,
 ) -> None:
     """Run one read-only SQL statement on the run store (writes, ATTACH and PRAGMA assignments fail)."""
-    with _errors():
+    with store_errors():
         columns, rows = RunStore.query_readonly(resolve_db(db), sql, max_rows=max_rows + 1)
     more = len(rows) > max_rows
     rows = rows[:max_rows]

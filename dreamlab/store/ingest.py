@@ -71,14 +71,7 @@ def ingest_runs(store: RunStore, runs: Iterable[Run] | None = None) -> int:
     offsets = store.journal_offsets()
     total = 0
     for run in store.list_runs() if runs is None else runs:
-        path = journal_of(run)
-        if run.launcher != "slurm" or path is None:
-            continue
-        try:
-            size = path.stat().st_size
-        except OSError:
-            continue
-        if size > offsets.get(str(path.resolve()), 0):
+        if run.launcher == "slurm" and _grew(journal_of(run), offsets):
             total += ingest_run(store, run)
     return total
 
@@ -133,16 +126,19 @@ def ingest_eval_jobs(store: RunStore) -> int:
     offsets = store.journal_offsets()
     total = 0
     for job in store.list_eval_jobs():
-        path = journal_of_eval_job(job)
-        if path is None:
-            continue
-        try:
-            size = path.stat().st_size
-        except OSError:
-            continue
-        if size > offsets.get(str(path.resolve()), 0):
+        if _grew(journal_of_eval_job(job), offsets):
             total += ingest_eval_job(store, job)
     return total
+
+
+def _grew(path: Path | None, offsets: dict[str, int]) -> bool:
+    """Whether a journal holds bytes past where it was last read (False for none, or one that cannot be read)."""
+    if path is None:
+        return False
+    try:
+        return path.stat().st_size > offsets.get(str(path.resolve()), 0)
+    except OSError:
+        return False
 
 
 def ingest_all(store: RunStore) -> int:
