@@ -167,7 +167,7 @@ BASE = "name: x\nsource: {builtin: arithmetic}\n"
     (BASE + "answer:\n  lm_eval: gsm8k\n", "bad.yaml:4: answer.lm_eval: must be one of gsm8k_cot, minerva; got 'gsm8k'"),
     (BASE + "answer:\n  lm_eval: minerva\n", "bad.yaml:4: answer.lm_eval: minerva scoring needs the worked solution"),
     (BASE + "prompt:\n  add_bos: 'yes'\n", "bad.yaml:4: prompt.add_bos: must be true or false; got 'yes'"),
-    (BASE + "prompt:\n  chat_shots: 2\n", "bad.yaml:4: prompt.chat_shots: must be an integer from 0 to the number"),
+    (BASE + "prompt:\n  chat_shots: 9\n", "bad.yaml:4: prompt.chat_shots: must be an integer from 0 to the number"),
     (BASE + "source:\n  hub: a/b\n  subsets: algebra\n", "bad.yaml:4: source.subsets: must be a list of data set configuration names"),
     (BASE + "published:\n  - model: m\n    value: 77.2\n", "bad.yaml:4: published.0: missing max_new_tokens, shots, source, steps, template"),
     (BASE + "published:\n  - {model: m, value: high, source: s, template: base, shots: 0, max_new_tokens: 8, steps: 8}\n",

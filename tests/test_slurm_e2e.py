@@ -242,22 +242,26 @@ def test_a_run_at_its_time_limit_checkpoints_ends_stopped_and_resume_continues_i
 
 
 def test_a_time_limit_warning_mid_run_checkpoints_and_resume_completes_the_run(cluster, tmp_path):
-    """The warning is sent by hand, as Slurm sends `--signal=B:USR1@N` (to the batch shell), at a step the test
-    chooses, so the run cannot have ended first; the test above has Slurm's own clock send it."""
+    """The warning is sent by hand, as Slurm sends `--signal=B:USR1@N` (to the batch shell), as soon as the job's
+    log shows its first step: the 199 steps left take this tiny model seconds even on a fast machine, against a
+    fraction of one for the warning to land. The test above has Slurm's own clock send it."""
     db = tmp_path / "runs" / "dreamlab.db"
-    run = submit(db, *TINY, "trainer.total_training_steps=100", "trainer.slurm_signal_s=30", "--time", "5",
+    run = submit(db, *TINY, "trainer.total_training_steps=200", "trainer.slurm_signal_s=30", "--time", "5",
                  "--name", "warned")
-    wait_for(db, run, lambda found: stepped_past(found, 2))
+    log, deadline = Path(run.run_dir, "train.log"), time.monotonic() + 240
+    while not (log.exists() and re.search(r"^step 1 ", log.read_text(errors="replace"), re.M)):
+        assert time.monotonic() < deadline, log.read_text()[-3000:] if log.exists() else "no train.log"
+        time.sleep(0.05)
     subprocess.run(["scancel", "--batch", "--signal=USR1", run.job_id], check=True)
     stopped = wait_for(db, run, ended)
     assert (stopped.status, stopped.exit_reason) == (
         "stopped", f"Slurm time limit (--time=5) of job {run.job_id}: checkpointed before it")
     ((checkpoint, _),) = complete_checkpoints(Path(run.run_dir))
-    assert checkpoint == steps(db, stopped)[-1] < 100
+    assert checkpoint == steps(db, stopped)[-1] < 200
     cli(db, "train", "--resume", "warned", "--slurm")
-    final = wait_for(db, RunStore(db).get_run(run.id), ended, timeout=600)  # a busy machine: seconds a step
+    final = wait_for(db, RunStore(db).get_run(run.id), ended, timeout=900)  # a busy machine: seconds a step
     assert (final.status, final.exit_reason) == ("completed", None)
-    assert steps(db, final) == list(range(1, 101))
+    assert steps(db, final) == list(range(1, 201))
     assert f"resumed from step {checkpoint}" in [event.message for event in RunStore(db).events(run.id)]
 
 
@@ -347,8 +351,10 @@ def test_an_eval_submitted_to_slurm_records_its_samples_and_job_id_without_openi
 def test_a_pending_eval_job_shows_its_reason_and_one_cancelled_outside_reads_stopped(cluster, tmp_path):
     db = tmp_path / "runs" / "dreamlab.db"
     cli(db, "eval", "--model", "tiny", "--limit", "2", "--slurm", "--slurm-arg", "begin=now+3600")
-    (job,) = eval_jobs(db)
-    assert (job["status"], job["reason"]) == ("queued", f"Slurm job pending: BeginTime (job {job['slurm_job']})")
+    deadline = time.monotonic() + 60
+    while (job := eval_jobs(db)[0])["reason"] != f"Slurm job pending: BeginTime (job {job['slurm_job']})":
+        assert time.monotonic() < deadline and job["status"] == "queued", job  # the reason is Slurm's once it has looked
+        time.sleep(1.0)
     subprocess.run(["scancel", job["slurm_job"]], check=True)
     deadline = time.monotonic() + 30
     while (job := eval_jobs(db)[0])["status"] == "queued":
