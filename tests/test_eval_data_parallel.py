@@ -26,6 +26,7 @@ from dreamlab.evals.tasks import Sample
 from dreamlab.models import build_char_tokenizer, build_tiny_model
 from dreamlab.store import RunStore
 from dreamlab.train.torchrun import torchrun_prefix
+from tests.test_faults_eval import HELD_EVAL
 
 runner = CliRunner()
 ROOT = Path(__file__).resolve().parents[1]
@@ -257,35 +258,12 @@ def test_two_nodes_meet_at_the_rendezvous_and_match_the_one_process_samples(peak
         assert _without_timing(store.eval_samples(record.id)) == _without_timing(expected)
 
 
-# A rank's `python -m dreamlab eval ...` whose store (rank 0's: the only one) holds the process after its N-th
-# batch write, once it wrote the file MARKER: the kill below then lands between two recorded rounds.
-HELD_RANK = r"""
-import sys, time
-from pathlib import Path
-from dreamlab.cli import main
-from dreamlab.store import RunStore
-
-marker, after = Path(sys.argv[1]), int(sys.argv[2])
-record, calls = RunStore.record_eval_samples, []
-
-def record_then_hold(self, eval_id, rows):
-    record(self, eval_id, rows)
-    calls.append(eval_id)
-    if len(calls) == after:
-        marker.write_text("held")
-        while True:
-            time.sleep(60)
-
-RunStore.record_eval_samples = record_then_hold
-sys.argv = ["dreamlab", *sys.argv[3:]]
-main()
-"""
 
 
 @pytest.mark.slow
 def test_a_two_process_eval_killed_between_rounds_resumes_with_both_ranks_samples_kept(peaky_model, reference, tmp_path):
     db, marker, script = tmp_path / "db.sqlite", tmp_path / "held", tmp_path / "held_rank.py"
-    script.write_text(HELD_RANK)
+    script.write_text(HELD_EVAL)  # on rank 0, the only store writer: the kill lands between two recorded rounds
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     env.pop("OMP_NUM_THREADS", None)
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", str(script), str(marker),

@@ -136,13 +136,18 @@ def test_the_form_starts_a_detached_eval_that_outlives_the_console(db, tmp_path)
     assert [store.get_eval(i).checkpoint for i in done.eval_ids] == [checkpoint.path]
 
 
+def _detach(db, alg: str, limit: int) -> int:
+    """Start a detached eval of the run's checkpoint (16 steps, 16 tokens, batch 2); its job id."""
+    started = runner.invoke(cli, ["eval", "--run", RUN, "--alg", alg, "--steps", "16", "--max-new-tokens", "16",
+                                  "--limit", str(limit), "--batch-size", "2", "--detach", "--db", str(db)])
+    assert started.exit_code == 0, started.output
+    return RunStore(db).list_eval_jobs()[0].id
+
+
 @pytest.mark.slow
 def test_the_evals_screen_follows_a_running_eval_live(db, tmp_path):
-    started = runner.invoke(cli, ["eval", "--run", RUN, "--alg", "origin", "--steps", "16", "--max-new-tokens", "16",
-                                  "--limit", "16", "--batch-size", "2", "--detach", "--db", str(db)])
-    assert started.exit_code == 0, started.output
-    store = RunStore(db)
-    job_id = store.list_eval_jobs()[0].id
+    # 200 problems: the console opens and sees the job running long before any machine finishes them.
+    job_id = _detach(db, "origin", limit=200)
 
     async def scenario() -> None:
         app = build_app(db, poll_s=0.3)
@@ -155,18 +160,18 @@ def test_the_evals_screen_follows_a_running_eval_live(db, tmp_path):
             await _until(pilot, lambda: row() is not None and row().status == "running" and row().job.n_done >= 2)
             shown = row()
             cells = [_text_of(jobs.get_cell_at((jobs.rows_shown.index(shown), column))) for column in range(6)]
-            assert cells[:4] == [str(job_id), "running", "arithmetic", f"{shown.job.n_done}/16"]
+            assert cells[:4] == [str(job_id), "running", "arithmetic", f"{shown.job.n_done}/200"]
             assert cells[4] == f"{100 * shown.job.n_correct / shown.job.n_done:.1f}%" and cells[5] != "—"  # an ETA
             grid = app.screen.query_one("#eval-grid", DataTable)
             where = (app.screen.grid.rows.index(("arithmetic", "origin")), app.screen.grid.steps.index(16) + 1)
             running_cell = app.screen.grid.cells[("arithmetic", "origin", 16)]
             assert running_cell.status == "running"
-            assert _text_of(grid.get_cell_at(where)).startswith(f"{running_cell.n_done}/16")
+            assert _text_of(grid.get_cell_at(where)).startswith(f"{running_cell.n_done}/200")
             _save(app, tmp_path, "evals-live")
             await _until(pilot, lambda: row().status == "completed")
             final = app.store.get_eval(row().job.eval_ids[0])
             await _until(pilot, lambda: _text_of(grid.get_cell_at(where)).startswith(f"{100 * final.accuracy:.1f}%"))
-            assert _text_of(jobs.get_cell_at((jobs.rows_shown.index(row()), 3))) == "16/16"
+            assert _text_of(jobs.get_cell_at((jobs.rows_shown.index(row()), 3))) == "200/200"
 
     asyncio.run(scenario())
 
@@ -220,11 +225,8 @@ def test_two_evals_compared_with_mcnemar_and_their_differing_samples(db, tmp_pat
 @pytest.mark.slow
 def test_x_on_the_evals_screen_stops_the_highlighted_eval_job(db):
     # 500 problems: far more than any machine finishes between the test seeing 2 done and pressing x.
-    started = runner.invoke(cli, ["eval", "--run", RUN, "--alg", "topk_margin", "--steps", "16", "--max-new-tokens", "16",
-                                  "--limit", "500", "--batch-size", "2", "--detach", "--db", str(db)])
-    assert started.exit_code == 0, started.output
+    job_id = _detach(db, "topk_margin", limit=500)
     store = RunStore(db)
-    job_id = store.list_eval_jobs()[0].id
 
     async def scenario() -> None:
         app = build_app(db, poll_s=0.3)
