@@ -305,3 +305,30 @@ def test_evals_grid_samples_and_denoising_replay(store_path, tmp_path):
             await pilot.press("e")
             assert isinstance(app.screen, EvalsScreen) and app.screen.run_name == "alpha"
     asyncio.run(scenario())
+
+
+def test_a_run_launched_from_the_form_trains_and_leaves_no_zombie_while_the_console_stays_open(tmp_path):
+    import psutil
+
+    async def scenario():
+        app = build_app(tmp_path / "runs" / "dreamlab.db", poll_s=0.5)
+        async with app.run_test(size=(80, 24)) as pilot:
+            await pilot.press("n")
+            assert isinstance(app.screen, LaunchScreen)
+            await pilot.press(*" ".join([*SMALL, "trainer.total_training_steps=3", "trainer.save_checkpoint_steps=null",
+                                         "trainer.val_check_interval=null"]))
+            await pilot.press("tab", *"formed")
+            await pilot.press("ctrl+s")
+            await _until(pilot, lambda: not isinstance(app.screen, LaunchScreen))
+            run = app.store.get_run("formed")
+            await _until(pilot, lambda: app.store.get_run("formed").status == "completed")
+
+            def state() -> str:
+                try:
+                    return psutil.Process(run.pid).status()
+                except psutil.NoSuchProcess:
+                    return "reaped"
+            await _until(pilot, lambda: state() in ("reaped", psutil.STATUS_ZOMBIE))  # torchrun has ended
+            # Without a reaper the ended torchrun stays a zombie for as long as the console runs.
+            await _until(pilot, lambda: state() == "reaped", timeout=10)
+    asyncio.run(scenario())

@@ -25,7 +25,7 @@ import psutil
 
 from dreamlab.store import EvalJob, RunStore, StoreError
 from dreamlab.store.health import Health, Liveness
-from dreamlab.train.processes import group_alive, process_state
+from dreamlab.train.processes import group_alive, process_state, reap_when_done
 
 HEARTBEAT_S = 5.0
 LOST_AFTER_S = 60.0  # as runs: silent this long and its process not known alive
@@ -58,9 +58,7 @@ def start_detached(store: RunStore, argv: Sequence[str], *, run_id: int | None =
     except OSError as error:
         store.finish_eval_job(job.id, "failed", f"could not start: {error}")
         raise
-    # A long-lived starter (the console) reaps the eval when it ends instead of keeping a zombie; one that exits
-    # first (the CLI) leaves it to init.
-    threading.Thread(target=process.wait, name=f"dreamlab-eval-{job.id}-reaper", daemon=True).start()
+    reap_when_done(process, f"eval-{job.id}")
     return store.mark_eval_job_started(job.id, pid=process.pid, pgid=process.pid, log_path=str(log))
 
 

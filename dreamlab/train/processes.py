@@ -6,6 +6,8 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import subprocess
+import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -211,3 +213,11 @@ def group_alive(pgid: int) -> bool:
         except (psutil.Error, ProcessLookupError):
             continue
     return False
+
+
+def reap_when_done(process: subprocess.Popen, name: str) -> threading.Thread:
+    """Wait for a detached child in a daemon thread, so a long-lived starter (the console) keeps no zombie."""
+    # A starter that exits first (the CLI) leaves the child to init; the daemon thread dies with it.
+    reaper = threading.Thread(target=process.wait, name=f"dreamlab-{name}-reaper", daemon=True)
+    reaper.start()
+    return reaper

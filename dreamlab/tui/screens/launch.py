@@ -149,13 +149,15 @@ class LaunchScreen(ModalScreen[str | None]):
     @work(thread=True, exclusive=True, group="launch")
     def _launch_worker(self, request: LaunchRequest) -> None:
         from dreamlab.train.launcher import launch
+        from dreamlab.train.processes import reap_when_done
 
         store = self.app.store
         try:
-            run, _ = launch(store, store.path, load_recipe(request.recipe, list(request.overrides)), name=request.name)
+            run, process = launch(store, store.path, load_recipe(request.recipe, list(request.overrides)), name=request.name)
         except Exception as failure:  # noqa: BLE001 - nothing started: say why, in place
             self.post_message(self.Launched(None, str(failure)))
             return
+        reap_when_done(process, f"run-{run.id}")
         self.post_message(self.Launched(run.name, None))
 
     def on_launch_screen_launched(self, message: Launched) -> None:
