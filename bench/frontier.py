@@ -24,6 +24,8 @@ BLOCK = ["--block-length", "16"]
 # (entropy, 48 steps, 48 new tokens, greedy). The baseline is the default cell: no blocks, no cache.
 GROUPS: dict[str, list[str]] = {
     "baseline": [],
+    # Blocks without a cache: what the block schedule alone changes, apart from the stale cache entries.
+    "blocks": BLOCK,
     "caches": [*BLOCK, "--cache", "prefix,dual"],
     "threshold": [*BLOCK, "--cache", "dual", "--threshold", "0.9,0.7"],
     "factor": [*BLOCK, "--cache", "dual", "--factor", "1"],
@@ -43,41 +45,48 @@ def run_cli(args: list[str], threads: int) -> str:
     return done.stdout
 
 
-def is_baseline(row: dict) -> bool:
-    """The uncached, one-token-per-step cell: no blocks, no cache, no decoding rule, steps = max_new_tokens."""
-    return (row["steps"] == row["max_new_tokens"] and not row.get("block_length") and not row.get("cache")
-            and not any(row.get(name) for name in ("threshold", "factor", "gamma", "commit_gap")))
+RULES = ("threshold", "factor", "gamma", "commit_gap")
 
 
-def same_as_baseline(db: Path, rows: list[dict]) -> dict[int, float]:
-    """Per eval id: the fraction of its problems whose generation equals the baseline's (the caches' and rules' drift)."""
+def is_baseline(row: dict, *, blocks: bool = False) -> bool:
+    """The uncached, one-token-per-step cell: no cache, no decoding rule, steps = max_new_tokens; no blocks (or blocks)."""
+    return (row["steps"] == row["max_new_tokens"] and bool(row.get("block_length")) == blocks and not row.get("cache")
+            and not any(row.get(name) for name in RULES))
+
+
+def same_as(db: Path, rows: list[dict], reference: dict | None) -> dict[int, float | None]:
+    """Per eval id: the fraction of its problems whose generation equals `reference`'s (None without one)."""
     from dreamlab.store import RunStore
 
-    base = next((r for r in rows if is_baseline(r)), None)
-    if base is None:
-        return {}
+    if reference is None:
+        return {row["id"]: None for row in rows}
     store = RunStore(db)
-    reference = {s["idx"]: s["generation"] for s in store.eval_samples(base["id"])}
-    fractions = {}
+    expected = {s["idx"]: s["generation"] for s in store.eval_samples(reference["id"])}
+    fractions: dict[int, float | None] = {}
     for row in rows:
-        samples = [s for s in store.eval_samples(row["id"]) if s["idx"] in reference]
-        fractions[row["id"]] = sum(s["generation"] == reference[s["idx"]] for s in samples) / max(1, len(samples))
+        samples = [s for s in store.eval_samples(row["id"]) if s["idx"] in expected]
+        fractions[row["id"]] = sum(s["generation"] == expected[s["idx"]] for s in samples) / max(1, len(samples))
     return fractions
 
 
-def markdown(rows: list[dict], same: dict[int, float]) -> str:
-    """The frontier table with the speed ratio and accuracy difference against the baseline."""
+def markdown(db: Path, rows: list[dict]) -> str:
+    """The frontier table: speed ratio and accuracy difference against the baseline, and each cell's drift from
+    the baseline and from the uncached block cell (which separates what blocks change from what caches and rules do)."""
     base = next((r for r in rows if is_baseline(r)), None)
     if base is None:
         return "(no baseline cell among these evals: no blocks, no cache, no rule, steps = max_new_tokens; see --table-only)"
+    same_base = same_as(db, rows, base)
+    same_blocks = same_as(db, rows, next((r for r in rows if is_baseline(r, blocks=True)), None))
     speed, accuracy = base["answer_tokens_per_s"], 100 * base["accuracy"]
-    lines = ["| cell | accuracy | vs baseline | same output as baseline | NFE | tokens/forward | answer tokens/s | ratio | wall s | Pareto |",
+    lines = ["| cell | accuracy | vs baseline | same output as baseline / as uncached blocks | NFE | tokens/forward | "
+             "answer tokens/s | ratio | wall s | Pareto |",
              "|---|---:|---:|---:|---:|---:|---:|---:|---:|:---:|"]
     for r in sorted(rows, key=lambda r: -r["answer_tokens_per_s"]):
         extras = [f"{name.replace('_length', '')} {r[name]}" for name in
-                  ("block_length", "cache", "threshold", "factor", "gamma", "commit_gap") if r.get(name) is not None]
+                  ("block_length", "cache", *RULES) if r.get(name) is not None]
         label = " · ".join([f"{r['alg']} × {r['steps']}", *extras]) + (" (baseline)" if is_baseline(r) else "")
-        lines.append(f"| {label} | {100 * r['accuracy']:.1f}% | {100 * r['accuracy'] - accuracy:+.1f} | {100 * same[r['id']]:.0f}% | {r['nfe_mean']:.1f} | "
+        drift = " / ".join("-" if same[r["id"]] is None else f"{100 * same[r['id']]:.0f}%" for same in (same_base, same_blocks))
+        lines.append(f"| {label} | {100 * r['accuracy']:.1f}% | {100 * r['accuracy'] - accuracy:+.1f} | {drift} | {r['nfe_mean']:.1f} | "
                      f"{r['tokens_per_forward']:.2f} | {r['answer_tokens_per_s']:.1f} | "
                      f"{r['answer_tokens_per_s'] / speed:.2f}x | {r['wall_seconds']:.0f} | {'★' if r['pareto'] else ''} |")
     return "\n".join(lines)
@@ -96,7 +105,7 @@ def main() -> None:
                         help="eval seed; greedy cells decode the same tokens under any seed, so a second seed is a second timing")
     parser.add_argument("--groups", default=",".join(GROUPS), help=f"comma list of {', '.join(GROUPS)}")
     parser.add_argument("--table-only", action="store_true",
-                        help="run no evals: the table of every eval of --run (groups run by several of these scripts side by side)")
+                        help="run no evals: the table of --run's evals of --seed and --limit (groups run by several of these scripts side by side)")
     parser.add_argument("--out", type=Path, default=Path("bench/results/frontier-8shot.json"))
     args = parser.parse_args()
     if args.table_only and not args.run:
@@ -111,12 +120,17 @@ def main() -> None:
     ids = []
     for name in groups:
         ids += [str(row["id"]) for row in json.loads(run_cli([*common, *GROUPS[name], "--json"], args.threads))]
-    chosen = ids if ids else ["--run", args.run]
-    rows = json.loads(run_cli(["eval", "frontier", *chosen, "--db", str(args.db), "--json"], args.threads))
-    rows = [row for row in rows if row["seed"] == args.seed]
+    if not ids:
+        # The table compares like with like: this seed, and as many problems as --limit (a run may hold other
+        # evals); the frontier then marks its Pareto cells among those alone.
+        every = json.loads(run_cli(["eval", "frontier", "--run", args.run, "--db", str(args.db), "--json"], args.threads))
+        ids = [str(row["id"]) for row in every if row["seed"] == args.seed and row["n_samples"] == args.limit]
+        if not ids:
+            raise SystemExit(f"{args.run} has no evals of seed {args.seed} over {args.limit} problems")
+    rows = json.loads(run_cli(["eval", "frontier", *ids, "--db", str(args.db), "--json"], args.threads))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(rows, indent=1, default=str) + "\n")
-    print(markdown(rows, same_as_baseline(args.db, rows)))
+    print(markdown(args.db, rows))
 
 
 if __name__ == "__main__":

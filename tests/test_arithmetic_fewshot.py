@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from dreamlab.config import load_recipe
+from dreamlab.config import RecipeError, load_recipe
 from dreamlab.data.arithmetic import MAX_SHOTS, arithmetic_rows, exemplars, fewshot_examples
 from dreamlab.data.errors import DataError, InvalidRow
 from dreamlab.data.formats import ConvertOptions, convert_s1k_simple
@@ -12,6 +12,7 @@ from dreamlab.data.sources import SourceRow, read_source
 from dreamlab.evals.tasks import load_task
 from dreamlab.models.tokenizer import build_char_tokenizer
 from dreamlab.train.data import load_rows, tokenize_rows
+from dreamlab.train.launcher import model_context_length
 
 FIRST_TWO = [
     {"question": "Solve: 23 + 73", "solution": "<think>\n3+3+0=6 c0\n2+7+0=9 c0\n</think>\n96"},
@@ -113,8 +114,17 @@ def test_the_8_shot_recipe_loads_and_fits_its_prompts():
     default = load_recipe("tiny-arithmetic")
     assert recipe.data.train_files == recipe.data.val_files == ["builtin:arithmetic:8shot"]
     assert recipe.data.max_length == 557 + 48
-    assert recipe.model == default.model.__class__(**{**default.model.__dict__, "compile": False})
-    assert recipe.optim == default.optim and recipe.diffusion == default.diffusion
+    # It fine-tunes the default's trained model (trained from random weights it stayed at 0%).
+    assert recipe.model == default.model.__class__(**{
+        **default.model.__dict__, "compile": False, "partial_pretrain": "runs/arithmetic/checkpoints/step-005000/model"})
+    assert recipe.optim == default.optim.__class__(**{**default.optim.__dict__, "lr": 1e-3})
+    assert recipe.diffusion == default.diffusion
+
+
+def test_the_8_shot_recipe_without_the_defaults_model_names_the_key_and_a_checkpoints_path(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(RecipeError, match=r"model\.partial_pretrain: no model at runs/arithmetic/checkpoints/step-005000/model .*runs/RUN/checkpoints/step-N/model"):
+        model_context_length(load_recipe("tiny-arithmetic-8shot"))
 
 
 def test_a_task_file_on_the_builtin_gets_its_levels_exemplars_unless_it_lists_its_own(tmp_path):

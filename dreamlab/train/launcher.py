@@ -42,8 +42,10 @@ def model_context_length(recipe: Recipe) -> int | None:
     config_file = Path(spec).expanduser() / "config.json"
     if config_file.is_file():
         return read_json_object(config_file, RecipeError).get("max_position_embeddings")
-    if Path(spec).expanduser().exists() or spec.startswith((".", "/", "~")):
-        raise RecipeError(f"model.partial_pretrain: no model at {spec} (expected a folder with config.json)")
+    # A hub id is ORG/NAME: a spec with more slashes, or one that starts like a path, is a local folder.
+    if Path(spec).expanduser().exists() or spec.startswith((".", "/", "~")) or spec.count("/") > 1:
+        raise RecipeError(f"model.partial_pretrain: no model at {spec} (expected a folder with config.json; "
+                          f"a run's checkpoint is runs/RUN/checkpoints/step-N/model)")
     return None  # a hub id: checked when the worker loads it
 
 
