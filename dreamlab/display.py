@@ -34,6 +34,16 @@ def fmt_number(value: Any) -> str:
     return f"{value:.4g}"
 
 
+def fmt_percent(fraction: float | None) -> str:
+    """A fraction as `72.5%`; None as a dash."""
+    return "—" if fraction is None else f"{100 * fraction:.1f}%"
+
+
+def fmt_points(difference: float | None) -> str:
+    """A difference of two fractions in percentage points, signed (`+16.7`); None as a dash."""
+    return "—" if difference is None else f"{100 * difference:+.1f}"
+
+
 def fmt_when(stamp: float | None, short: bool = False) -> str:
     """A unix time as local date and time ('%m-%d %H:%M' when short); None as a dash."""
     if stamp is None:

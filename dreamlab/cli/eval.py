@@ -31,6 +31,7 @@ from dreamlab.cli.options import (
     resolve_db,
 )
 from dreamlab.diffusion.settings import SamplerSettings
+from dreamlab.display import fmt_percent, fmt_points
 from dreamlab.evals.compare import compare
 from dreamlab.evals.frontier import frontier_plot, frontier_table
 from dreamlab.evals.grid import SAMPLER_TYPES, extra_settings, grid_cells
@@ -513,10 +514,8 @@ def compare_command(
     for column in ("task", "alg", "steps", "evals A/B", "shared", "A", "B", "B − A", "only A", "only B", "p-value"):
         table.add_column(column, justify="left" if column in ("task", "alg") else "right")
     for r in results:
-        diff = "—" if r.difference is None else f"{100 * r.difference:+.1f}"
-        acc = lambda value: "—" if value is None else f"{100 * value:.1f}%"  # noqa: E731
-        table.add_row(r.a.task, r.a.alg or "", str(r.a.steps), f"{r.a.id}/{r.b.id}", str(r.shared), acc(r.accuracy_a),
-                      acc(r.accuracy_b), diff, str(r.only_a), str(r.only_b), f"{r.p_value:.3g} ({r.method})")
+        table.add_row(r.a.task, r.a.alg or "", str(r.a.steps), f"{r.a.id}/{r.b.id}", str(r.shared), fmt_percent(r.accuracy_a),
+                      fmt_percent(r.accuracy_b), fmt_points(r.difference), str(r.only_a), str(r.only_b), f"{r.p_value:.3g} ({r.method})")
     console = Console(highlight=False)
     console.print(table)
     for r in results:

@@ -13,7 +13,7 @@ from rich.table import Table
 from rich.text import Text
 
 from dreamlab.cli.options import DbOption, JsonOption, open_existing_store, store_errors
-from dreamlab.display import STATUS_STYLES, fmt_duration
+from dreamlab.display import STATUS_STYLES, fmt_duration, fmt_percent
 from dreamlab.evals.jobs import LOST_AFTER_S, assess, stop_job
 from dreamlab.evals.progress import eta_seconds, running_accuracy
 from dreamlab.store import EVAL_JOB_STATUSES, EvalJob, RunStore
@@ -77,7 +77,7 @@ def list_command(
                          no_wrap=column in ("id", "status"))
     for row in rows:
         table.add_row(str(row["id"]), Text(row["status"], style=STATUS_STYLES.get(row["status"], "")), row["task"] or "—",
-                      row["model"] or "—", progress_text(row["n_done"], row["n_total"]), percent(row["accuracy"]),
+                      row["model"] or "—", progress_text(row["n_done"], row["n_total"]), fmt_percent(row["accuracy"]),
                       "—" if row["samples_per_s"] is None else f"{row['samples_per_s']:.2f}", fmt_duration(row["eta_s"]),
                       fmt_duration(row["duration_s"]))
     console = Console(highlight=False)
@@ -92,11 +92,6 @@ def progress_text(done: int, total: int | None) -> str:
     if not total:
         return f"{done}/?"
     return f"{done}/{total} ({100 * done / total:.0f}%)"
-
-
-def percent(value: float | None) -> str:
-    """`72.5%`; a dash when unknown."""
-    return "—" if value is None else f"{100 * value:.1f}%"
 
 
 @app.command("stop")

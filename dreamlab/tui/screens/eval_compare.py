@@ -14,6 +14,7 @@ from textual.message import Message
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Static
 
+from dreamlab.display import fmt_percent, fmt_points
 from dreamlab.evals.compare import CellComparison, compare_pair
 from dreamlab.evals.grid import cell_label
 
@@ -37,11 +38,8 @@ def differences(samples_a: list[dict[str, Any]], samples_b: list[dict[str, Any]]
 
 def summary_text(result: CellComparison) -> Text:
     """`A 50.0% · B 66.7% · B − A +16.7 on 6 shared · only A 0 · only B 1 · McNemar p = 1 (exact)` and what differs."""
-    def percent(value: float | None) -> str:
-        return "—" if value is None else f"{100 * value:.1f}%"
-    diff = "—" if result.difference is None else f"{100 * result.difference:+.1f}"
-    text = Text.assemble(("A ", "bold"), percent(result.accuracy_a), " · ", ("B ", "bold"), percent(result.accuracy_b),
-                         f" · B − A {diff} on {result.shared} shared · only A right {result.only_a} · "
+    text = Text.assemble(("A ", "bold"), fmt_percent(result.accuracy_a), " · ", ("B ", "bold"),
+                         fmt_percent(result.accuracy_b), f" · B − A {fmt_points(result.difference)} on {result.shared} shared · only A right {result.only_a} · "
                          f"only B right {result.only_b} · ", ("McNemar p = ", "bold"),
                          f"{result.p_value:.3g} ({result.method})")
     settings = ", ".join(f"{key} {a} → {b}" for key, (a, b) in result.differs.items())

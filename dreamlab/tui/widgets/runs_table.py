@@ -12,7 +12,7 @@ from textual import events
 from textual.message import Message
 from textual.widgets import DataTable
 
-from dreamlab.display import STATUS_STYLES, fmt_duration, fmt_number, fmt_when
+from dreamlab.display import STATUS_STYLES, fmt_duration, fmt_number, fmt_percent, fmt_when
 from dreamlab.tui.queries import RunRow, load_runs
 from dreamlab.tui.widgets.polling import Polling
 
@@ -25,17 +25,13 @@ def _number_key(value: float | None) -> tuple[int, float]:
     return (1, 0.0) if value is None or math.isnan(value) else (0, value)
 
 
-def _percent(value: float | None) -> str:
-    return "—" if value is None else f"{100 * value:.1f}%"
-
-
 # column key, label, how a row renders, how a row sorts
 COLUMNS: list[tuple[str, str, Callable[[RunRow], Any], Callable[[RunRow], Any]]] = [
     ("name", "name", lambda r: r.name, lambda r: r.name),
     ("status", "status", lambda r: Text(r.status, style=STATUS_STYLES.get(r.status, "")), lambda r: r.status),
     ("steps", "steps", lambda r: Text(fmt_number(r.steps), justify="right"), lambda r: _number_key(r.steps)),
     ("loss", "loss", lambda r: Text(fmt_number(r.loss), justify="right"), lambda r: _number_key(r.loss)),
-    ("eval", "eval", lambda r: Text(_percent(r.best_eval), justify="right"), lambda r: _number_key(r.best_eval)),
+    ("eval", "eval", lambda r: Text(fmt_percent(r.best_eval), justify="right"), lambda r: _number_key(r.best_eval)),
     ("started", "started", lambda r: fmt_when(r.started, short=True), lambda r: _number_key(r.started)),
     ("duration", "time", lambda r: Text(fmt_duration(r.duration_s), justify="right"),
      lambda r: _number_key(r.duration_s)),
