@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import platform
 import re
-import sqlite3
 
 import pytest
 import torch
@@ -21,7 +20,7 @@ from dreamlab.evals.tasks import Sample, load_task
 from dreamlab.models import build_char_tokenizer, build_tiny_model
 from dreamlab.store import EvalRecord, RunStore
 from dreamlab.store.evals import settings_key
-from dreamlab.store.schema import migrate
+from tests.store_helpers import store_at_version
 
 CPU = torch.device("cpu")
 FAKE_OOM = "CUDA out of memory. Tried to allocate 2.00 GiB (a test's wrapper model)"
@@ -182,14 +181,10 @@ def test_freed_memory_is_kept_on_glibc():
 
 
 def test_a_v9_cpu_eval_resumes_after_the_migration_and_gains_empty_columns(tmp_path):
-    path = tmp_path / "v9.db"
-    conn = sqlite3.connect(path, isolation_level=None)
-    assert migrate(conn, target=9) == 9
     settings = {"task": "arithmetic", "model": "tiny", "alg": "entropy", "steps": 8, "max_new_tokens": 8,
                 "batch_size": 16, "seed": 0, "device": "cpu"}
-    conn.execute("INSERT INTO evals (id, task, settings_key, status, batch_size) VALUES (1, 'arithmetic', ?, "
-                 "'interrupted', 16)", (settings_key(settings),))
-    conn.close()
+    path = store_at_version(tmp_path / "v9.db", 9, ("INSERT INTO evals (id, task, settings_key, status, batch_size) "
+                                                   "VALUES (1, 'arithmetic', ?, 'interrupted', 16)", (settings_key(settings),)))
     store = RunStore(path)
     old = store.get_eval(1)
     assert (old.dtype, old.batch_size_used, old.batch_size) == (None, None, 16)

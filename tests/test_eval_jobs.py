@@ -14,7 +14,8 @@ from dreamlab.evals.jobs import judge
 from dreamlab.evals.progress import StoreProgress, eta_seconds, running_accuracy, samples_per_second
 from dreamlab.store import SCHEMA_VERSION, RunStore, StoreError
 from dreamlab.store.health import Health, Liveness
-from dreamlab.store.schema import migrate, schema_version
+from dreamlab.store.schema import schema_version
+from tests.store_helpers import store_at_version
 
 runner = CliRunner()
 
@@ -138,10 +139,7 @@ def test_judge_reads_a_silent_job_lost_only_when_its_process_is_not_seen_alive()
 
 
 def test_a_v9_store_migrates_to_eval_jobs(tmp_path):
-    path = tmp_path / "v9.db"
-    conn = sqlite3.connect(path, isolation_level=None)
-    assert migrate(conn, target=9) == 9
-    conn.close()
+    path = store_at_version(tmp_path / "v9.db", 9)
     with RunStore(path) as store:
         assert store.list_eval_jobs() == []
         assert store.create_eval_job([], detached=False).id == 1
@@ -153,11 +151,7 @@ def test_a_v9_store_migrates_to_eval_jobs(tmp_path):
 
 
 def test_a_v11_store_s_eval_jobs_read_local_after_v12_and_a_slurm_job_reads_slurm_s_state(tmp_path):
-    path = tmp_path / "v11.db"
-    conn = sqlite3.connect(path, isolation_level=None)
-    assert migrate(conn, target=11) == 11
-    conn.execute("INSERT INTO eval_jobs (status, command, created) VALUES ('completed', '[]', 1.0)")
-    conn.close()
+    path = store_at_version(tmp_path / "v11.db", 11, "INSERT INTO eval_jobs (status, command, created) VALUES ('completed', '[]', 1.0)")
     with RunStore(path) as store:
         (old,) = store.list_eval_jobs()
         assert (old.launcher, old.job_id, old.folder, old.reason) == ("local", None, None, None)

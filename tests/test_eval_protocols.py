@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import sqlite3
 
 import pytest
 from typer.testing import CliRunner
@@ -17,10 +16,10 @@ from dreamlab.evals.scoring import score_generation
 from dreamlab.evals.tasks import Sample, load_task
 from dreamlab.models import build_char_tokenizer
 from dreamlab.store import EvalRecord, RunStore
-from dreamlab.store.schema import migrate
 from dreamlab.tui.app import build_app
 from dreamlab.tui.screens.evals import SamplesScreen, cell_text
 from tests.conftest import SHARED_DATA
+from tests.store_helpers import store_at_version
 
 runner = CliRunner()
 RUN_ON = "{work} The answer is {n}.\n\nQ: Tom has 3 boxes of 4115 pens. How many pens?\nA: 3 * 4115 = 12345. The answer is 12345."
@@ -91,11 +90,8 @@ def test_eval_records_template_bos_cut_and_lm_eval_columns(tmp_path):
 
 
 def test_samples_keep_cut_and_strict_verdict_and_a_v5_store_gains_the_columns(tmp_path):
-    path = tmp_path / "v5.db"
-    conn = sqlite3.connect(path, isolation_level=None)
-    assert migrate(conn, target=5) == 5
-    conn.execute("INSERT INTO evals (id, task, settings_key, status, accuracy) VALUES (1, 'gsm8k', 'k', 'completed', 0.5)")
-    conn.close()
+    path = store_at_version(tmp_path / "v5.db", 5,
+                            "INSERT INTO evals (id, task, settings_key, status, accuracy) VALUES (1, 'gsm8k', 'k', 'completed', 0.5)")
     store = RunStore(path)
     old = store.get_eval(1)
     assert (old.accuracy, old.strict_accuracy, old.flexible_accuracy, old.template, old.add_bos) == (0.5, None, None, None, None)

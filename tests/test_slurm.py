@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import sqlite3
 import subprocess
 from pathlib import Path
 
@@ -16,9 +15,9 @@ from dreamlab.cli.options import slurm_overrides
 from dreamlab.config import RecipeError, load_recipe, slurm_time_seconds
 from dreamlab.store import Run, RunStore, StoreError
 from dreamlab.store.health import Health, Thresholds
-from dreamlab.store.schema import migrate
 from dreamlab.train.slurm import JobState, map_state, sbatch_options, slurm_health, write_script
 from tests import slurm_cluster
+from tests.store_helpers import store_at_version
 
 
 @pytest.mark.parametrize(("state", "reason", "exit_code", "expected"), [
@@ -149,11 +148,7 @@ def test_a_recipe_refuses_an_sbatch_argument_that_is_not_key_value():
 
 
 def test_a_v8_store_migrates_its_runs_to_the_local_launcher(tmp_path):
-    path = tmp_path / "old.db"
-    conn = sqlite3.connect(path, isolation_level=None)
-    assert migrate(conn, target=8) == 8
-    conn.execute("INSERT INTO runs (id, name, status, created) VALUES (1, 'old', 'completed', 1.0)")
-    conn.close()
+    path = store_at_version(tmp_path / "old.db", 8, "INSERT INTO runs (id, name, status, created) VALUES (1, 'old', 'completed', 1.0)")
     with RunStore(path) as store:
         run = store.get_run("old")
         assert (run.launcher, run.job_id, run.nodes) == ("local", None, None)

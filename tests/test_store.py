@@ -11,6 +11,7 @@ import pytest
 
 from dreamlab.store import SCHEMA_VERSION, Progress, RunStore, StoreError, default_db_path, validate_run_name
 from dreamlab.store.schema import MIGRATIONS, migrate, schema_version
+from tests.store_helpers import store_at_version
 
 RECIPE = {"model": {"name": "tiny", "layers": 2}, "optim": {"lr": 3e-4, "betas": [0.9, 0.95]},
           "trainer": {"bf16": False, "resume": None}, "seed": 7}
@@ -230,13 +231,10 @@ def test_a_v1_store_is_migrated_with_its_latest_metrics_backfilled(tmp_path):
 
 
 def test_a_v3_store_gets_events_backfilled_from_its_runs(tmp_path):
-    path = tmp_path / "v3.db"
-    conn = sqlite3.connect(path, isolation_level=None)
-    assert migrate(conn, target=3) == 3
-    conn.execute("INSERT INTO runs (id, name, status, created) VALUES (1, 'waiting', 'queued', 1.0)")
-    conn.execute("INSERT INTO runs (id, name, status, created, started, ended, exit_reason) "
-                 "VALUES (2, 'done', 'failed', 2.0, 3.0, 4.0, 'torchrun exited with code 1')")
-    conn.close()
+    path = store_at_version(tmp_path / "v3.db", 3,
+                            "INSERT INTO runs (id, name, status, created) VALUES (1, 'waiting', 'queued', 1.0)",
+                            "INSERT INTO runs (id, name, status, created, started, ended, exit_reason) "
+                            "VALUES (2, 'done', 'failed', 2.0, 3.0, 4.0, 'torchrun exited with code 1')")
     with RunStore(path) as store:
         assert [(e.time, e.kind, e.message) for e in store.events(1)] == [(1.0, "queued", None)]
         assert [(e.time, e.kind, e.message) for e in store.events(2)] == [
@@ -244,12 +242,8 @@ def test_a_v3_store_gets_events_backfilled_from_its_runs(tmp_path):
 
 
 def test_a_v4_store_gains_worker_and_progress_columns_empty(tmp_path):
-    path = tmp_path / "v4.db"
-    conn = sqlite3.connect(path, isolation_level=None)
-    assert migrate(conn, target=4) == 4
-    conn.execute("INSERT INTO runs (id, name, status, created, started, heartbeat, pid) "
-                 "VALUES (1, 'busy', 'running', 1.0, 2.0, 3.0, 77)")
-    conn.close()
+    path = store_at_version(tmp_path / "v4.db", 4, "INSERT INTO runs (id, name, status, created, started, heartbeat, pid) "
+                                                  "VALUES (1, 'busy', 'running', 1.0, 2.0, 3.0, 77)")
     with RunStore(path) as store:
         run = store.get_run("busy")
         assert (run.status, run.heartbeat, run.pid) == ("running", 3.0, 77)
