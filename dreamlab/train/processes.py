@@ -215,9 +215,7 @@ def group_alive(pgid: int) -> bool:
     return False
 
 
-def reap_when_done(process: subprocess.Popen, name: str) -> threading.Thread:
+def reap_when_done(process: subprocess.Popen, name: str) -> None:
     """Wait for a detached child in a daemon thread, so a long-lived starter (the console) keeps no zombie."""
     # A starter that exits first (the CLI) leaves the child to init; the daemon thread dies with it.
-    reaper = threading.Thread(target=process.wait, name=f"dreamlab-{name}-reaper", daemon=True)
-    reaper.start()
-    return reaper
+    threading.Thread(target=process.wait, name=f"dreamlab-{name}-reaper", daemon=True).start()
