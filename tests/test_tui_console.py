@@ -321,7 +321,7 @@ def test_a_run_launched_from_the_form_trains_and_leaves_no_zombie_while_the_cons
             await pilot.press("ctrl+s")
             await _until(pilot, lambda: not isinstance(app.screen, LaunchScreen))
             run = app.store.get_run("formed")
-            await _until(pilot, lambda: app.store.get_run("formed").status == "completed")
+            await _until(pilot, lambda: app.store.get_run("formed").status == "completed", timeout=300)  # a busy machine
 
             def state() -> str:
                 try:
